@@ -1,0 +1,4 @@
+//! HTTP handlers, one per action.
+
+pub mod meta;
+pub mod tasks;

@@ -1,0 +1,139 @@
+//! `/tasks`: create, read and cancel tasks.
+
+use axum::Json;
+use axum::extract::{FromRequest, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use taskq::queue::CancelOutcome;
+use taskq::{Description, EnqueueOutcome, Priority, TaskId, TaskRecord};
+
+use crate::error::AppError;
+use crate::startup::AppState;
+
+/// `axum::Json`, with rejections turned into [`AppError`] so every error has the JSON body.
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(AppError))]
+pub struct AppJson<T>(pub T);
+
+/// Body of `POST /tasks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTaskRequest {
+    /// What to do: 1–10,000 characters.
+    pub description: String,
+    /// 1 (most urgent) to 10; 5 when absent.
+    pub priority: Option<i64>,
+}
+
+/// Longest accepted `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = raw
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN)
+        .filter(|k| k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            AppError::BadRequest(format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+            ))
+        })?;
+    Ok(Some(key))
+}
+
+fn task_response(status: StatusCode, record: &TaskRecord) -> Response {
+    let location = format!("/tasks/{}", record.id);
+    let mut response = (status, Json(record)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// `POST /tasks`: validates, enqueues atomically, answers 201 with the record. A replayed
+/// `Idempotency-Key` answers 200 with the task it created first.
+pub async fn create_task(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    AppJson(request): AppJson<CreateTaskRequest>,
+) -> Result<Response, AppError> {
+    let description = Description::parse(request.description)?;
+    let priority = request
+        .priority
+        .map(Priority::parse)
+        .transpose()?
+        .unwrap_or_default();
+    let key = idempotency_key(&headers)?;
+    let mut conn = state.redis.clone();
+    let outcome = state
+        .with_timeout(state.queue.enqueue(&mut conn, &description, priority, key))
+        .await?;
+    match outcome {
+        EnqueueOutcome::Created(record) => {
+            metrics::counter!("agent_tasks_enqueued_total", "priority" => priority.get().to_string())
+                .increment(1);
+            tracing::debug!(task_id = %record.id, priority = priority.get(), "task enqueued");
+            Ok(task_response(StatusCode::CREATED, &record))
+        }
+        EnqueueOutcome::Replayed(task_id) => {
+            let record = state
+                .with_timeout(state.queue.get(&mut conn, &task_id))
+                .await?
+                .ok_or_else(|| {
+                    AppError::Conflict(format!(
+                        "Idempotency-Key was used for task {task_id}, which has expired"
+                    ))
+                })?;
+            let mut response = task_response(StatusCode::OK, &record);
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(response)
+        }
+    }
+}
+
+/// `GET /tasks/{id}`.
+pub async fn get_task(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+) -> Result<Response, AppError> {
+    let task_id = TaskId::parse(&raw_id)?;
+    let mut conn = state.redis.clone();
+    let record = state
+        .with_timeout(state.queue.get(&mut conn, &task_id))
+        .await?
+        .ok_or_else(|| AppError::TaskNotFound(task_id.to_string()))?;
+    Ok(Json(record).into_response())
+}
+
+/// `DELETE /tasks/{id}`: cancels a task that has not started (queued or waiting for a retry);
+/// 409 once it runs or has finished.
+pub async fn cancel_task(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+) -> Result<Response, AppError> {
+    let task_id = TaskId::parse(&raw_id)?;
+    let mut conn = state.redis.clone();
+    match state
+        .with_timeout(state.queue.cancel(&mut conn, &task_id))
+        .await?
+    {
+        CancelOutcome::NotFound => Err(AppError::TaskNotFound(task_id.to_string())),
+        CancelOutcome::NotCancellable(status) => Err(AppError::Conflict(format!(
+            "task {task_id} is {status} and can no longer be cancelled"
+        ))),
+        CancelOutcome::Cancelled => {
+            let record = state
+                .with_timeout(state.queue.get(&mut conn, &task_id))
+                .await?
+                .ok_or_else(|| AppError::TaskNotFound(task_id.to_string()))?;
+            Ok(Json(record).into_response())
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Builds the application and serves it until SIGTERM or Ctrl-C.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{BoxError, Router, middleware};
+use metrics_exporter_prometheus::PrometheusHandle;
+use redis::aio::ConnectionManager;
+use taskq::queue::Queue;
+use taskq::support::redact_url;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::config::Config;
+use crate::error::AppError;
+use crate::routes::{meta, tasks};
+use crate::telemetry;
+
+/// What every handler shares. Cheap to clone: the Redis connection is multiplexed.
+#[derive(Clone)]
+pub struct AppState {
+    /// The queue protocol.
+    pub queue: Queue,
+    /// One multiplexed, self-reconnecting connection shared by all requests.
+    pub redis: ConnectionManager,
+    /// Longest wait for one Redis call.
+    pub redis_timeout: Duration,
+    /// Heartbeat age after which a worker counts as gone.
+    pub worker_dead_after: Duration,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    /// State for this configuration. Does not contact Redis: the connection is made lazily, so the
+    /// API starts (and answers 503) while Redis is down.
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self {
+            queue: Queue::new(config.queue_config()),
+            redis: config.redis_settings().connection_manager()?,
+            redis_timeout: config.redis_timeout,
+            worker_dead_after: config.worker_dead_after,
+            metrics: taskq::support::metrics_handle(),
+        })
+    }
+
+    /// Runs a Redis operation with the Redis timeout; a slow or unreachable Redis becomes 503.
+    pub async fn with_timeout<T>(
+        &self,
+        operation: impl Future<Output = Result<T, taskq::QueueError>>,
+    ) -> Result<T, AppError> {
+        match tokio::time::timeout(self.redis_timeout, operation).await {
+            Ok(result) => result.map_err(AppError::from),
+            Err(_) => Err(AppError::Unavailable),
+        }
+    }
+}
+
+/// The router with every route and middleware; tests drive it with `oneshot`.
+pub fn app(state: AppState, config: &Config) -> Router {
+    let request_id = axum::http::HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/tasks", post(tasks::create_task))
+        .route(
+            "/tasks/{id}",
+            get(tasks::get_task).delete(tasks::cancel_task),
+        )
+        .route("/stats", get(meta::stats))
+        .route("/healthz", get(meta::healthz))
+        .route("/readyz", get(meta::readyz))
+        .route("/metrics", get(meta::metrics))
+        .route("/openapi.json", get(meta::openapi))
+        .fallback(|| async { AppError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
+        .route_layer(middleware::from_fn(telemetry::track_http))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(TraceLayer::new_for_http())
+                .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(HandleErrorLayer::new(|_: BoxError| async {
+                    AppError::Timeout
+                }))
+                .timeout(config.request_timeout),
+        )
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish for
+/// at most `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    });
+    tokio::select! {
+        result = server => result.context("serving http"),
+        () = async {
+            // Only fires once shutdown began and in-flight requests overstay the grace period.
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!(?grace, "in-flight requests did not finish within the grace period");
+            Ok(())
+        }
+    }
+}
+
+/// Binds the listen address, returning a clear error when it is taken.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on LISTEN_ADDR {addr} (is the port in use?)"))
+}
+
+/// Runs the orchestrator until SIGTERM or Ctrl-C.
+pub async fn run_until_stopped(config: Config) -> anyhow::Result<()> {
+    let state = AppState::new(&config)?;
+    let listener = bind(config.listen_addr).await?;
+    tracing::info!(
+        listen_addr = %listener.local_addr()?,
+        redis_url = %redact_url(&config.redis_url),
+        key_prefix = %config.key_prefix,
+        "orchestrator listening"
+    );
+    serve(
+        listener,
+        app(state, &config),
+        shutdown_signal(),
+        config.shutdown_grace,
+    )
+    .await?;
+    tracing::info!("orchestrator stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,24 @@
+//! The task model and the Redis protocol of Agent System.
+//!
+//! This crate is shared by the orchestrator (which enqueues, reads and cancels tasks) and the
+//! worker (which claims, executes and finishes them). It knows nothing of HTTP or of the harness.
+//!
+//! Layout:
+//! - [`model`]: domain types parsed at the edge ([`model::Description`], [`model::Priority`],
+//!   [`model::TaskId`]), the task record and its [`model::Status`] machine.
+//! - [`keys`]: every Redis key and stream name, in one place.
+//! - [`queue`]: the protocol itself: enqueue, claim, finish (ack, retry, dead-letter), cancel,
+//!   retry promotion, reclaim from dead workers, heartbeats and stats. Every state change is one
+//!   Lua script, so it is atomic and costs one round trip.
+
+pub mod keys;
+pub mod model;
+pub mod queue;
+pub mod support;
+
+pub use keys::Keys;
+pub use model::{Description, Priority, Status, TaskId, TaskRecord, ValidationError};
+pub use queue::{
+    ClaimedTask, EnqueueOutcome, ExecutionOutcome, Finish, FinishResult, QueueConfig, QueueError,
+    Stats,
+};

@@ -1,0 +1,435 @@
+//! The task model: domain types parsed at the edge, the status machine and the task record.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// Longest accepted description, in characters (Unicode scalar values).
+pub const MAX_DESCRIPTION_CHARS: usize = 10_000;
+
+/// Why client input was rejected. The message is safe to show to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    /// The description is empty.
+    #[error("description must not be empty")]
+    EmptyDescription,
+    /// The description is longer than [`MAX_DESCRIPTION_CHARS`].
+    #[error("description must be at most {MAX_DESCRIPTION_CHARS} characters, got {0}")]
+    DescriptionTooLong(usize),
+    /// The priority is outside 1..=10.
+    #[error("priority must be an integer from 1 (most urgent) to 10, got {0}")]
+    PriorityOutOfRange(i64),
+    /// The task id is not a UUID.
+    #[error("task id must be a UUID, got {0:?}")]
+    InvalidTaskId(String),
+}
+
+/// A task identifier (a time-ordered UUIDv7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(Uuid);
+
+impl TaskId {
+    /// A fresh, time-ordered id.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    /// Parses a client-supplied id.
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        Uuid::parse_str(raw)
+            .map(Self)
+            .map_err(|_| ValidationError::InvalidTaskId(truncate_for_message(raw)))
+    }
+}
+
+impl Default for TaskId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = ValidationError;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        Self::parse(raw)
+    }
+}
+
+fn truncate_for_message(raw: &str) -> String {
+    raw.chars().take(64).collect()
+}
+
+/// Task priority: 1 is the most urgent, 10 the least; 5 when the client gives none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "u8")]
+pub struct Priority(u8);
+
+impl Priority {
+    /// The most urgent level.
+    pub const HIGHEST: Priority = Priority(1);
+    /// The least urgent level.
+    pub const LOWEST: Priority = Priority(10);
+    /// The level used when a client gives none.
+    pub const DEFAULT: Priority = Priority(5);
+
+    /// Parses a client-supplied priority.
+    pub fn parse(raw: i64) -> Result<Self, ValidationError> {
+        if (1..=10).contains(&raw) {
+            // The range check above makes the cast lossless.
+            Ok(Self(raw as u8))
+        } else {
+            Err(ValidationError::PriorityOutOfRange(raw))
+        }
+    }
+
+    /// The level as a number, 1..=10.
+    pub fn get(self) -> u8 {
+        self.0
+    }
+
+    /// Every level, most urgent first.
+    pub fn all() -> impl Iterator<Item = Priority> {
+        (1..=10).map(Priority)
+    }
+}
+
+impl Default for Priority {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl TryFrom<i64> for Priority {
+    type Error = ValidationError;
+    fn try_from(raw: i64) -> Result<Self, Self::Error> {
+        Self::parse(raw)
+    }
+}
+
+impl From<Priority> for u8 {
+    fn from(p: Priority) -> u8 {
+        p.0
+    }
+}
+
+/// A task description: 1 to [`MAX_DESCRIPTION_CHARS`] characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Description(String);
+
+impl Description {
+    /// Parses a client-supplied description.
+    pub fn parse(raw: String) -> Result<Self, ValidationError> {
+        let n_chars = raw.chars().count();
+        if n_chars == 0 {
+            Err(ValidationError::EmptyDescription)
+        } else if n_chars > MAX_DESCRIPTION_CHARS {
+            Err(ValidationError::DescriptionTooLong(n_chars))
+        } else {
+            Ok(Self(raw))
+        }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Description {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Where a task is in its life.
+///
+/// `queued → running → succeeded | retrying → running … | dead`, and `queued → cancelled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Waiting in a priority stream.
+    Queued,
+    /// Claimed by a worker and executing.
+    Running,
+    /// Finished with a result.
+    Succeeded,
+    /// Failed transiently; waiting for its retry to come due.
+    Retrying,
+    /// Failed permanently or ran out of attempts; in the dead-letter stream.
+    Dead,
+    /// Cancelled by a client while queued.
+    Cancelled,
+}
+
+impl Status {
+    /// The name stored in Redis and shown in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Retrying => "retrying",
+            Status::Dead => "dead",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    /// True for states a task never leaves.
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Succeeded | Status::Dead | Status::Cancelled)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = DecodeError;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        Ok(match raw {
+            "queued" => Status::Queued,
+            "running" => Status::Running,
+            "succeeded" => Status::Succeeded,
+            "retrying" => Status::Retrying,
+            "dead" => Status::Dead,
+            "cancelled" => Status::Cancelled,
+            other => {
+                return Err(DecodeError::BadField {
+                    field: "status",
+                    value: other.to_owned(),
+                });
+            }
+        })
+    }
+}
+
+/// A task record as stored and as shown by `GET /tasks/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// The task id.
+    pub id: TaskId,
+    /// What to do.
+    pub description: String,
+    /// 1 (most urgent) to 10.
+    pub priority: Priority,
+    /// Where the task is in its life.
+    pub status: Status,
+    /// Executions started so far.
+    pub attempts: u32,
+    /// Executions allowed before the task is dead-lettered.
+    pub max_attempts: u32,
+    /// When the task was accepted.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When the latest execution started.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    /// When the task reached a final state.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    /// The worker that ran the latest execution.
+    pub worker: Option<String>,
+    /// The handler's result, once succeeded.
+    pub result: Option<serde_json::Value>,
+    /// The latest error, if any execution failed.
+    pub error: Option<String>,
+}
+
+/// The version of the stored record layout this code writes and reads.
+pub const RECORD_VERSION: &str = "1";
+
+/// A stored task record could not be read: written by another version, or corrupted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// A required field is missing.
+    #[error("task record lacks field {0}")]
+    MissingField(&'static str),
+    /// A field holds a value this version cannot read.
+    #[error("task record field {field} holds unreadable value {value:?}")]
+    BadField {
+        /// The field name.
+        field: &'static str,
+        /// The raw value (truncated).
+        value: String,
+    },
+    /// The record was written with a layout this version does not know.
+    #[error("task record has layout version {0}, this build reads version {RECORD_VERSION}")]
+    UnknownVersion(String),
+}
+
+impl TaskRecord {
+    /// Reads a record from the fields of its Redis hash.
+    pub fn from_fields(fields: &HashMap<String, String>) -> Result<Self, DecodeError> {
+        if let Some(version) = fields.get("v")
+            && version != RECORD_VERSION
+        {
+            return Err(DecodeError::UnknownVersion(truncate_for_message(version)));
+        }
+        let required = |name: &'static str| {
+            fields
+                .get(name)
+                .map(String::as_str)
+                .ok_or(DecodeError::MissingField(name))
+        };
+        let optional = |name: &'static str| {
+            fields
+                .get(name)
+                .map(String::as_str)
+                .filter(|v| !v.is_empty())
+        };
+        let bad = |field: &'static str, value: &str| DecodeError::BadField {
+            field,
+            value: truncate_for_message(value),
+        };
+        let number = |name: &'static str| -> Result<u32, DecodeError> {
+            let raw = required(name)?;
+            raw.parse().map_err(|_| bad(name, raw))
+        };
+        let timestamp = |name: &'static str, raw: &str| -> Result<OffsetDateTime, DecodeError> {
+            let millis: i128 = raw.parse().map_err(|_| bad(name, raw))?;
+            OffsetDateTime::from_unix_timestamp_nanos(millis * 1_000_000)
+                .map_err(|_| bad(name, raw))
+        };
+
+        let raw_id = required("id")?;
+        let id = TaskId::parse(raw_id).map_err(|_| bad("id", raw_id))?;
+        let raw_priority = required("priority")?;
+        let priority = raw_priority
+            .parse::<i64>()
+            .ok()
+            .and_then(|p| Priority::parse(p).ok())
+            .ok_or_else(|| bad("priority", raw_priority))?;
+        let created_at = timestamp("created_at", required("created_at")?)?;
+        let started_at = optional("started_at")
+            .map(|raw| timestamp("started_at", raw))
+            .transpose()?;
+        let finished_at = optional("finished_at")
+            .map(|raw| timestamp("finished_at", raw))
+            .transpose()?;
+        let result = optional("result")
+            .map(|raw| serde_json::from_str(raw).map_err(|_| bad("result", raw)))
+            .transpose()?;
+        Ok(Self {
+            id,
+            description: required("description")?.to_owned(),
+            priority,
+            status: required("status")?.parse()?,
+            attempts: number("attempts")?,
+            max_attempts: number("max_attempts")?,
+            created_at,
+            started_at,
+            finished_at,
+            worker: optional("worker").map(str::to_owned),
+            result,
+            error: optional("error").map(str::to_owned),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored_fields() -> HashMap<String, String> {
+        [
+            ("v", "1"),
+            ("id", "0190c5d2-6a8e-7cc3-9a43-0d5f1e1e2a01"),
+            ("description", "summarise the report"),
+            ("priority", "3"),
+            ("status", "succeeded"),
+            ("attempts", "1"),
+            ("max_attempts", "5"),
+            ("created_at", "1700000000000"),
+            ("started_at", "1700000000100"),
+            ("finished_at", "1700000000250"),
+            ("worker", "w-1"),
+            ("result", r#"{"ok":true}"#),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    #[test]
+    fn description_length_is_counted_in_characters() {
+        assert!(Description::parse("é".repeat(MAX_DESCRIPTION_CHARS)).is_ok());
+        assert_eq!(
+            Description::parse("a".repeat(MAX_DESCRIPTION_CHARS + 1)),
+            Err(ValidationError::DescriptionTooLong(
+                MAX_DESCRIPTION_CHARS + 1
+            ))
+        );
+        assert_eq!(
+            Description::parse(String::new()),
+            Err(ValidationError::EmptyDescription)
+        );
+    }
+
+    #[test]
+    fn priority_accepts_one_to_ten_only() {
+        assert!(Priority::parse(0).is_err());
+        assert!(Priority::parse(11).is_err());
+        assert!(Priority::parse(-3).is_err());
+        assert_eq!(Priority::parse(1).map(Priority::get), Ok(1));
+        assert_eq!(Priority::parse(10).map(Priority::get), Ok(10));
+    }
+
+    #[test]
+    fn a_stored_record_round_trips_to_json_with_rfc3339_timestamps() {
+        let record = TaskRecord::from_fields(&stored_fields()).expect("valid record");
+        assert_eq!(record.status, Status::Succeeded);
+        let json = serde_json::to_value(&record).expect("serialisable");
+        assert_eq!(json["created_at"], "2023-11-14T22:13:20Z");
+        assert_eq!(json["finished_at"], "2023-11-14T22:13:20.25Z");
+        assert_eq!(json["result"]["ok"], true);
+        assert_eq!(json["error"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_record_from_an_unknown_version_is_an_error_not_a_panic() {
+        let mut fields = stored_fields();
+        fields.insert("v".into(), "2".into());
+        assert_eq!(
+            TaskRecord::from_fields(&fields),
+            Err(DecodeError::UnknownVersion("2".into()))
+        );
+    }
+
+    #[test]
+    fn corrupted_fields_are_reported_by_name() {
+        for (field, value) in [
+            ("status", "exploded"),
+            ("priority", "99"),
+            ("attempts", "-1"),
+            ("created_at", "yesterday"),
+            ("result", "{not json"),
+            ("id", "nope"),
+        ] {
+            let mut fields = stored_fields();
+            fields.insert(field.into(), value.into());
+            let err = TaskRecord::from_fields(&fields).expect_err(field);
+            assert!(err.to_string().contains(field), "{err} should name {field}");
+        }
+        let mut fields = stored_fields();
+        fields.remove("description");
+        assert_eq!(
+            TaskRecord::from_fields(&fields),
+            Err(DecodeError::MissingField("description"))
+        );
+    }
+}

@@ -1,0 +1,752 @@
+//! The Redis protocol: every operation on the queue, each one atomic and one round trip.
+//!
+//! Tasks live in a hash per task; queued task ids live in one stream per priority level, read
+//! through the consumer group [`CONSUMER_GROUP`]. A worker claims with [`Queue::claim`] (a Lua
+//! script that reads the streams most urgent first and marks the tasks running), executes, then
+//! records the outcome with [`Queue::finish_many`] (pipelined: ack, retry scheduling or
+//! dead-lettering). Workers heartbeat into a sorted set; [`Queue::reclaim`] hands the pending
+//! entries of workers whose heartbeat stopped to a live one. Delivery is at least once: an
+//! execution may be repeated after a worker is presumed dead, never skipped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+use time::OffsetDateTime;
+
+use crate::keys::{CONSUMER_GROUP, Keys};
+use crate::model::{
+    DecodeError, Description, Priority, RECORD_VERSION, Status, TaskId, TaskRecord,
+};
+
+const PRELUDE: &str = include_str!("scripts/prelude.lua");
+
+/// A queue operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// Redis could not be reached or answered with an error.
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+    /// A stored task record is unreadable (another version wrote it, or it is corrupted).
+    #[error("task {task_id}: {source}")]
+    Corrupt {
+        /// The task whose record is unreadable.
+        task_id: String,
+        /// What is wrong with it.
+        source: DecodeError,
+    },
+    /// Redis answered with something the protocol does not expect.
+    #[error("unexpected reply from redis: {0}")]
+    Protocol(String),
+}
+
+impl QueueError {
+    /// True when Redis is unreachable or too slow, as opposed to a logic or data error.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            QueueError::Redis(err) => {
+                err.is_io_error()
+                    || err.is_timeout()
+                    || err.is_connection_dropped()
+                    || err.is_connection_refusal()
+                    || matches!(
+                        err.kind(),
+                        ErrorKind::Server(ServerErrorKind::BusyLoading)
+                            | ErrorKind::Server(ServerErrorKind::TryAgain)
+                            | ErrorKind::Server(ServerErrorKind::MasterDown)
+                    )
+                    || err.code() == Some("LOADING")
+            }
+            _ => false,
+        }
+    }
+
+    /// True when the consumer group is missing (Redis lost its data, or a fresh Redis).
+    pub fn is_missing_group(&self) -> bool {
+        matches!(self, QueueError::Redis(err) if err.code() == Some("NOGROUP")
+            || err.to_string().contains("NOGROUP"))
+    }
+}
+
+/// Settings that shape the protocol.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Key names.
+    pub keys: Keys,
+    /// How long finished task records are kept (0 keeps them forever).
+    pub task_retention: Duration,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl: Duration,
+    /// Executions allowed per task before it is dead-lettered.
+    pub max_attempts: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            keys: Keys::default(),
+            task_retention: Duration::from_secs(24 * 3600),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            max_attempts: 5,
+        }
+    }
+}
+
+/// What [`Queue::enqueue`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EnqueueOutcome {
+    /// A new task was queued.
+    Created(TaskRecord),
+    /// The idempotency key was seen before; this is the task it created.
+    Replayed(TaskId),
+}
+
+/// What [`Queue::cancel`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// No such task (never existed, or expired).
+    NotFound,
+    /// The task is cancelled now (or already was).
+    Cancelled,
+    /// The task runs or has finished; it was left alone.
+    NotCancellable(Status),
+}
+
+/// A stream entry delivered to a consumer, not yet started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The stream's priority.
+    pub priority: Priority,
+    /// The stream entry id.
+    pub entry_id: String,
+    /// The task id the entry carries (raw: it may be corrupted).
+    pub task_id: String,
+}
+
+/// A task claimed by a worker and marked running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedTask {
+    /// Where the task came from; needed to ack it.
+    pub delivery: Delivery,
+    /// The task's description.
+    pub description: String,
+    /// This execution's number, from 1.
+    pub attempt: u32,
+    /// Executions allowed.
+    pub max_attempts: u32,
+}
+
+/// The outcome of one execution, as recorded by [`Queue::finish_many`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecutionOutcome {
+    /// Done; the handler's result is stored.
+    Succeeded(serde_json::Value),
+    /// Failed transiently; run again after `delay`.
+    Retry {
+        /// Why it failed.
+        error: String,
+        /// When to run it again.
+        delay: Duration,
+    },
+    /// Failed for good; goes to the dead-letter stream.
+    Dead {
+        /// Why it failed.
+        error: String,
+    },
+}
+
+/// One execution's outcome, ready to be recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    /// The claimed task.
+    pub task: ClaimedTask,
+    /// What happened.
+    pub outcome: ExecutionOutcome,
+}
+
+/// What recording an outcome did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishResult {
+    /// Recorded and acknowledged.
+    Recorded,
+    /// Another execution owns the task now (this one was presumed lost); only a success was kept.
+    Stale,
+    /// The task record no longer exists.
+    Missing,
+}
+
+/// Queue statistics, as shown by `GET /stats`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Tasks waiting per priority level (index 0 is priority 1).
+    pub queued: [u64; 10],
+    /// Tasks delivered to a worker and not yet acknowledged, per priority level.
+    pub in_flight: [u64; 10],
+    /// Tasks waiting for a retry to come due.
+    pub retry_scheduled: u64,
+    /// Entries in the dead-letter stream.
+    pub dead_lettered: u64,
+    /// Workers whose heartbeat is fresh.
+    pub live_workers: u64,
+}
+
+struct Scripts {
+    enqueue: Script,
+    claim: Script,
+    finish: Script,
+    promote: Script,
+    cancel: Script,
+    reclaim: Script,
+    renew: Script,
+    heartbeat: Script,
+    stats: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let script = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+        Self {
+            enqueue: script(include_str!("scripts/enqueue.lua")),
+            claim: script(include_str!("scripts/claim.lua")),
+            finish: script(include_str!("scripts/finish.lua")),
+            promote: script(include_str!("scripts/promote.lua")),
+            cancel: script(include_str!("scripts/cancel.lua")),
+            reclaim: script(include_str!("scripts/reclaim.lua")),
+            renew: script(include_str!("scripts/renew.lua")),
+            heartbeat: script(include_str!("scripts/heartbeat.lua")),
+            stats: script(include_str!("scripts/stats.lua")),
+        }
+    }
+
+    fn all(&self) -> [&Script; 9] {
+        [
+            &self.enqueue,
+            &self.claim,
+            &self.finish,
+            &self.promote,
+            &self.cancel,
+            &self.reclaim,
+            &self.renew,
+            &self.heartbeat,
+            &self.stats,
+        ]
+    }
+}
+
+/// The queue protocol under one key prefix. Cheap to clone; holds no connection, so callers choose
+/// theirs (a multiplexed one for most calls, a dedicated one for blocking reads).
+#[derive(Clone)]
+pub struct Queue {
+    config: Arc<QueueConfig>,
+    scripts: Arc<Scripts>,
+    streams: Arc<Vec<String>>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+fn seconds(duration: Duration) -> u64 {
+    duration.as_secs()
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn priority_from_index(raw: i64) -> Result<Priority, QueueError> {
+    Priority::parse(raw).map_err(|_| QueueError::Protocol(format!("priority {raw}")))
+}
+
+impl Queue {
+    /// A queue with these settings.
+    pub fn new(config: QueueConfig) -> Self {
+        let streams = config.keys.streams();
+        Self {
+            config: Arc::new(config),
+            scripts: Arc::new(Scripts::new()),
+            streams: Arc::new(streams),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    /// The key names.
+    pub fn keys(&self) -> &Keys {
+        &self.config.keys
+    }
+
+    /// Creates the consumer group on every priority stream (and the streams) if missing, and
+    /// loads the scripts. Safe to call at any time, by any number of workers.
+    pub async fn ensure_groups<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+    ) -> Result<(), QueueError> {
+        for stream in self.streams.iter() {
+            let created: Result<(), RedisError> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(stream)
+                .arg(CONSUMER_GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(conn)
+                .await;
+            match created {
+                Ok(()) => {}
+                Err(err) if err.code() == Some("BUSYGROUP") => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        self.load_scripts(conn).await
+    }
+
+    /// Loads every script into Redis's script cache (needed before pipelined script calls).
+    pub async fn load_scripts<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+    ) -> Result<(), QueueError> {
+        let mut pipe = redis::pipe();
+        for script in self.scripts.all() {
+            pipe.load_script(script);
+        }
+        pipe.query_async::<()>(conn).await?;
+        Ok(())
+    }
+
+    /// Enqueues a task in one atomic round trip: task hash, stream entry and, with a key, the
+    /// idempotency record. A key seen before returns the task it created instead.
+    pub async fn enqueue<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        description: &Description,
+        priority: Priority,
+        idempotency_key: Option<&str>,
+    ) -> Result<EnqueueOutcome, QueueError> {
+        let task_id = TaskId::new();
+        let keys = &self.config.keys;
+        let mut invocation = self.scripts.enqueue.prepare_invoke();
+        invocation
+            .key(keys.task(&task_id))
+            .key(keys.stream(priority));
+        if let Some(key) = idempotency_key {
+            invocation.key(keys.idempotency(key));
+        }
+        invocation
+            .arg(task_id.to_string())
+            .arg(description.as_str())
+            .arg(priority.get())
+            .arg(self.config.max_attempts)
+            .arg(seconds(self.config.idempotency_ttl).max(1))
+            .arg(RECORD_VERSION);
+        let (created, id, created_ms): (i64, String, i64) = invocation.invoke_async(conn).await?;
+        if created == 0 {
+            let existing = TaskId::parse(&id).map_err(|_| QueueError::Corrupt {
+                task_id: id.clone(),
+                source: DecodeError::BadField {
+                    field: "id",
+                    value: id.chars().take(64).collect(),
+                },
+            })?;
+            return Ok(EnqueueOutcome::Replayed(existing));
+        }
+        let created_at =
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(created_ms) * 1_000_000)
+                .map_err(|_| QueueError::Protocol(format!("created_at {created_ms}")))?;
+        Ok(EnqueueOutcome::Created(TaskRecord {
+            id: task_id,
+            description: description.as_str().to_owned(),
+            priority,
+            status: Status::Queued,
+            attempts: 0,
+            max_attempts: self.config.max_attempts,
+            created_at,
+            started_at: None,
+            finished_at: None,
+            worker: None,
+            result: None,
+            error: None,
+        }))
+    }
+
+    /// Reads a task record; `None` for an unknown or expired task.
+    pub async fn get<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        task_id: &TaskId,
+    ) -> Result<Option<TaskRecord>, QueueError> {
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.config.keys.task(task_id))
+            .query_async(conn)
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        TaskRecord::from_fields(&fields)
+            .map(Some)
+            .map_err(|source| QueueError::Corrupt {
+                task_id: task_id.to_string(),
+                source,
+            })
+    }
+
+    /// Cancels a task that is queued or waiting for a retry.
+    pub async fn cancel<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        task_id: &TaskId,
+    ) -> Result<CancelOutcome, QueueError> {
+        let keys = &self.config.keys;
+        let status: Option<String> = self
+            .scripts
+            .cancel
+            .key(keys.task(task_id))
+            .key(keys.retry_schedule())
+            .key(self.streams.as_slice())
+            .arg(CONSUMER_GROUP)
+            .arg(seconds(self.config.task_retention))
+            .arg(task_id.to_string())
+            .invoke_async(conn)
+            .await?;
+        Ok(match status.as_deref() {
+            None => CancelOutcome::NotFound,
+            Some("cancelled") => CancelOutcome::Cancelled,
+            Some(other) => {
+                let status = other.parse().map_err(|source| QueueError::Corrupt {
+                    task_id: task_id.to_string(),
+                    source,
+                })?;
+                CancelOutcome::NotCancellable(status)
+            }
+        })
+    }
+
+    /// Claims up to `count` fresh tasks, most urgent first, after starting the already delivered
+    /// entries in `delivered`. Every returned task is marked running under `consumer`.
+    pub async fn claim<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        count: usize,
+        delivered: &[Delivery],
+    ) -> Result<Vec<ClaimedTask>, QueueError> {
+        let mut invocation = self.scripts.claim.prepare_invoke();
+        invocation
+            .key(self.streams.as_slice())
+            .key(self.config.keys.dead_letter())
+            .arg(CONSUMER_GROUP)
+            .arg(consumer)
+            .arg(self.config.keys.task_prefix())
+            .arg(count)
+            .arg(seconds(self.config.task_retention));
+        for delivery in delivered {
+            invocation
+                .arg(delivery.priority.get())
+                .arg(&delivery.entry_id)
+                .arg(&delivery.task_id);
+        }
+        let rows: Vec<(i64, String, String, String, u32, u32)> =
+            invocation.invoke_async(conn).await?;
+        rows.into_iter()
+            .map(
+                |(priority, entry_id, task_id, description, attempt, max_attempts)| {
+                    Ok(ClaimedTask {
+                        delivery: Delivery {
+                            priority: priority_from_index(priority)?,
+                            entry_id,
+                            task_id,
+                        },
+                        description,
+                        attempt,
+                        max_attempts,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    /// Waits up to `block` for new entries on any priority stream and takes up to `count` of them
+    /// for `consumer`. Use a dedicated connection: the call holds it for the whole wait. The
+    /// entries must then be started with [`Queue::claim`].
+    pub async fn wait_for_entries<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(CONSUMER_GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count.max(1))
+            .arg("BLOCK")
+            .arg(millis(block).max(1))
+            .arg("STREAMS")
+            .arg(self.streams.as_slice());
+        for _ in 0..self.streams.len() {
+            cmd.arg(">");
+        }
+        type Reply = Option<Vec<(String, Vec<(String, HashMap<String, String>)>)>>;
+        let reply: Reply = cmd.query_async(conn).await?;
+        let mut deliveries = Vec::new();
+        for (stream, entries) in reply.unwrap_or_default() {
+            let index = self
+                .streams
+                .iter()
+                .position(|s| *s == stream)
+                .ok_or_else(|| {
+                    QueueError::Protocol(format!("entry from unknown stream {stream}"))
+                })?;
+            let priority = priority_from_index(index as i64 + 1)?;
+            for (entry_id, fields) in entries {
+                deliveries.push(Delivery {
+                    priority,
+                    task_id: fields.get("t").cloned().unwrap_or_default(),
+                    entry_id,
+                });
+            }
+        }
+        deliveries.sort_by_key(|d| d.priority);
+        Ok(deliveries)
+    }
+
+    /// Records many outcomes in one pipelined round trip.
+    pub async fn finish_many<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        finishes: &[Finish],
+    ) -> Result<Vec<FinishResult>, QueueError> {
+        if finishes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = &self.config.keys;
+        let mut pipe = redis::pipe();
+        for finish in finishes {
+            let delivery = &finish.task.delivery;
+            let (outcome, payload, delay) = match &finish.outcome {
+                ExecutionOutcome::Succeeded(result) => ("succeeded", result.to_string(), 0),
+                ExecutionOutcome::Retry { error, delay } => {
+                    ("retry", error.clone(), millis(*delay))
+                }
+                ExecutionOutcome::Dead { error } => ("dead", error.clone(), 0),
+            };
+            let mut invocation = self.scripts.finish.prepare_invoke();
+            invocation
+                .key(format!("{}{}", keys.task_prefix(), delivery.task_id))
+                .key(keys.stream(delivery.priority))
+                .key(keys.retry_schedule())
+                .key(keys.dead_letter())
+                .arg(CONSUMER_GROUP)
+                .arg(&delivery.entry_id)
+                .arg(consumer)
+                .arg(finish.task.attempt)
+                .arg(outcome)
+                .arg(payload)
+                .arg(seconds(self.config.task_retention))
+                .arg(delay)
+                .arg(&delivery.task_id);
+            pipe.invoke_script(&invocation);
+        }
+        let replies: Vec<String> = match pipe.query_async(conn).await {
+            Ok(replies) => replies,
+            Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                // Redis restarted and forgot its script cache: load and try once more. Finishing
+                // twice is harmless: the second call finds the entry acknowledged.
+                self.load_scripts(conn).await?;
+                pipe.query_async(conn).await?
+            }
+            Err(err) => return Err(err.into()),
+        };
+        replies
+            .into_iter()
+            .map(|reply| match reply.as_str() {
+                "ok" => Ok(FinishResult::Recorded),
+                "stale" => Ok(FinishResult::Stale),
+                "missing" => Ok(FinishResult::Missing),
+                other => Err(QueueError::Protocol(format!("finish replied {other:?}"))),
+            })
+            .collect()
+    }
+
+    /// Moves up to `limit` retries that came due back into their streams; returns how many.
+    pub async fn promote_due_retries<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        limit: usize,
+    ) -> Result<usize, QueueError> {
+        let n: usize = self
+            .scripts
+            .promote
+            .key(self.config.keys.retry_schedule())
+            .key(self.streams.as_slice())
+            .arg(self.config.keys.task_prefix())
+            .arg(limit)
+            .invoke_async(conn)
+            .await?;
+        Ok(n)
+    }
+
+    /// Takes over, for `consumer`, up to `limit` entries pending at workers whose heartbeat is
+    /// older than `dead_after`, and entries idle longer than `lease` (orphans). Start them with
+    /// [`Queue::claim`].
+    pub async fn reclaim<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        dead_after: Duration,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let rows: Vec<(i64, String, String)> = self
+            .scripts
+            .reclaim
+            .key(self.config.keys.workers())
+            .key(self.streams.as_slice())
+            .arg(CONSUMER_GROUP)
+            .arg(consumer)
+            .arg(millis(dead_after))
+            .arg(millis(lease))
+            .arg(limit)
+            .invoke_async(conn)
+            .await?;
+        rows.into_iter()
+            .map(|(priority, entry_id, task_id)| {
+                Ok(Delivery {
+                    priority: priority_from_index(priority)?,
+                    entry_id,
+                    task_id,
+                })
+            })
+            .collect()
+    }
+
+    /// Resets the idle time of entries this consumer still executes, so they are not taken as
+    /// orphans.
+    pub async fn renew_leases<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        deliveries: &[Delivery],
+    ) -> Result<(), QueueError> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let mut invocation = self.scripts.renew.prepare_invoke();
+        invocation
+            .key(self.streams.as_slice())
+            .arg(CONSUMER_GROUP)
+            .arg(consumer);
+        for delivery in deliveries {
+            invocation
+                .arg(delivery.priority.get())
+                .arg(&delivery.entry_id);
+        }
+        invocation.invoke_async::<i64>(conn).await?;
+        Ok(())
+    }
+
+    /// Records that `worker_id` is alive now.
+    pub async fn heartbeat<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        worker_id: &str,
+    ) -> Result<(), QueueError> {
+        self.scripts
+            .heartbeat
+            .key(self.config.keys.workers())
+            .arg(worker_id)
+            .arg("")
+            .invoke_async::<i64>(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a worker that stopped cleanly. With entries still pending (`abandoned`), it is
+    /// marked dead instead, so a live worker reclaims them at its next pass, not after a timeout.
+    pub async fn deregister<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        worker_id: &str,
+        abandoned: bool,
+    ) -> Result<(), QueueError> {
+        if abandoned {
+            self.scripts
+                .heartbeat
+                .key(self.config.keys.workers())
+                .arg(worker_id)
+                .arg("0")
+                .invoke_async::<i64>(conn)
+                .await?;
+        } else {
+            let mut pipe = redis::pipe();
+            pipe.cmd("ZREM")
+                .arg(self.config.keys.workers())
+                .arg(worker_id)
+                .ignore();
+            for stream in self.streams.iter() {
+                // A consumer with no pending entries can go; ignore streams without the group.
+                pipe.cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(stream)
+                    .arg(CONSUMER_GROUP)
+                    .arg(worker_id)
+                    .ignore();
+            }
+            if let Err(err) = pipe.query_async::<()>(conn).await
+                && !err.to_string().contains("NOGROUP")
+            {
+                return Err(err.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Queue statistics in one round trip; workers count as live when their heartbeat is newer
+    /// than `dead_after`.
+    pub async fn stats<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        dead_after: Duration,
+    ) -> Result<Stats, QueueError> {
+        let keys = &self.config.keys;
+        let numbers: Vec<u64> = self
+            .scripts
+            .stats
+            .key(self.streams.as_slice())
+            .key(keys.retry_schedule())
+            .key(keys.dead_letter())
+            .key(keys.workers())
+            .arg(CONSUMER_GROUP)
+            .arg(millis(dead_after))
+            .invoke_async(conn)
+            .await?;
+        if numbers.len() != 23 {
+            return Err(QueueError::Protocol(format!(
+                "stats returned {} numbers",
+                numbers.len()
+            )));
+        }
+        let mut queued = [0; 10];
+        let mut in_flight = [0; 10];
+        queued.copy_from_slice(&numbers[0..10]);
+        in_flight.copy_from_slice(&numbers[10..20]);
+        Ok(Stats {
+            queued,
+            in_flight,
+            retry_scheduled: numbers[20],
+            dead_lettered: numbers[21],
+            live_workers: numbers[22],
+        })
+    }
+}

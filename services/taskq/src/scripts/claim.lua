@@ -1,0 +1,64 @@
+-- Claim and start tasks, most urgent first, in one atomic step.
+-- KEYS[1..10] priority streams (p1 first), KEYS[11] dead-letter stream
+-- ARGV[1] group, ARGV[2] consumer, ARGV[3] task key prefix, ARGV[4] how many fresh entries to read,
+-- ARGV[5] retention (s) for tasks dead-lettered here, ARGV[6..] triples (priority, entry id, task id)
+-- of entries already delivered to this consumer (blocking read, reclaim) that must be started.
+-- Returns {priority, entry id, task id, description, attempt, max attempts} per started task.
+local group, consumer, prefix = ARGV[1], ARGV[2], ARGV[3]
+local want = tonumber(ARGV[4])
+local retention = tonumber(ARGV[5])
+local now = now_ms()
+local out = {}
+
+local function drop(stream, entry)
+  redis.call('XACK', stream, group, entry)
+  redis.call('XDEL', stream, entry)
+end
+
+local function start(p, entry, task_id)
+  local stream = KEYS[p]
+  local key = prefix .. task_id
+  local f = redis.call('HMGET', key, 'status', 'attempts', 'max_attempts', 'description')
+  if (not f[1]) or is_final(f[1]) then
+    -- expired, cancelled or finished meanwhile: nothing to run
+    drop(stream, entry)
+    return
+  end
+  local attempts = tonumber(f[2]) or 0
+  local max_attempts = tonumber(f[3]) or 1
+  if attempts >= max_attempts then
+    -- every allowed execution started and none finished: the task keeps losing its workers
+    local err = 'gave up after ' .. attempts .. ' executions that never finished (worker lost)'
+    redis.call('HSET', key, 'status', 'dead', 'finished_at', now, 'error', err)
+    redis.call('XADD', KEYS[11], 'MAXLEN', '~', 100000, '*', 't', task_id, 'error', err)
+    if retention > 0 then redis.call('EXPIRE', key, retention) end
+    drop(stream, entry)
+    return
+  end
+  attempts = attempts + 1
+  redis.call('HSET', key, 'status', 'running', 'attempts', attempts, 'started_at', now,
+    'worker', consumer, 'stream_id', entry)
+  out[#out + 1] = {p, entry, task_id, f[4] or '', attempts, max_attempts}
+end
+
+local i = 6
+while ARGV[i] do
+  start(tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2])
+  i = i + 3
+end
+
+if want > 0 then
+  for p = 1, 10 do
+    local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', want,
+      'STREAMS', KEYS[p], '>')
+    if reply then
+      local entries = reply[1][2]
+      for _, e in ipairs(entries) do
+        start(p, e[1], e[2][2])
+      end
+      want = want - #entries
+    end
+    if want <= 0 then break end
+  end
+end
+return out

@@ -1,0 +1,51 @@
+-- Take over the pending entries of dead workers (missing heartbeat) and of orphans (idle too long).
+-- KEYS[1] worker heartbeats, KEYS[2..11] priority streams
+-- ARGV[1] group, ARGV[2] this consumer, ARGV[3] dead after (ms), ARGV[4] lease (ms), ARGV[5] limit
+-- Returns {priority, entry id, task id} per entry now owned by this consumer.
+local group, me = ARGV[1], ARGV[2]
+local budget = tonumber(ARGV[5])
+local now = now_ms()
+local out = {}
+
+local function take(p, claimed)
+  for _, c in ipairs(claimed) do
+    if type(c) == 'table' and c[2] and c[2][2] then
+      out[#out + 1] = {p, c[1], c[2][2]}
+      budget = budget - 1
+    end
+  end
+end
+
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))
+for _, worker in ipairs(dead) do
+  if worker ~= me then
+    local remaining = 0
+    for p = 1, 10 do
+      local pending = redis.pcall('XPENDING', KEYS[1 + p], group, '-', '+', 1000, worker)
+      if type(pending) == 'table' and not pending.err then
+        for _, e in ipairs(pending) do
+          if budget > 0 then
+            take(p, redis.call('XCLAIM', KEYS[1 + p], group, me, 0, e[1]))
+          else
+            remaining = remaining + 1
+          end
+        end
+      end
+    end
+    if remaining == 0 then
+      for p = 1, 10 do
+        redis.pcall('XGROUP', 'DELCONSUMER', KEYS[1 + p], group, worker)
+      end
+      redis.call('ZREM', KEYS[1], worker)
+    end
+  end
+end
+
+for p = 1, 10 do
+  if budget <= 0 then break end
+  local reply = redis.pcall('XAUTOCLAIM', KEYS[1 + p], group, me, ARGV[4], '0-0', 'COUNT', budget)
+  if type(reply) == 'table' and not reply.err then
+    take(p, reply[2])
+  end
+end
+return out

@@ -1,0 +1,31 @@
+-- Queue statistics in one round trip.
+-- KEYS[1..10] priority streams, KEYS[11] retry schedule, KEYS[12] dead-letter stream,
+-- KEYS[13] worker heartbeats; ARGV[1] group, ARGV[2] dead after (ms)
+-- Returns {queued p1..p10, in flight p1..p10, retry scheduled, dead-lettered, live workers}.
+local queued, in_flight = {}, {}
+for p = 1, 10 do
+  local len = redis.call('XLEN', KEYS[p])
+  local pending = 0
+  if len > 0 then
+    local groups = redis.pcall('XINFO', 'GROUPS', KEYS[p])
+    if type(groups) == 'table' and not groups.err then
+      for _, g in ipairs(groups) do
+        local name, count
+        for j = 1, #g, 2 do
+          if g[j] == 'name' then name = g[j + 1] end
+          if g[j] == 'pending' then count = g[j + 1] end
+        end
+        if name == ARGV[1] then pending = count or 0 end
+      end
+    end
+  end
+  in_flight[p] = pending
+  queued[p] = math.max(len - pending, 0)
+end
+local out = {}
+for p = 1, 10 do out[#out + 1] = queued[p] end
+for p = 1, 10 do out[#out + 1] = in_flight[p] end
+out[#out + 1] = redis.call('ZCARD', KEYS[11])
+out[#out + 1] = redis.call('XLEN', KEYS[12])
+out[#out + 1] = redis.call('ZCOUNT', KEYS[13], now_ms() - tonumber(ARGV[2]), '+inf')
+return out

@@ -1,0 +1,584 @@
+//! The claim → execute → finish loop.
+//!
+//! Three kinds of task cooperate:
+//! - the **fetch loop** claims tasks (most urgent first) while execution slots are free, and
+//!   otherwise blocks on the priority streams over a dedicated connection;
+//! - one **execution** per claimed task runs the handler, logs the `task_executed` line and passes
+//!   the outcome on;
+//! - the **finisher** records outcomes in pipelined batches (ack, retry or dead-letter), retrying
+//!   while Redis is away so no result is dropped;
+//! - the **maintenance** loop heartbeats, renews the lease of long tasks, promotes due retries and
+//!   takes over the entries of workers whose heartbeat stopped.
+//!
+//! Shutdown: stop claiming, let executions finish within the grace period, flush the finisher,
+//! then deregister (or mark this worker dead at once if something was left, so another worker
+//! picks it up immediately).
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use redis::aio::ConnectionManager;
+use taskq::queue::{
+    ClaimedTask, Delivery, ExecutionOutcome, Finish, FinishResult, Queue, QueueError,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::handler::{HandlerError, TaskHandler, TaskInput};
+
+/// Timing and sizing of the loop.
+#[derive(Debug, Clone)]
+pub struct RunnerSettings {
+    /// Tasks executed at once.
+    pub concurrency: usize,
+    /// First retry delay; doubles per attempt.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Heartbeat and maintenance period.
+    pub heartbeat: Duration,
+    /// Heartbeat age after which a worker is dead.
+    pub dead_after: Duration,
+    /// Idle time after which an entry with no live owner is reclaimed.
+    pub lease: Duration,
+    /// How long in-flight work may finish after shutdown begins.
+    pub shutdown_grace: Duration,
+    /// Longest single wait on the streams when nothing is queued.
+    pub block: Duration,
+}
+
+/// Everything the runner needs.
+pub struct Runner {
+    /// The queue protocol.
+    pub queue: Queue,
+    /// Multiplexed connection for claims, finishes and maintenance.
+    pub conn: ConnectionManager,
+    /// Dedicated connection for blocking reads (a blocked command holds its connection).
+    pub blocking_conn: ConnectionManager,
+    /// Executes tasks.
+    pub handler: Arc<dyn TaskHandler>,
+    /// This worker's consumer name.
+    pub worker_id: Arc<str>,
+    /// Timing and sizing.
+    pub settings: RunnerSettings,
+}
+
+/// State shared by the loop's tasks. Plain mutexes: held for a map operation, never across an
+/// await.
+#[derive(Default)]
+struct Shared {
+    /// Entries this worker executes or has not yet recorded, by entry id, with their start time;
+    /// the maintenance loop renews their lease.
+    in_flight: Mutex<HashMap<String, (Delivery, Instant)>>,
+    /// Entries taken over from dead workers, waiting for a free slot.
+    reclaimed: Mutex<VecDeque<Delivery>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave the maps inconsistent (single operations).
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Exponential backoff with a cap, for reconnecting.
+struct Backoff {
+    current: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            current: min,
+            min,
+            max,
+        }
+    }
+    fn reset(&mut self) {
+        self.current = self.min;
+    }
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.current;
+        self.current = (self.current * 2).min(self.max);
+        delay
+    }
+}
+
+/// The delay before retry number `attempt` (1-based): `base · 2^(attempt−1)`, capped, ±20 %
+/// jitter so retries of a failed batch spread out.
+pub fn retry_delay(attempt: u32, base: Duration, max: Duration) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(20);
+    let delay = base.saturating_mul(1 << exponent).min(max);
+    let jitter = 0.8 + 0.4 * rand::random::<f64>();
+    delay.mul_f64(jitter).min(max)
+}
+
+/// Turns a handler result into what the queue records.
+pub fn classify(
+    result: Result<serde_json::Value, HandlerError>,
+    task: &ClaimedTask,
+    settings: &RunnerSettings,
+) -> ExecutionOutcome {
+    match result {
+        Ok(value) => ExecutionOutcome::Succeeded(value),
+        Err(HandlerError::Transient(error)) if task.attempt < task.max_attempts => {
+            ExecutionOutcome::Retry {
+                error,
+                delay: retry_delay(task.attempt, settings.retry_base, settings.retry_max),
+            }
+        }
+        Err(HandlerError::Transient(error)) => ExecutionOutcome::Dead {
+            error: format!("gave up after {} attempts: {error}", task.attempt),
+        },
+        Err(HandlerError::Permanent(error)) => ExecutionOutcome::Dead { error },
+    }
+}
+
+fn outcome_label(outcome: &ExecutionOutcome) -> &'static str {
+    match outcome {
+        ExecutionOutcome::Succeeded(_) => "succeeded",
+        ExecutionOutcome::Retry { .. } => "retrying",
+        ExecutionOutcome::Dead { .. } => "dead",
+    }
+}
+
+fn record_redis_error(operation: &'static str, err: &QueueError) {
+    metrics::counter!("agent_redis_errors_total", "operation" => operation).increment(1);
+    if err.is_unavailable() {
+        tracing::warn!(operation, error = %err, "redis unavailable");
+    } else {
+        tracing::error!(operation, error = %err, "redis operation failed");
+    }
+}
+
+impl Runner {
+    /// Runs until `shutdown` is cancelled, then drains within the grace period.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let this = Arc::new(self);
+        let shared = Arc::new(Shared::default());
+        let slots = Arc::new(Semaphore::new(this.settings.concurrency));
+        let (finish_tx, finish_rx) = mpsc::unbounded_channel::<Finish>();
+        let give_up = CancellationToken::new();
+        let stop_maintenance = CancellationToken::new();
+
+        this.wait_for_groups(&shutdown).await;
+        tracing::info!(worker_id = %this.worker_id, concurrency = this.settings.concurrency, "worker started");
+
+        let finisher = tokio::spawn(Arc::clone(&this).finisher(
+            finish_rx,
+            Arc::clone(&shared),
+            give_up.clone(),
+        ));
+        let maintenance = tokio::spawn(Arc::clone(&this).maintenance(
+            Arc::clone(&shared),
+            Arc::clone(&slots),
+            finish_tx.clone(),
+            shutdown.clone(),
+            stop_maintenance.clone(),
+        ));
+
+        Arc::clone(&this)
+            .fetch_loop(
+                Arc::clone(&shared),
+                Arc::clone(&slots),
+                finish_tx,
+                &shutdown,
+            )
+            .await;
+
+        // Drain: executions hold a slot each; wait until every slot is back.
+        let deadline = tokio::time::Instant::now() + this.settings.shutdown_grace;
+        let all_slots = u32::try_from(this.settings.concurrency).unwrap_or(u32::MAX);
+        let drained = tokio::time::timeout_at(deadline, slots.acquire_many(all_slots))
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!("in-flight tasks did not finish within the shutdown grace period");
+        }
+        // The finisher ends once every execution dropped its sender; give up at the deadline.
+        let mut finisher = finisher;
+        if tokio::time::timeout_at(deadline, &mut finisher)
+            .await
+            .is_err()
+        {
+            give_up.cancel();
+            let _ = finisher.await;
+        }
+        stop_maintenance.cancel();
+        let _ = maintenance.await;
+
+        let abandoned = !lock(&shared.in_flight).is_empty();
+        let mut conn = this.conn.clone();
+        if let Err(err) = this
+            .queue
+            .deregister(&mut conn, &this.worker_id, abandoned)
+            .await
+        {
+            record_redis_error("deregister", &err);
+        }
+        tracing::info!(worker_id = %this.worker_id, abandoned, "worker stopped");
+        Ok(())
+    }
+
+    async fn wait_for_groups(&self, shutdown: &CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut conn = self.conn.clone();
+        while !shutdown.is_cancelled() {
+            match self.queue.ensure_groups(&mut conn).await {
+                Ok(()) => return,
+                Err(err) => {
+                    record_redis_error("ensure_groups", &err);
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle_loop_error(
+        &self,
+        operation: &'static str,
+        err: QueueError,
+        backoff: &mut Backoff,
+    ) {
+        record_redis_error(operation, &err);
+        if err.is_missing_group() {
+            // Redis restarted without its data: recreate the groups and carry on.
+            let mut conn = self.conn.clone();
+            match self.queue.ensure_groups(&mut conn).await {
+                Ok(()) => {
+                    tracing::warn!("consumer group was missing and has been recreated");
+                    return;
+                }
+                Err(err) => record_redis_error("ensure_groups", &err),
+            }
+        }
+        metrics::counter!("agent_redis_reconnects_total").increment(1);
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+
+    async fn fetch_loop(
+        self: Arc<Self>,
+        shared: Arc<Shared>,
+        slots: Arc<Semaphore>,
+        finish_tx: mpsc::UnboundedSender<Finish>,
+        shutdown: &CancellationToken,
+    ) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut conn = self.conn.clone();
+        let mut blocking_conn = self.blocking_conn.clone();
+        while !shutdown.is_cancelled() {
+            let free = slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    permit = Arc::clone(&slots).acquire_owned() => drop(permit),
+                    () = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            let delivered: Vec<Delivery> = {
+                let mut reclaimed = lock(&shared.reclaimed);
+                let n = reclaimed.len().min(free);
+                reclaimed.drain(..n).collect()
+            };
+            let fresh = free - delivered.len();
+            let claimed = match self
+                .queue
+                .claim(&mut conn, &self.worker_id, fresh, &delivered)
+                .await
+            {
+                Ok(claimed) => {
+                    backoff.reset();
+                    claimed
+                }
+                Err(err) => {
+                    {
+                        let mut reclaimed = lock(&shared.reclaimed);
+                        for delivery in delivered.into_iter().rev() {
+                            reclaimed.push_front(delivery);
+                        }
+                    }
+                    self.handle_loop_error("claim", err, &mut backoff).await;
+                    continue;
+                }
+            };
+            if !claimed.is_empty() {
+                self.spawn_executions(claimed, &shared, &slots, &finish_tx)
+                    .await;
+                continue;
+            }
+            // Nothing queued. Block on the streams; never cancel this wait midway, or entries
+            // Redis already delivered to this consumer would be dropped on the floor.
+            let waited = self
+                .queue
+                .wait_for_entries(
+                    &mut blocking_conn,
+                    &self.worker_id,
+                    free,
+                    self.settings.block,
+                )
+                .await;
+            let deliveries = match waited {
+                Ok(deliveries) => deliveries,
+                Err(err) => {
+                    self.handle_loop_error("wait", err, &mut backoff).await;
+                    continue;
+                }
+            };
+            if deliveries.is_empty() {
+                continue;
+            }
+            match self
+                .queue
+                .claim(&mut conn, &self.worker_id, 0, &deliveries)
+                .await
+            {
+                Ok(claimed) => {
+                    self.spawn_executions(claimed, &shared, &slots, &finish_tx)
+                        .await
+                }
+                Err(err) => {
+                    // Keep them: they are pending for this consumer and must be started.
+                    lock(&shared.reclaimed).extend(deliveries);
+                    self.handle_loop_error("claim", err, &mut backoff).await;
+                }
+            }
+        }
+    }
+
+    async fn spawn_executions(
+        self: &Arc<Self>,
+        claimed: Vec<ClaimedTask>,
+        shared: &Arc<Shared>,
+        slots: &Arc<Semaphore>,
+        finish_tx: &mpsc::UnboundedSender<Finish>,
+    ) {
+        for task in claimed {
+            let Ok(permit) = Arc::clone(slots).acquire_owned().await else {
+                return; // the semaphore is never closed
+            };
+            lock(&shared.in_flight).insert(
+                task.delivery.entry_id.clone(),
+                (task.delivery.clone(), Instant::now()),
+            );
+            tokio::spawn(Arc::clone(self).execute(task, permit, finish_tx.clone()));
+        }
+    }
+
+    async fn execute(
+        self: Arc<Self>,
+        task: ClaimedTask,
+        permit: OwnedSemaphorePermit,
+        finish_tx: mpsc::UnboundedSender<Finish>,
+    ) {
+        let priority = task.delivery.priority.get().to_string();
+        metrics::counter!("agent_tasks_started_total", "priority" => priority.clone()).increment(1);
+        metrics::gauge!("agent_worker_in_flight").increment(1.0);
+        let started = Instant::now();
+        let input = TaskInput {
+            task_id: &task.delivery.task_id,
+            description: &task.description,
+            attempt: task.attempt,
+        };
+        let result = AssertUnwindSafe(self.handler.handle(input))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Err(HandlerError::Transient("handler panicked".into())));
+        let outcome = classify(result, &task, &self.settings);
+        let elapsed = started.elapsed();
+        let label = outcome_label(&outcome);
+        tracing::info!(
+            event = "task_executed",
+            task_id = %task.delivery.task_id,
+            attempt = task.attempt,
+            worker_id = %self.worker_id,
+            outcome = label,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "task executed"
+        );
+        metrics::gauge!("agent_worker_in_flight").decrement(1.0);
+        metrics::histogram!("agent_task_duration_seconds", "outcome" => label)
+            .record(elapsed.as_secs_f64());
+        let counter = match label {
+            "succeeded" => "agent_tasks_succeeded_total",
+            "retrying" => "agent_tasks_retried_total",
+            _ => "agent_tasks_dead_total",
+        };
+        metrics::counter!(counter, "priority" => priority).increment(1);
+        drop(permit);
+        // The finisher outlives every execution (it ends when the last sender is dropped).
+        let _ = finish_tx.send(Finish { task, outcome });
+    }
+
+    async fn finisher(
+        self: Arc<Self>,
+        mut finish_rx: mpsc::UnboundedReceiver<Finish>,
+        shared: Arc<Shared>,
+        give_up: CancellationToken,
+    ) {
+        const MAX_BATCH: usize = 512;
+        let mut conn = self.conn.clone();
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while finish_rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            loop {
+                match self
+                    .queue
+                    .finish_many(&mut conn, &self.worker_id, &batch)
+                    .await
+                {
+                    Ok(results) => {
+                        backoff.reset();
+                        for (finish, result) in batch.iter().zip(results) {
+                            if result != FinishResult::Recorded {
+                                tracing::debug!(task_id = %finish.task.delivery.task_id, ?result, "outcome not recorded as owner");
+                            }
+                        }
+                        let mut in_flight = lock(&shared.in_flight);
+                        for finish in &batch {
+                            in_flight.remove(&finish.task.delivery.entry_id);
+                        }
+                        break;
+                    }
+                    Err(err) => {
+                        record_redis_error("finish", &err);
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff.next_delay()) => {}
+                            () = give_up.cancelled() => {
+                                // Left pending in Redis: another worker executes these again.
+                                tracing::warn!(n_outcomes = batch.len(), "shutting down with unrecorded outcomes");
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+            batch.clear();
+        }
+    }
+
+    async fn maintenance(
+        self: Arc<Self>,
+        shared: Arc<Shared>,
+        slots: Arc<Semaphore>,
+        finish_tx: mpsc::UnboundedSender<Finish>,
+        shutdown: CancellationToken,
+        stop: CancellationToken,
+    ) {
+        let mut conn = self.conn.clone();
+        let mut ticker = tokio::time::interval(self.settings.heartbeat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            if let Err(err) = self.queue.heartbeat(&mut conn, &self.worker_id).await {
+                record_redis_error("heartbeat", &err);
+                continue;
+            }
+            let renew_after = self.settings.lease / 3;
+            let stale: Vec<Delivery> = lock(&shared.in_flight)
+                .values()
+                .filter(|(_, since)| since.elapsed() >= renew_after)
+                .map(|(delivery, _)| delivery.clone())
+                .collect();
+            if !stale.is_empty() {
+                match self
+                    .queue
+                    .renew_leases(&mut conn, &self.worker_id, &stale)
+                    .await
+                {
+                    Ok(()) => {
+                        let now = Instant::now();
+                        let mut in_flight = lock(&shared.in_flight);
+                        for delivery in &stale {
+                            if let Some(entry) = in_flight.get_mut(&delivery.entry_id) {
+                                entry.1 = now;
+                            }
+                        }
+                    }
+                    Err(err) => record_redis_error("renew", &err),
+                }
+            }
+            if shutdown.is_cancelled() {
+                continue; // keep heartbeating while draining, but take on nothing new
+            }
+            if let Err(err) = self.queue.promote_due_retries(&mut conn, 1000).await {
+                record_redis_error("promote", &err);
+            }
+            let limit = self.settings.concurrency.max(16);
+            let reclaimed = match self
+                .queue
+                .reclaim(
+                    &mut conn,
+                    &self.worker_id,
+                    self.settings.dead_after,
+                    self.settings.lease,
+                    limit,
+                )
+                .await
+            {
+                Ok(reclaimed) => reclaimed,
+                Err(err) => {
+                    record_redis_error("reclaim", &err);
+                    continue;
+                }
+            };
+            if reclaimed.is_empty() {
+                continue;
+            }
+            metrics::counter!("agent_tasks_reclaimed_total").increment(reclaimed.len() as u64);
+            tracing::info!(
+                n_entries = reclaimed.len(),
+                "took over tasks of a dead worker"
+            );
+            // Start what fits now; the fetch loop starts the rest as slots free up.
+            let fits = slots.available_permits().min(reclaimed.len());
+            let (now, later) = reclaimed.split_at(fits);
+            lock(&shared.reclaimed).extend(later.iter().cloned());
+            if now.is_empty() {
+                continue;
+            }
+            match self.queue.claim(&mut conn, &self.worker_id, 0, now).await {
+                Ok(claimed) => {
+                    self.spawn_executions(claimed, &shared, &slots, &finish_tx)
+                        .await
+                }
+                Err(err) => {
+                    lock(&shared.reclaimed).extend(now.iter().cloned());
+                    record_redis_error("claim", &err);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_grow_exponentially_and_stay_capped() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(1);
+        let first = retry_delay(1, base, max);
+        assert!(
+            first >= Duration::from_millis(80) && first <= Duration::from_millis(120),
+            "{first:?}"
+        );
+        let third = retry_delay(3, base, max);
+        assert!(
+            third >= Duration::from_millis(320) && third <= Duration::from_millis(480),
+            "{third:?}"
+        );
+        assert!(retry_delay(30, base, max) <= max);
+    }
+}
