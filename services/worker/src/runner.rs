@@ -177,7 +177,7 @@ impl Runner {
         let maintenance = tokio::spawn(Arc::clone(&this).maintenance(
             Arc::clone(&shared),
             Arc::clone(&slots),
-            finish_tx.clone(),
+            finish_tx.downgrade(),
             shutdown.clone(),
             stop_maintenance.clone(),
         ));
@@ -427,7 +427,14 @@ impl Runner {
         let mut conn = self.conn.clone();
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while finish_rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        loop {
+            let received = tokio::select! {
+                n = finish_rx.recv_many(&mut batch, MAX_BATCH) => n,
+                () = give_up.cancelled() => 0,
+            };
+            if received == 0 {
+                return;
+            }
             loop {
                 match self
                     .queue
@@ -468,10 +475,12 @@ impl Runner {
         self: Arc<Self>,
         shared: Arc<Shared>,
         slots: Arc<Semaphore>,
-        finish_tx: mpsc::UnboundedSender<Finish>,
+        finish_tx: mpsc::WeakUnboundedSender<Finish>,
         shutdown: CancellationToken,
         stop: CancellationToken,
     ) {
+        // A weak sender: the finisher must be able to end (all strong senders gone) while this
+        // loop keeps heartbeating through the drain.
         let mut conn = self.conn.clone();
         let mut ticker = tokio::time::interval(self.settings.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -544,9 +553,10 @@ impl Runner {
             let fits = slots.available_permits().min(reclaimed.len());
             let (now, later) = reclaimed.split_at(fits);
             lock(&shared.reclaimed).extend(later.iter().cloned());
-            if now.is_empty() {
+            let Some(finish_tx) = finish_tx.upgrade().filter(|_| !now.is_empty()) else {
+                lock(&shared.reclaimed).extend(now.iter().cloned());
                 continue;
-            }
+            };
             match self.queue.claim(&mut conn, &self.worker_id, 0, now).await {
                 Ok(claimed) => {
                     self.spawn_executions(claimed, &shared, &slots, &finish_tx)

@@ -1,0 +1,213 @@
+# Agent System: the one entry point. `just --list` documents every recipe.
+
+# List the recipes
+default:
+    @just --list
+
+# Run the whole test suite (unit, integration against a real redis-server, Docker scenarios)
+test: _require-redis-server
+    cargo test --workspace
+
+# What CI runs: formatting, lints, then the whole test suite (which includes the smoke load)
+ci: fmt-check lint test
+
+# Format the code
+fmt:
+    cargo fmt --all
+
+# Fail when the code is not formatted
+fmt-check:
+    cargo fmt --all --check
+
+# Clippy on every target, warnings are errors
+lint:
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Run redis-server, the orchestrator (port 8000) and one worker as local processes until Ctrl-C
+run: _require-redis-server
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --release -p orchestrator -p worker
+    port="${RUN_REDIS_PORT:-6379}"
+    if ! redis-cli -p "$port" ping >/dev/null 2>&1; then
+        dir="$PWD/target/run-redis"; mkdir -p "$dir"
+        redis-server --port "$port" --bind 127.0.0.1 --appendonly yes --appendfsync always \
+            --dir "$dir" --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log"
+        trap 'redis-cli -p "$port" shutdown >/dev/null 2>&1 || true' EXIT
+        echo "run: started redis-server on port $port (data and log in $dir)"
+    fi
+    export REDIS_URL="redis://127.0.0.1:$port" LOG_FORMAT="${LOG_FORMAT:-text}"
+    echo "run: orchestrator on http://localhost:8000, worker metrics on http://localhost:9000/metrics"
+    trap 'kill 0' INT TERM
+    target/release/orchestrator & target/release/worker & wait
+
+# 10-second goose submit load against a local system; fails on any request error
+smoke-load: _require-redis-server
+    cargo test -p loadtests --test smoke -- --nocapture
+
+# ---------------------------------------------------------------------------------------------
+# Containers: offline images, per-service compose projects on agent-system-net, and `dev`.
+# Each service is its own compose project (agent-redis, agent-orchestrator, agent-worker), so
+# restarting, rebuilding or scaling one never touches the others. See docs/deploy.md.
+# ---------------------------------------------------------------------------------------------
+
+# `docker compose` (v2 plugin) when present, else docker-compose v1.29; both read compose/*.yml.
+compose := `docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose`
+# `harness images` builds agent-redis/-orchestrator/-worker; dev profile, shared with `cargo test`.
+harness_images := "cargo run -q -p harness -- images"
+ps_format := "table {{.Names}}\t{{.Image}}\t{{.Status}}\t{{.Ports}}"
+ps_filters := "--filter name=^agent-redis$ --filter name=^agent-orchestrator$ --filter name=^agent-worker[-_]worker[-_]"
+
+# Start redis → orchestrator → `workers` worker replicas in containers, wait until healthy, print them
+up workers="1": images
+    @just network
+    {{compose}} -p agent-redis -f compose/redis.yml up -d
+    @just _wait-healthy agent-redis 1
+    {{compose}} -p agent-orchestrator -f compose/orchestrator.yml up -d
+    {{compose}} -p agent-worker -f compose/worker.yml up -d --scale worker={{workers}}
+    @just _wait-healthy agent-orchestrator 1
+    @just _wait-healthy agent-worker {{workers}}
+    @just ps
+    @echo
+    @echo "orchestrator: http://localhost:${ORCHESTRATOR_HOST_PORT:-8001}   redis: localhost:${REDIS_HOST_PORT:-6380}"
+    @echo "try: curl -sS -X POST http://localhost:${ORCHESTRATOR_HOST_PORT:-8001}/tasks -H 'content-type: application/json' -d '{\"description\":\"hello\",\"priority\":5}'"
+
+# Stop and remove the service containers (the Redis volume and the network stay; see `clean`)
+down: _require-docker
+    {{compose}} -p agent-worker -f compose/worker.yml down --remove-orphans
+    {{compose}} -p agent-orchestrator -f compose/orchestrator.yml down --remove-orphans
+    {{compose}} -p agent-redis -f compose/redis.yml down --remove-orphans
+
+# Restart one service (redis | orchestrator | worker) in place, leaving the others untouched
+restart service: _require-docker (_check-service service)
+    {{compose}} -p agent-{{service}} -f compose/{{service}}.yml restart
+    @just _wait-healthy agent-{{service}} `docker ps -q --filter label=com.docker.compose.project=agent-{{service}} | wc -l`
+
+# Rebuild images and recreate one service if its image changed (worker keeps its replica count)
+upgrade service: images (_check-service service)
+    {{compose}} -p agent-{{service}} -f compose/{{service}}.yml up -d {{ if service == "worker" { "--scale worker=`docker ps -q --filter label=com.docker.compose.project=agent-worker | wc -l | sed 's/^0$/1/'`" } else { "" } }}
+    @just _wait-healthy agent-{{service}} `docker ps -q --filter label=com.docker.compose.project=agent-{{service}} | wc -l`
+
+# Run N worker containers (they share the queue through the Redis consumer group)
+scale n: _require-docker
+    {{compose}} -p agent-worker -f compose/worker.yml up -d --no-recreate --scale worker={{n}}
+    @just _wait-healthy agent-worker {{n}}
+
+# Follow the logs of one service (redis | orchestrator | worker), or of all three when omitted
+logs service="": _require-docker
+    #!/usr/bin/env bash
+    set -euo pipefail
+    services="{{ if service == "" { "redis orchestrator worker" } else { service } }}"
+    for s in $services; do just _check-service "$s"; done
+    # One follower per compose project; Ctrl-C reaches them all (same process group).
+    for s in $services; do {{compose}} -p "agent-$s" -f "compose/$s.yml" logs -f --tail=100 & done
+    wait
+
+# Show the service containers with their health and published ports
+ps: _require-docker
+    @docker ps -a {{ps_filters}} --format "{{ps_format}}"
+
+# Remove containers, the Redis volume (queued tasks are lost) and the network agent-system-net
+clean: _require-docker
+    {{compose}} -p agent-worker -f compose/worker.yml down --volumes --remove-orphans
+    {{compose}} -p agent-orchestrator -f compose/orchestrator.yml down --volumes --remove-orphans
+    {{compose}} -p agent-redis -f compose/redis.yml down --volumes --remove-orphans
+    @docker network rm agent-system-net >/dev/null 2>&1 && echo "removed network agent-system-net" || true
+
+# Build the images agent-redis, agent-orchestrator, agent-worker when stale (`just images --force`)
+images *args: _require-docker
+    #!/usr/bin/env bash
+    set -euo pipefail
+    only=""
+    if [ -n "${REDIS_IMAGE:-}" ] && [ "${REDIS_IMAGE}" != "agent-redis:latest" ]; then
+        only="--only orchestrator --only worker"   # the user brings their own Redis image
+    else
+        just _require-redis-server
+    fi
+    {{harness_images}} $only {{args}}
+
+# Create the external network agent-system-net if it does not exist
+network: _require-docker
+    @docker network inspect agent-system-net >/dev/null 2>&1 || { docker network create agent-system-net >/dev/null && echo "created network agent-system-net"; }
+
+# Run a local redis-server, the orchestrator and a worker as processes; rebuild + restart on change
+dev: _require-redis-server
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-watch >/dev/null || cargo install --locked cargo-watch
+    port="${DEV_REDIS_PORT:-6379}"
+    if redis-cli -p "$port" ping >/dev/null 2>&1; then
+        echo "dev: using the redis-server already answering on port $port"
+    else
+        dir="$PWD/target/dev-redis"; mkdir -p "$dir"
+        redis-server --port "$port" --bind 127.0.0.1 --appendonly yes --appendfsync always \
+            --dir "$dir" --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log"
+        trap 'redis-cli -p "$port" shutdown >/dev/null 2>&1 || true' EXIT
+        echo "dev: started redis-server on port $port (data and log in $dir)"
+    fi
+    export REDIS_URL="redis://127.0.0.1:$port" LOG_FORMAT="${LOG_FORMAT:-text}" RUST_LOG="${RUST_LOG:-info}"
+    bin="${CARGO_TARGET_DIR:-target}/debug"
+    echo "dev: orchestrator on http://localhost:8000; edits under services/ rebuild and restart both"
+    # cargo-watch joins -x and -s with `&&`; the inner sh keeps both services after the build.
+    cargo watch -w services -w Cargo.toml -w Cargo.lock \
+        -x 'build -p orchestrator -p worker' \
+        -s "sh -c '$bin/orchestrator & $bin/worker & wait'"
+
+# Check that the Kubernetes manifests parse and agree with compose/ (names, ports, env vars)
+k8s-check:
+    cargo test -q -p harness --test k8s_manifests
+
+# Apply k8s/ to the current kubectl context (KEDA autoscaling: kubectl apply -f k8s/keda/)
+k8s-apply:
+    kubectl apply -f k8s/
+
+[private]
+_require-docker:
+    #!/usr/bin/env bash
+    if ! command -v docker >/dev/null 2>&1; then
+        echo "error: docker is not installed (no 'docker' on PATH). Install Docker Engine (Debian: apt-get install -y docker.io docker-compose), or run the services without containers: just dev" >&2
+        exit 1
+    fi
+    if ! docker info >/dev/null 2>&1; then
+        echo "error: the Docker engine is not reachable: is dockerd running, and may $(id -un) use /var/run/docker.sock?" >&2
+        exit 1
+    fi
+    if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+        echo "error: neither 'docker compose' (v2 plugin) nor 'docker-compose' (v1.29) is installed (Debian: apt-get install -y docker-compose)" >&2
+        exit 1
+    fi
+
+[private]
+_require-redis-server:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 && exit 0
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: redis-server is missing; install it with: sudo apt-get install -y redis-server" >&2
+        exit 1
+    fi
+    echo "installing redis-server (Debian package; its binaries go into the agent-redis image)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+
+[private]
+_check-service service:
+    @case "{{service}}" in redis|orchestrator|worker) ;; *) echo "error: unknown service '{{service}}' (expected redis, orchestrator or worker)" >&2; exit 2;; esac
+
+# Wait until `expected` containers of a compose project are running and healthy (HEALTH_TIMEOUT s)
+[private]
+_wait-healthy project expected:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    deadline=$((SECONDS + ${HEALTH_TIMEOUT:-120}))
+    filter="label=com.docker.compose.project={{project}}"
+    while true; do
+        healthy=$(docker ps -q --filter "$filter" --filter health=healthy | wc -l)
+        [ "$healthy" -ge "{{expected}}" ] && exit 0
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            echo "error: {{project}}: $healthy of {{expected}} containers healthy after ${HEALTH_TIMEOUT:-120}s" >&2
+            docker ps -a --filter "$filter" --format "{{ps_format}}" >&2
+            for id in $(docker ps -aq --filter "$filter"); do docker logs --tail 20 "$id" >&2 || true; done
+            exit 1
+        fi
+        sleep 1
+    done

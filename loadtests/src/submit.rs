@@ -1,0 +1,281 @@
+//! The one code path that submits a task, shared by every scenario and by the harness.
+//!
+//! [`submit_task`] sends `POST /tasks` through goose (so goose's throttle, metrics and
+//! reports see it), with an `Idempotency-Key` of `{run_id}-{op}`, classifies the answer with
+//! [`classify_submit`] and, when its [`SubmitContext`] records, keeps a [`SubmitRecord`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use goose::prelude::*;
+
+use crate::outcome::{SubmitAnswer, SubmitOutcome, SubmitRecord, classify_submit, error_chain};
+use crate::task_body::random_task;
+
+/// The header that makes a retried submit return the same task.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
+
+/// What the outcome of an attempt is while its request is in flight; it stays so only if
+/// the request never finished (the run was torn down under it).
+const NO_ANSWER_YET: &str = "no answer recorded: the load stopped before the request finished";
+
+/// State shared by all goose users of one run: the run id, the attempt counter and,
+/// optionally, the journal of attempts.
+///
+/// Goose transactions are closures run by many users at once, so everything here is
+/// behind atomics or a mutex; the mutex is never held across an `.await`.
+#[derive(Debug)]
+pub struct SubmitContext {
+    run_id: String,
+    next_op: AtomicU64,
+    /// One entry per attempt, keyed by `op`. `None` when the run does not record, as the
+    /// `loadtest` binary, where a long run at full speed would hold millions of records.
+    journal: Option<Mutex<BTreeMap<u64, SubmitRecord>>>,
+}
+
+impl SubmitContext {
+    /// A context that keeps a [`SubmitRecord`] of every attempt, for [`Self::take_records`].
+    pub fn recording(run_id: impl Into<String>) -> Self {
+        Self {
+            run_id: run_id.into(),
+            next_op: AtomicU64::new(0),
+            journal: Some(Mutex::new(BTreeMap::new())),
+        }
+    }
+
+    /// A context that only numbers attempts (for their idempotency keys) and keeps nothing.
+    pub fn not_recording(run_id: impl Into<String>) -> Self {
+        Self {
+            run_id: run_id.into(),
+            next_op: AtomicU64::new(0),
+            journal: None,
+        }
+    }
+
+    /// The run id every idempotency key starts with.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// Takes the records kept so far, ordered by `op`, leaving the journal empty.
+    pub fn take_records(&self) -> Vec<SubmitRecord> {
+        match &self.journal {
+            Some(journal) => {
+                let mut journal = journal.lock().unwrap_or_else(PoisonError::into_inner);
+                std::mem::take(&mut *journal).into_values().collect()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Allocates the next attempt number.
+    fn allocate_op(&self) -> u64 {
+        self.next_op.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn record(&self, record: SubmitRecord) {
+        if let Some(journal) = &self.journal {
+            let mut journal = journal.lock().unwrap_or_else(PoisonError::into_inner);
+            journal.insert(record.op, record);
+        }
+    }
+
+    fn forget(&self, op: u64) {
+        if let Some(journal) = &self.journal {
+            let mut journal = journal.lock().unwrap_or_else(PoisonError::into_inner);
+            journal.remove(&op);
+        }
+    }
+}
+
+/// A task the orchestrator acknowledged.
+#[derive(Debug, Clone)]
+pub struct Acknowledged {
+    /// Its id.
+    pub task_id: String,
+    /// When the request was sent (after goose's throttle let it go).
+    pub sent_at: Instant,
+}
+
+/// Submits one random task; `Ok` only when it was acknowledged with an id.
+///
+/// Every other outcome is a failed request in goose's metrics and a
+/// [`TransactionError::RequestFailed`], so the calling transaction counts as failed.
+pub async fn submit_task(
+    user: &mut GooseUser,
+    context: &SubmitContext,
+) -> Result<Acknowledged, Box<TransactionError>> {
+    // ThreadRng is not Send: draw everything before the first await.
+    let task = random_task(&mut rand::rng());
+    let op = context.allocate_op();
+    let idempotency_key = format!("{}-{op}", context.run_id);
+
+    let request_builder = user
+        .get_request_builder(&GooseMethod::Post, "/tasks")?
+        .header(IDEMPOTENCY_KEY_HEADER, idempotency_key.as_str())
+        .json(&task);
+    let request = GooseRequest::builder()
+        .method(GooseMethod::Post)
+        .path("/tasks")
+        .set_request_builder(request_builder)
+        .build();
+
+    // Journal the attempt before sending it, so an attempt is never missing from the
+    // records even if the request outlives the run.
+    context.record(SubmitRecord {
+        op,
+        idempotency_key: idempotency_key.clone(),
+        started_unix_ms: unix_ms(SystemTime::now()),
+        latency_ms: 0.0,
+        priority: task.priority,
+        outcome: SubmitOutcome::Info {
+            message: NO_ANSWER_YET.to_string(),
+        },
+    });
+
+    let mut goose = match user.request(request).await {
+        Ok(goose) => goose,
+        Err(error) => {
+            if matches!(*error, TransactionError::RequestCanceled { .. }) {
+                // The throttle closed as the run ended: the request was never sent.
+                context.forget(op);
+            } else {
+                context.record(SubmitRecord {
+                    op,
+                    idempotency_key,
+                    started_unix_ms: unix_ms(SystemTime::now()),
+                    latency_ms: 0.0,
+                    priority: task.priority,
+                    outcome: SubmitOutcome::Info {
+                        message: format!("goose could not send the request: {error}"),
+                    },
+                });
+            }
+            return Err(error);
+        }
+    };
+
+    // Goose measured the time to the status line; add the time to read the body.
+    let to_headers = Duration::from_micros(goose.request.response_time_micros());
+    let reading_body = Instant::now();
+    let answer = match goose.response {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            match response.bytes().await {
+                Ok(body) => SubmitAnswer::Response {
+                    status,
+                    body: body.to_vec(),
+                },
+                Err(error) => SubmitAnswer::BodyError {
+                    status,
+                    message: error_chain(&error),
+                },
+            }
+        }
+        Err(ref error) => SubmitAnswer::Transport {
+            message: error_chain(error),
+        },
+    };
+    let latency = to_headers + reading_body.elapsed();
+    let sent_at = Instant::now()
+        .checked_sub(latency)
+        .unwrap_or_else(Instant::now);
+    let outcome = classify_submit(&answer);
+
+    context.record(SubmitRecord {
+        op,
+        idempotency_key,
+        started_unix_ms: unix_ms(SystemTime::now().checked_sub(latency).unwrap_or(UNIX_EPOCH)),
+        latency_ms: latency.as_secs_f64() * 1_000.0,
+        priority: task.priority,
+        outcome: outcome.clone(),
+    });
+
+    match outcome {
+        SubmitOutcome::Ok { task_id } => Ok(Acknowledged { task_id, sent_at }),
+        SubmitOutcome::Fail { .. } | SubmitOutcome::Info { .. } => {
+            if goose.request.success {
+                // A 2xx that is still no acknowledgement (no id): make goose count it as a
+                // failed request. `set_failure` returns `Err` on every path.
+                user.set_failure(
+                    "submit answered without a task id",
+                    &mut goose.request,
+                    None,
+                    None,
+                )?;
+            }
+            // Goose counted the non-2xx or transport error as a failed request already.
+            Err(Box::new(TransactionError::RequestFailed {
+                raw_request: Box::new(goose.request),
+            }))
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 for a clock before 1970).
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(op: u64) -> SubmitRecord {
+        SubmitRecord {
+            op,
+            idempotency_key: format!("run-{op}"),
+            started_unix_ms: 0,
+            latency_ms: 0.0,
+            priority: 5,
+            outcome: SubmitOutcome::Info {
+                message: NO_ANSWER_YET.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn ops_are_unique_and_increasing() {
+        let context = SubmitContext::recording("run");
+        let ops: Vec<u64> = (0..5).map(|_| context.allocate_op()).collect();
+        assert_eq!(ops, vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn taking_records_orders_them_by_op_and_empties_the_journal() {
+        let context = SubmitContext::recording("run");
+        context.record(record(2));
+        context.record(record(0));
+        context.record(record(1));
+        context.forget(1);
+        let ops: Vec<u64> = context.take_records().iter().map(|r| r.op).collect();
+        assert_eq!(ops, vec![0, 2]);
+        assert!(
+            context.take_records().is_empty(),
+            "a second take should find nothing"
+        );
+    }
+
+    #[test]
+    fn a_later_record_of_the_same_op_replaces_the_first() {
+        let context = SubmitContext::recording("run");
+        context.record(record(0));
+        let mut answered = record(0);
+        answered.outcome = SubmitOutcome::Ok {
+            task_id: "t".into(),
+        };
+        context.record(answered.clone());
+        assert_eq!(context.take_records(), vec![answered]);
+    }
+
+    #[test]
+    fn a_context_that_does_not_record_keeps_nothing() {
+        let context = SubmitContext::not_recording("run");
+        context.record(record(0));
+        assert!(context.take_records().is_empty());
+    }
+}

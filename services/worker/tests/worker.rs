@@ -1,0 +1,427 @@
+//! The worker end to end: a real `redis-server`, the orchestrator API in-process, and workers
+//! in-process or as child processes (for SIGKILL).
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use taskq::testing::{RedisServer, free_port};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use worker::config::Config as WorkerConfig;
+use worker::startup::Worker;
+
+const PREFIX: &str = "worker-test";
+
+/// The orchestrator served on a loopback port, plus an HTTP client for it.
+struct Api {
+    base: String,
+    client: reqwest::Client,
+    _server: JoinHandle<()>,
+}
+
+impl Api {
+    async fn start(redis_url: &str, max_attempts: u32) -> Self {
+        let mut config = orchestrator::config::Config::for_tests(redis_url, PREFIX);
+        config.max_attempts = max_attempts;
+        config.redis_timeout = Duration::from_millis(500);
+        let state = orchestrator::startup::AppState::new(&config).expect("orchestrator config");
+        let router = orchestrator::startup::app(state, &config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr: SocketAddr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Self {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("client"),
+            _server: server,
+        }
+    }
+
+    async fn submit(&self, description: &str, priority: u8) -> reqwest::Response {
+        self.client
+            .post(format!("{}/tasks", self.base))
+            .json(&json!({"description": description, "priority": priority}))
+            .send()
+            .await
+            .expect("POST /tasks")
+    }
+
+    async fn create(&self, description: &str, priority: u8) -> String {
+        let response = self.submit(description, priority).await;
+        assert_eq!(
+            response.status(),
+            201,
+            "POST /tasks: {:?}",
+            response.text().await
+        );
+        let body: Value = response.json().await.expect("json");
+        body["id"].as_str().expect("id").to_owned()
+    }
+
+    async fn task(&self, id: &str) -> Value {
+        self.client
+            .get(format!("{}/tasks/{id}", self.base))
+            .send()
+            .await
+            .expect("GET /tasks/{id}")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    async fn stats(&self) -> Value {
+        self.client
+            .get(format!("{}/stats", self.base))
+            .send()
+            .await
+            .expect("GET /stats")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// Polls the task until `done` holds; panics with the last record after `within`.
+    async fn wait_for(&self, id: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let task = self.task(id).await;
+            if done(&task) {
+                return task;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} did not get there within {within:?}: {task}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_for_status(&self, id: &str, status: &str, within: Duration) -> Value {
+        self.wait_for(id, within, |task| task["status"] == status)
+            .await
+    }
+}
+
+/// An in-process worker; stopped (gracefully) on drop of the token.
+struct RunningWorker {
+    stop: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+    id: String,
+}
+
+impl RunningWorker {
+    async fn start(redis_url: &str, adjust: impl FnOnce(&mut WorkerConfig)) -> Self {
+        let mut config = WorkerConfig::for_tests(redis_url, PREFIX);
+        adjust(&mut config);
+        let worker = Worker::build(&config).await.expect("worker config");
+        let id = worker.worker_id().to_string();
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(worker.run(stop.clone()));
+        Self { stop, handle, id }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.handle.await.expect("worker task").expect("worker run");
+    }
+}
+
+/// A worker child process, SIGKILLed on drop.
+struct WorkerProcess {
+    child: Child,
+    id: String,
+}
+
+impl WorkerProcess {
+    fn start(redis_url: &str, id: &str, work_ms: u64) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_worker"))
+            .env("REDIS_URL", redis_url)
+            .env("KEY_PREFIX", PREFIX)
+            .env("WORKER_ID", id)
+            .env("WORKER_WORK_MS", work_ms.to_string())
+            .env("WORKER_HEARTBEAT_MS", "250")
+            .env("WORKER_DEAD_AFTER_MS", "1000")
+            .env("METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the worker binary");
+        Self {
+            child,
+            id: id.to_owned(),
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test]
+async fn a_submitted_task_is_executed_and_succeeds_with_a_result() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url(), 5).await;
+    let worker = RunningWorker::start(&redis.url(), |_| {}).await;
+
+    let id = api.create("write a haiku", 5).await;
+    let task = api
+        .wait_for_status(&id, "succeeded", Duration::from_secs(5))
+        .await;
+
+    assert_eq!(task["attempts"], 1);
+    assert_eq!(task["worker"], worker.id.as_str());
+    assert_eq!(task["result"]["handler"], "simulate");
+    assert!(task["started_at"].is_string() && task["finished_at"].is_string());
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn queued_tasks_start_in_strict_priority_order() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url(), 5).await;
+    let priorities = [7, 3, 10, 1, 5, 3, 9, 2, 1, 6];
+    let mut ids = Vec::new();
+    for (i, priority) in priorities.iter().enumerate() {
+        ids.push((
+            api.create(&format!("task {i}"), *priority).await,
+            *priority,
+            i,
+        ));
+    }
+
+    let worker = RunningWorker::start(&redis.url(), |c| {
+        c.concurrency = 1;
+        c.work = Duration::from_millis(5);
+    })
+    .await;
+    let mut started = Vec::new();
+    for (id, priority, i) in &ids {
+        let task = api
+            .wait_for_status(id, "succeeded", Duration::from_secs(10))
+            .await;
+        started.push((
+            task["started_at"].as_str().expect("started_at").to_owned(),
+            *priority,
+            *i,
+        ));
+    }
+    started.sort();
+
+    let order: Vec<(u8, usize)> = started.iter().map(|(_, p, i)| (*p, *i)).collect();
+    let mut expected = order.clone();
+    expected.sort(); // by priority, then submission order (FIFO within a level)
+    assert_eq!(
+        order, expected,
+        "execution order (priority, submission index)"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancelled_task_is_never_executed_and_a_running_one_cannot_be_cancelled() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url(), 5).await;
+    let queued = api.create("cancel me", 5).await;
+    let cancel = api
+        .client
+        .delete(format!("{}/tasks/{queued}", api.base))
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(cancel.status(), 200);
+
+    let worker = RunningWorker::start(&redis.url(), |c| c.work = Duration::from_millis(1500)).await;
+    let long = api.create("long task", 5).await;
+    api.wait_for_status(&long, "running", Duration::from_secs(5))
+        .await;
+    let refused = api
+        .client
+        .delete(format!("{}/tasks/{long}", api.base))
+        .send()
+        .await
+        .expect("DELETE");
+
+    assert_eq!(refused.status(), 409);
+    let body: Value = refused.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "conflict");
+    api.wait_for_status(&long, "succeeded", Duration::from_secs(5))
+        .await;
+    let cancelled = api.task(&queued).await;
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["attempts"], 0, "a cancelled task must never run");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_with_backoff_until_success() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url(), 5).await;
+    let worker = RunningWorker::start(&redis.url(), |c| c.fail_first_attempts = 2).await;
+
+    let id = api.create("flaky", 5).await;
+    let task = api
+        .wait_for_status(&id, "succeeded", Duration::from_secs(10))
+        .await;
+
+    assert_eq!(task["attempts"], 3);
+    assert!(
+        task["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("attempt 2")),
+        "last error is kept: {task}"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn permanent_failures_and_exhausted_retries_are_dead_lettered() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url(), 3).await;
+    let permanent = RunningWorker::start(&redis.url(), |c| c.permanent_fail_rate = 1.0).await;
+    let id = api.create("doomed", 5).await;
+    let dead = api
+        .wait_for_status(&id, "dead", Duration::from_secs(5))
+        .await;
+    assert_eq!(dead["attempts"], 1, "a permanent failure is not retried");
+    permanent.stop().await;
+
+    let flaky = RunningWorker::start(&redis.url(), |c| c.fail_first_attempts = 100).await;
+    let id = api.create("always flaky", 5).await;
+    let exhausted = api
+        .wait_for_status(&id, "dead", Duration::from_secs(10))
+        .await;
+
+    assert_eq!(exhausted["attempts"], 3, "max_attempts is 3");
+    assert!(
+        exhausted["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("gave up after 3 attempts")),
+        "{exhausted}"
+    );
+    assert_eq!(api.stats().await["dead_lettered"], 2);
+    flaky.stop().await;
+}
+
+#[tokio::test]
+async fn a_task_whose_worker_is_sigkilled_mid_task_is_completed_by_another_within_5s() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url(), 5).await;
+    let mut doomed = WorkerProcess::start(&redis.url(), "doomed-worker", 3000);
+    let id = api.create("survive a crash", 5).await;
+    api.wait_for(&id, Duration::from_secs(10), |t| {
+        t["status"] == "running" && t["worker"] == "doomed-worker"
+    })
+    .await;
+
+    doomed.kill();
+    let killed_at = Instant::now();
+    let rescuer = RunningWorker::start(&redis.url(), |c| c.work = Duration::from_millis(50)).await;
+    let task = api
+        .wait_for_status(&id, "succeeded", Duration::from_secs(5))
+        .await;
+
+    let recovery = killed_at.elapsed();
+    assert_eq!(task["worker"], rescuer.id.as_str());
+    assert_eq!(task["attempts"], 2);
+    assert!(
+        recovery < Duration::from_secs(5),
+        "recovered in {recovery:?}"
+    );
+    assert_eq!(doomed.id, "doomed-worker");
+    rescuer.stop().await;
+}
+
+#[tokio::test]
+async fn after_redis_is_killed_and_restarted_on_its_aof_every_acknowledged_task_completes() {
+    let mut redis = RedisServer::start();
+    let api = Api::start(&redis.url(), 5).await;
+    let worker = RunningWorker::start(&redis.url(), |c| {
+        c.concurrency = 2;
+        c.work = Duration::from_millis(50);
+    })
+    .await;
+    let mut acknowledged = Vec::new();
+    for i in 0..60 {
+        acknowledged.push(
+            api.create(&format!("before the crash {i}"), (i % 10 + 1) as u8)
+                .await,
+        );
+    }
+
+    redis.kill();
+    let started = Instant::now();
+    let during = api.submit("during the outage", 5).await;
+    assert_eq!(
+        during.status(),
+        503,
+        "the API answers 503 while redis is down"
+    );
+    assert!(during.headers().contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "503 must come quickly: {:?}",
+        started.elapsed()
+    );
+    redis.start_again();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = api.submit("after the restart", 5).await.status();
+        if status == 201 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orchestrator did not recover: last status {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for id in &acknowledged {
+        api.wait_for_status(id, "succeeded", Duration::from_secs(30))
+            .await;
+    }
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_recreates_the_consumer_group_after_redis_loses_its_data() {
+    let mut redis = RedisServer::start_with(taskq::testing::Persistence::None);
+    let api = Api::start(&redis.url(), 5).await;
+    let worker = RunningWorker::start(&redis.url(), |_| {}).await;
+    let before = api.create("before", 5).await;
+    api.wait_for_status(&before, "succeeded", Duration::from_secs(5))
+        .await;
+
+    redis.kill();
+    redis.start_again();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let response = api.submit("after data loss", 5).await;
+        if response.status() == 201 {
+            let body: Value = response.json().await.expect("json");
+            break body["id"].as_str().expect("id").to_owned();
+        }
+        assert!(Instant::now() < deadline, "orchestrator did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    api.wait_for_status(&after, "succeeded", Duration::from_secs(10))
+        .await;
+    worker.stop().await;
+}
