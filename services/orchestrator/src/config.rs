@@ -7,7 +7,7 @@ use taskq::support::{LogFormat, RedisSettings};
 use taskq::{Keys, QueueConfig};
 
 /// Orchestrator settings.
-#[derive(Debug, Clone, clap::Parser)]
+#[derive(Clone, clap::Parser)]
 #[command(name = "orchestrator", version, about = "Agent System HTTP API")]
 pub struct Config {
     /// Optional subcommand; without one the server runs.
@@ -61,6 +61,47 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
+
+    /// Bearer tokens for the task routes, comma-separated (none: no authentication).
+    #[arg(long, env = "AUTH_TOKENS", hide_env_values = true)]
+    pub auth_tokens: Option<String>,
+
+    /// File with one bearer token per line, added to `AUTH_TOKENS`.
+    #[arg(long, env = "AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<std::path::PathBuf>,
+
+    /// Bearer token required by `/metrics` (none: open).
+    #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// `POST /tasks` allowed per client and second (0: no limit).
+    #[arg(long, env = "RATE_LIMIT_PER_S", default_value_t = 0)]
+    pub rate_limit_per_s: u32,
+
+    /// Burst allowed above the rate (default: one second's worth).
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 0)]
+    pub rate_limit_burst: u32,
+
+    /// Requests handled at once; beyond it requests get 503 at once instead of queueing.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 4096)]
+    pub max_concurrent_requests: usize,
+}
+
+impl std::fmt::Debug for Config {
+    // By hand: the Redis URL may hold a password and the tokens are secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("redis_url", &taskq::support::redact_url(&self.redis_url))
+            .field("listen_addr", &self.listen_addr)
+            .field("key_prefix", &self.key_prefix)
+            .field(
+                "auth",
+                &(self.auth_tokens.is_some() || self.auth_tokens_file.is_some()),
+            )
+            .field("metrics_token", &self.metrics_token.is_some())
+            .field("rate_limit_per_s", &self.rate_limit_per_s)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Subcommands.

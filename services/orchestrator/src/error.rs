@@ -44,6 +44,9 @@ pub enum AppError {
     /// Redis is unreachable or too slow (503 with `Retry-After`).
     #[error("the task store is unavailable; retry shortly")]
     Unavailable,
+    /// Too many requests in progress; shed at once (503 with `Retry-After`).
+    #[error("the server is overloaded; retry shortly")]
+    Overloaded,
     /// The request took longer than the configured limit (503 with `Retry-After`).
     #[error("the request timed out; retry shortly")]
     Timeout,
@@ -63,7 +66,9 @@ impl AppError {
             AppError::TaskNotFound(_) | AppError::RouteNotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Conflict(_) => StatusCode::CONFLICT,
-            AppError::Unavailable | AppError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Unavailable | AppError::Timeout | AppError::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -82,6 +87,7 @@ impl AppError {
             AppError::Conflict(_) => "conflict",
             AppError::Unavailable => "store_unavailable",
             AppError::Timeout => "timeout",
+            AppError::Overloaded => "overloaded",
             AppError::Internal(_) => "internal",
         }
     }

@@ -5,10 +5,12 @@
 //! - [`routes`]: one handler per action (`create_task`, `get_task`, `cancel_task`, ...).
 //! - [`error`]: [`error::AppError`], the one error type every handler returns; it renders the
 //!   JSON error body and never leaks internals.
+//! - [`guard`]: bearer-token authentication and per-client rate limiting.
 //! - [`telemetry`]: HTTP metrics.
 
 pub mod config;
 pub mod error;
+pub mod guard;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;

@@ -20,6 +20,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
 use crate::error::AppError;
+use crate::guard::{self, SubmitLimiter, Tokens};
 use crate::routes::{meta, tasks};
 use crate::telemetry;
 
@@ -36,6 +37,12 @@ pub struct AppState {
     pub worker_dead_after: Duration,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Tokens accepted on the task routes (empty: open).
+    pub tokens: Tokens,
+    /// Token accepted on `/metrics` (empty: open).
+    pub metrics_tokens: Tokens,
+    /// Per-client limit on `POST /tasks`.
+    pub submit_limiter: SubmitLimiter,
 }
 
 impl AppState {
@@ -48,6 +55,12 @@ impl AppState {
             redis_timeout: config.redis_timeout,
             worker_dead_after: config.worker_dead_after,
             metrics: taskq::support::metrics_handle(),
+            tokens: Tokens::load(
+                config.auth_tokens.as_deref(),
+                config.auth_tokens_file.as_deref(),
+            )?,
+            metrics_tokens: Tokens::load(config.metrics_token.as_deref(), None)?,
+            submit_limiter: SubmitLimiter::new(config.rate_limit_per_s, config.rate_limit_burst),
         })
     }
 
@@ -66,16 +79,34 @@ impl AppState {
 /// The router with every route and middleware; tests drive it with `oneshot`.
 pub fn app(state: AppState, config: &Config) -> Router {
     let request_id = axum::http::HeaderName::from_static("x-request-id");
-    Router::new()
-        .route("/tasks", post(tasks::create_task))
+    let task_routes = Router::new()
+        .route(
+            "/tasks",
+            post(tasks::create_task).route_layer(middleware::from_fn_with_state(
+                state.submit_limiter.clone(),
+                guard::limit_submits,
+            )),
+        )
         .route(
             "/tasks/{id}",
             get(tasks::get_task).delete(tasks::cancel_task),
         )
         .route("/stats", get(meta::stats))
+        .route_layer(middleware::from_fn_with_state(
+            state.tokens.clone(),
+            guard::require_token,
+        ));
+    let metrics_routes = Router::new()
+        .route("/metrics", get(meta::metrics))
+        .route_layer(middleware::from_fn_with_state(
+            state.metrics_tokens.clone(),
+            guard::require_token,
+        ));
+    Router::new()
+        .merge(task_routes)
+        .merge(metrics_routes)
         .route("/healthz", get(meta::healthz))
         .route("/readyz", get(meta::readyz))
-        .route("/metrics", get(meta::metrics))
         .route("/openapi.json", get(meta::openapi))
         .fallback(|| async { AppError::RouteNotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
@@ -86,9 +117,15 @@ pub fn app(state: AppState, config: &Config) -> Router {
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
                 .layer(TraceLayer::new_for_http())
                 .layer(PropagateRequestIdLayer::new(request_id))
-                .layer(HandleErrorLayer::new(|_: BoxError| async {
-                    AppError::Timeout
+                .layer(HandleErrorLayer::new(|err: BoxError| async move {
+                    if err.is::<tower::load_shed::error::Overloaded>() {
+                        AppError::Overloaded
+                    } else {
+                        AppError::Timeout
+                    }
                 }))
+                .load_shed()
+                .concurrency_limit(config.max_concurrent_requests.max(1))
                 .timeout(config.request_timeout),
         )
         .with_state(state)
@@ -103,6 +140,7 @@ pub async fn serve(
     grace: Duration,
 ) -> anyhow::Result<()> {
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         let _ = stopping_tx.send(());

@@ -52,7 +52,7 @@ async fn send(router: &Router, request: Request<Body>) -> Reply {
     }
 }
 
-fn post_json(body: impl Into<String>) -> Request<Body> {
+fn post_json(body: impl Into<Body>) -> Request<Body> {
     Request::post("/tasks")
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(body.into()))
@@ -423,4 +423,239 @@ async fn stats_count_queued_tasks_per_priority() {
     assert_eq!(stats.body["queued"]["7"], 1);
     assert_eq!(stats.body["queued_total"], 3);
     assert_eq!(stats.body["live_workers"], 0);
+}
+
+fn router_with(redis_url: &str, adjust: impl FnOnce(&mut Config)) -> Router {
+    let mut config = Config::for_tests(redis_url, "api-test");
+    adjust(&mut config);
+    app(AppState::new(&config).expect("valid config"), &config)
+}
+
+fn with_token(mut request: Request<Body>, token: &str) -> Request<Body> {
+    request.headers_mut().insert(
+        header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header value"),
+    );
+    request
+}
+
+const TOKEN: &str = "0123456789abcdef-token";
+
+#[tokio::test]
+async fn with_auth_enabled_requests_without_a_valid_token_get_401_and_do_nothing() {
+    let redis = RedisServer::start();
+    let router = router_with(&redis.url(), |c| c.auth_tokens = Some(TOKEN.into()));
+
+    let anonymous = send(&router, post_json(r#"{"description":"x"}"#)).await;
+    let wrong = send(
+        &router,
+        with_token(
+            post_json(r#"{"description":"x"}"#),
+            "0123456789abcdef-wrong",
+        ),
+    )
+    .await;
+    let no_read = send(&router, get("/stats")).await;
+    let authorized = send(
+        &router,
+        with_token(post_json(r#"{"description":"x"}"#), TOKEN),
+    )
+    .await;
+    let stats = send(&router, with_token(get("/stats"), TOKEN)).await;
+
+    assert_error(&anonymous, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_eq!(anonymous.headers[header::WWW_AUTHENTICATE], "Bearer");
+    assert_error(&wrong, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_error(&no_read, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_eq!(authorized.status, StatusCode::CREATED);
+    assert_eq!(
+        stats.body["queued_total"], 1,
+        "only the authorized request enqueued: {:?}",
+        stats.body
+    );
+    assert_eq!(
+        send(&router, get("/healthz")).await.status,
+        StatusCode::OK,
+        "health stays open"
+    );
+    assert_eq!(
+        send(&router, get("/readyz")).await.status,
+        StatusCode::OK,
+        "readiness stays open"
+    );
+    assert_eq!(
+        send(&router, get("/metrics")).await.status,
+        StatusCode::OK,
+        "metrics have their own token"
+    );
+}
+
+#[tokio::test]
+async fn metrics_can_be_protected_separately() {
+    let redis = RedisServer::start();
+    let router = router_with(&redis.url(), |c| {
+        c.metrics_token = Some("metrics-token-0123456789".into())
+    });
+
+    let anonymous = send(&router, get("/metrics")).await;
+    let scraper = send(
+        &router,
+        with_token(get("/metrics"), "metrics-token-0123456789"),
+    )
+    .await;
+
+    assert_error(&anonymous, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_eq!(scraper.status, StatusCode::OK);
+    assert_eq!(
+        send(&router, post_json(r#"{"description":"x"}"#))
+            .await
+            .status,
+        StatusCode::CREATED,
+        "task routes stay open"
+    );
+}
+
+#[tokio::test]
+async fn a_client_over_its_submit_rate_gets_429_with_retry_after() {
+    let redis = RedisServer::start();
+    let router = router_with(&redis.url(), |c| {
+        c.rate_limit_per_s = 1;
+        c.rate_limit_burst = 2;
+    });
+
+    let first = send(&router, post_json(r#"{"description":"x"}"#)).await;
+    let second = send(&router, post_json(r#"{"description":"x"}"#)).await;
+    let third = send(&router, post_json(r#"{"description":"x"}"#)).await;
+
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(second.status, StatusCode::CREATED);
+    assert_error(&third, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert!(third.headers.contains_key(header::RETRY_AFTER));
+    assert_eq!(
+        send(&router, get("/stats")).await.body["queued_total"],
+        2,
+        "a limited request enqueues nothing"
+    );
+}
+
+#[tokio::test]
+async fn queue_gauges_are_exported_at_scrape_time() {
+    let redis = RedisServer::start();
+    let router = router_for(&redis.url());
+    send(&router, post_json(r#"{"description":"x","priority":3}"#)).await;
+
+    let metrics = send(&router, get("/metrics")).await;
+
+    let text = metrics.body.as_str().expect("text");
+    for family in [
+        "agent_queue_depth",
+        "agent_consumer_lag_seconds",
+        "agent_tasks_in_flight",
+        "agent_live_workers",
+        "agent_redis_up",
+    ] {
+        assert!(text.contains(family), "{family} missing from /metrics");
+    }
+}
+
+mod hostile_input {
+    //! Property tests: whatever the input, the API answers with a client error or a success,
+    //! never a 5xx, and always with a JSON error body. Each property shares one redis-server
+    //! across its cases (dropped, so killed, at the end of the test).
+
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+
+    use super::*;
+
+    const CASES: u32 = 256;
+
+    fn check<S: Strategy>(
+        strategy: S,
+        property: impl Fn(&tokio::runtime::Runtime, &Router, S::Value) -> Result<(), TestCaseError>,
+    ) where
+        S::Value: std::fmt::Debug,
+    {
+        let redis = RedisServer::start();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let router = runtime.block_on(async { router_for(&redis.url()) });
+        let mut runner = TestRunner::new(ProptestConfig::with_cases(CASES));
+        if let Err(failure) = runner.run(&strategy, |value| property(&runtime, &router, value)) {
+            panic!("{failure}");
+        }
+    }
+
+    #[test]
+    fn arbitrary_bodies_never_cause_a_server_error() {
+        check(
+            proptest::collection::vec(any::<u8>(), 0..512),
+            |runtime, router, body| {
+                let reply = runtime.block_on(send(router, post_json(body)));
+                prop_assert!(
+                    reply.status.is_client_error() || reply.status == StatusCode::CREATED,
+                    "status {}",
+                    reply.status
+                );
+                if reply.status.is_client_error() {
+                    prop_assert!(
+                        reply.body["error"]["code"].is_string(),
+                        "body {:?}",
+                        reply.body
+                    );
+                }
+                Ok(())
+            },
+        );
+    }
+
+    #[test]
+    fn valid_json_is_accepted_exactly_when_the_fields_are_in_range() {
+        let priorities = prop_oneof![
+            Just(None),
+            (-5i64..16).prop_map(Some),
+            any::<i64>().prop_map(Some)
+        ];
+        check(
+            ("\\PC{0,40}", priorities),
+            |runtime, router, (description, priority)| {
+                let mut body = json!({ "description": description });
+                if let Some(priority) = priority {
+                    body["priority"] = json!(priority);
+                }
+                let reply = runtime.block_on(send(router, post_json(body.to_string())));
+                let valid =
+                    !description.is_empty() && priority.is_none_or(|p| (1..=10).contains(&p));
+                if valid {
+                    prop_assert_eq!(reply.status, StatusCode::CREATED);
+                    prop_assert_eq!(
+                        reply.body["description"].as_str(),
+                        Some(description.as_str())
+                    );
+                } else {
+                    prop_assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+                }
+                Ok(())
+            },
+        );
+    }
+
+    #[test]
+    fn arbitrary_task_ids_get_400_or_404() {
+        check("[^/?#]{1,60}", |runtime, router, raw| {
+            let uri = format!(
+                "/tasks/{}",
+                raw.bytes().map(|b| format!("%{b:02X}")).collect::<String>()
+            );
+            let reply = runtime.block_on(send(router, get(&uri)));
+            prop_assert!(
+                reply.status == StatusCode::BAD_REQUEST || reply.status == StatusCode::NOT_FOUND,
+                "{} for {uri}",
+                reply.status
+            );
+            Ok(())
+        });
+    }
 }

@@ -234,13 +234,13 @@ pub struct TaskRecord {
     /// Executions allowed before the task is dead-lettered.
     pub max_attempts: u32,
     /// When the task was accepted.
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "timestamp")]
     pub created_at: OffsetDateTime,
     /// When the latest execution started.
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(with = "timestamp::option")]
     pub started_at: Option<OffsetDateTime>,
     /// When the task reached a final state.
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(with = "timestamp::option")]
     pub finished_at: Option<OffsetDateTime>,
     /// The worker that ran the latest execution.
     pub worker: Option<String>,
@@ -248,6 +248,58 @@ pub struct TaskRecord {
     pub result: Option<serde_json::Value>,
     /// The latest error, if any execution failed.
     pub error: Option<String>,
+}
+
+/// RFC 3339 timestamps in UTC with exactly three fractional digits
+/// (`2026-11-27T16:32:17.990Z`), so they sort as text; any RFC 3339 form is read.
+mod timestamp {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use time::OffsetDateTime;
+    use time::format_description::well_known::Rfc3339;
+    use time::macros::format_description;
+
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'static>] =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+    pub fn serialize<S: Serializer>(
+        value: &OffsetDateTime,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let utc = value.to_offset(time::UtcOffset::UTC);
+        let text = utc.format(FORMAT).map_err(serde::ser::Error::custom)?;
+        serializer.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<OffsetDateTime, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        OffsetDateTime::parse(&text, &Rfc3339).map_err(serde::de::Error::custom)
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(
+            value: &Option<OffsetDateTime>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match value {
+                Some(value) => super::serialize(value, serializer),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<OffsetDateTime>, D::Error> {
+            Option::<String>::deserialize(deserializer)?
+                .map(|text| {
+                    OffsetDateTime::parse(&text, &Rfc3339).map_err(serde::de::Error::custom)
+                })
+                .transpose()
+        }
+    }
 }
 
 /// The version of the stored record layout this code writes and reads.
@@ -394,8 +446,10 @@ mod tests {
         let record = TaskRecord::from_fields(&stored_fields()).expect("valid record");
         assert_eq!(record.status, Status::Succeeded);
         let json = serde_json::to_value(&record).expect("serialisable");
-        assert_eq!(json["created_at"], "2023-11-14T22:13:20Z");
-        assert_eq!(json["finished_at"], "2023-11-14T22:13:20.25Z");
+        assert_eq!(json["created_at"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(json["finished_at"], "2023-11-14T22:13:20.250Z");
+        let back: TaskRecord = serde_json::from_value(json.clone()).expect("deserialisable");
+        assert_eq!(back, record);
         assert_eq!(json["result"]["ok"], true);
         assert_eq!(json["error"], serde_json::Value::Null);
     }

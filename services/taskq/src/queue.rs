@@ -190,6 +190,9 @@ pub struct Stats {
     pub dead_lettered: u64,
     /// Workers whose heartbeat is fresh.
     pub live_workers: u64,
+    /// Age in milliseconds of the oldest task not yet delivered to a worker, per priority level
+    /// (0 when none waits): how far the consumers lag behind.
+    pub oldest_queued_age_ms: [u64; 10],
 }
 
 struct Scripts {
@@ -206,7 +209,11 @@ struct Scripts {
 
 impl Scripts {
     fn new() -> Self {
-        let script = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+        let script = |body: &str| {
+            Script::new(&format!(
+                "local RECORD_VERSION = '{RECORD_VERSION}'\n{PRELUDE}\n{body}"
+            ))
+        };
         Self {
             enqueue: script(include_str!("scripts/enqueue.lua")),
             claim: script(include_str!("scripts/claim.lua")),
@@ -731,7 +738,7 @@ impl Queue {
             .arg(millis(dead_after))
             .invoke_async(conn)
             .await?;
-        if numbers.len() != 23 {
+        if numbers.len() != 33 {
             return Err(QueueError::Protocol(format!(
                 "stats returned {} numbers",
                 numbers.len()
@@ -739,7 +746,9 @@ impl Queue {
         }
         let mut queued = [0; 10];
         let mut in_flight = [0; 10];
+        let mut oldest_queued_age_ms = [0; 10];
         queued.copy_from_slice(&numbers[0..10]);
+        oldest_queued_age_ms.copy_from_slice(&numbers[23..33]);
         in_flight.copy_from_slice(&numbers[10..20]);
         Ok(Stats {
             queued,
@@ -747,6 +756,7 @@ impl Queue {
             retry_scheduled: numbers[20],
             dead_lettered: numbers[21],
             live_workers: numbers[22],
+            oldest_queued_age_ms,
         })
     }
 }

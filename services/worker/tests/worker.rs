@@ -425,3 +425,79 @@ async fn a_worker_recreates_the_consumer_group_after_redis_loses_its_data() {
         .await;
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_corrupted_or_foreign_task_record_is_dead_lettered_and_the_worker_carries_on() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url(), 5).await;
+    let keys = taskq::Keys::new(PREFIX);
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let foreign = "0190c5d2-6a8e-7cc3-9a43-0d5f1e1e2a01";
+    let foreign_id = taskq::TaskId::parse(foreign).expect("uuid");
+    redis::pipe()
+        .hset_multiple(
+            keys.task(&foreign_id),
+            &[
+                ("v", "9"),
+                ("id", foreign),
+                ("status", "queued"),
+                ("priority", "zz"),
+            ],
+        )
+        .ignore()
+        .xadd(
+            keys.stream(taskq::Priority::DEFAULT),
+            "*",
+            &[("t", foreign)],
+        )
+        .ignore()
+        .xadd(
+            keys.stream(taskq::Priority::DEFAULT),
+            "*",
+            &[("t", "not-even-a-uuid")],
+        )
+        .ignore()
+        .exec_async(&mut conn)
+        .await
+        .expect("writing corrupted records");
+
+    let worker = RunningWorker::start(&redis.url(), |_| {}).await;
+    let healthy = api.create("a normal task after the bad ones", 5).await;
+
+    api.wait_for_status(&healthy, "succeeded", Duration::from_secs(5))
+        .await;
+    let status: Option<String> = redis::cmd("HGET")
+        .arg(keys.task(&foreign_id))
+        .arg("status")
+        .query_async(&mut conn)
+        .await
+        .expect("HGET");
+    assert_eq!(
+        status.as_deref(),
+        Some("dead"),
+        "the foreign record is reported dead"
+    );
+    let error: String = redis::cmd("HGET")
+        .arg(keys.task(&foreign_id))
+        .arg("error")
+        .query_async(&mut conn)
+        .await
+        .expect("HGET");
+    assert!(error.contains("layout version 9"), "{error}");
+    let read = api
+        .client
+        .get(format!("{}/tasks/{foreign}", api.base))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(
+        read.status(),
+        500,
+        "an unreadable record is an opaque server error, not a crash"
+    );
+    worker.stop().await;
+}

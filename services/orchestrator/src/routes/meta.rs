@@ -52,11 +52,33 @@ pub async fn stats(State(state): State<AppState>) -> Result<Json<Value>, AppErro
         "retry_scheduled": stats.retry_scheduled,
         "dead_lettered": stats.dead_lettered,
         "live_workers": stats.live_workers,
+        "oldest_queued_age_ms": by_priority(&stats.oldest_queued_age_ms),
     })))
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: Prometheus text format. Queue gauges are read from Redis at scrape time.
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut conn = state.redis.clone();
+    match state
+        .with_timeout(state.queue.stats(&mut conn, state.worker_dead_after))
+        .await
+    {
+        Ok(stats) => {
+            metrics::gauge!("agent_redis_up").set(1.0);
+            for (i, priority) in (1..=10).map(|p: u8| p.to_string()).enumerate() {
+                metrics::gauge!("agent_queue_depth", "priority" => priority.clone())
+                    .set(stats.queued[i] as f64);
+                metrics::gauge!("agent_tasks_in_flight", "priority" => priority.clone())
+                    .set(stats.in_flight[i] as f64);
+                metrics::gauge!("agent_consumer_lag_seconds", "priority" => priority)
+                    .set(stats.oldest_queued_age_ms[i] as f64 / 1000.0);
+            }
+            metrics::gauge!("agent_retry_scheduled").set(stats.retry_scheduled as f64);
+            metrics::gauge!("agent_dead_letter_size").set(stats.dead_lettered as f64);
+            metrics::gauge!("agent_live_workers").set(stats.live_workers as f64);
+        }
+        Err(_) => metrics::gauge!("agent_redis_up").set(0.0),
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

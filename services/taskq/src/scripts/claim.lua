@@ -18,9 +18,19 @@ end
 local function start(p, entry, task_id)
   local stream = KEYS[p]
   local key = prefix .. task_id
-  local f = redis.call('HMGET', key, 'status', 'attempts', 'max_attempts', 'description')
+  local f = redis.call('HMGET', key, 'status', 'attempts', 'max_attempts', 'description', 'v')
   if (not f[1]) or is_final(f[1]) then
     -- expired, cancelled or finished meanwhile: nothing to run
+    drop(stream, entry)
+    return
+  end
+  if f[5] ~= RECORD_VERSION or not f[4] then
+    -- written by another version, or corrupted: an error for this task, not for the worker
+    local err = 'unreadable task record (layout version ' .. tostring(f[5]) .. ', this worker reads '
+      .. RECORD_VERSION .. ')'
+    redis.call('HSET', key, 'status', 'dead', 'finished_at', now, 'error', err)
+    redis.call('XADD', KEYS[11], 'MAXLEN', '~', 100000, '*', 't', task_id, 'error', err)
+    if retention > 0 then redis.call('EXPIRE', key, retention) end
     drop(stream, entry)
     return
   end
@@ -38,7 +48,7 @@ local function start(p, entry, task_id)
   attempts = attempts + 1
   redis.call('HSET', key, 'status', 'running', 'attempts', attempts, 'started_at', now,
     'worker', consumer, 'stream_id', entry)
-  out[#out + 1] = {p, entry, task_id, f[4] or '', attempts, max_attempts}
+  out[#out + 1] = {p, entry, task_id, f[4], attempts, max_attempts}
 end
 
 local i = 6
