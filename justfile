@@ -41,6 +41,32 @@ run: _require-redis-server
     trap 'kill 0' INT TERM
     target/release/orchestrator & target/release/worker & wait
 
+# Fuzz the task decoder and input validation for `seconds` (cargo-fuzz; stable Rust via RUSTC_BOOTSTRAP)
+fuzz seconds="30":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+    cd fuzz
+    RUSTC_BOOTSTRAP=1 cargo fuzz run task_record --sanitizer none -- -max_total_time={{seconds}} -print_final_stats=1 2>&1 \
+        | grep -E "^(#[0-9]+.*DONE|Done|stat::number_of_executed_units|==[0-9]+== ERROR|SUMMARY)" || true
+    test -z "$(ls artifacts/task_record 2>/dev/null)" || { echo "fuzzing found a crash: fuzz/artifacts/task_record" >&2; exit 1; }
+
+# schemathesis against a local orchestrator's /openapi.json: no 5xx, every answer matches the schema
+api-fuzz examples="100": _require-redis-server
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v schemathesis >/dev/null || pip install -q schemathesis
+    cargo build -q -p orchestrator
+    dir=$(mktemp -d); port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" --daemonize yes --pidfile "$dir/redis.pid"
+    REDIS_URL="redis://127.0.0.1:$port" LISTEN_ADDR=127.0.0.1:0 LOG_FORMAT=json target/debug/orchestrator > "$dir/orchestrator.log" 2>&1 &
+    orchestrator=$!
+    trap 'kill $orchestrator 2>/dev/null || true; redis-cli -p '"$port"' shutdown nosave >/dev/null 2>&1 || true; rm -rf '"$dir" EXIT
+    for _ in $(seq 100); do addr=$(grep -o '"listen_addr":"[^"]*"' "$dir/orchestrator.log" | cut -d'"' -f4 || true); [ -n "$addr" ] && break; sleep 0.1; done
+    # DELETE cancels (the record stays readable as `cancelled`), so "deleted resource still available" does not apply.
+    schemathesis run "http://$addr/openapi.json" --checks all --exclude-checks use_after_free \
+        --max-examples {{examples}} --generation-deterministic
+
 # 10-second goose submit load against a local system; fails on any request error
 smoke-load: _require-redis-server
     cargo test -p loadtests --test smoke -- --nocapture

@@ -353,8 +353,12 @@ impl TaskRecord {
             raw.parse().map_err(|_| bad(name, raw))
         };
         let timestamp = |name: &'static str, raw: &str| -> Result<OffsetDateTime, DecodeError> {
-            let millis: i128 = raw.parse().map_err(|_| bad(name, raw))?;
-            OffsetDateTime::from_unix_timestamp_nanos(millis * 1_000_000)
+            // Milliseconds since the epoch, up to the end of year 9999 (RFC 3339's range).
+            let millis: i64 = raw.parse().map_err(|_| bad(name, raw))?;
+            if !(0..=253_402_300_799_999).contains(&millis) {
+                return Err(bad(name, raw));
+            }
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
                 .map_err(|_| bad(name, raw))
         };
 
@@ -471,6 +475,8 @@ mod tests {
             ("priority", "99"),
             ("attempts", "-1"),
             ("created_at", "yesterday"),
+            ("created_at", "99999999999999999999999999999999"),
+            ("finished_at", "-5"),
             ("result", "{not json"),
             ("id", "nope"),
         ] {

@@ -22,8 +22,15 @@ pub struct AppJson<T>(pub T);
 pub struct CreateTaskRequest {
     /// What to do: 1–10,000 characters.
     pub description: String,
-    /// 1 (most urgent) to 10; 5 when absent.
+    /// 1 (most urgent) to 10; 5 when absent. An explicit `null` is a type error, not "absent".
+    #[serde(default, deserialize_with = "present_integer")]
     pub priority: Option<i64>,
+}
+
+fn present_integer<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<i64>, D::Error> {
+    i64::deserialize(deserializer).map(Some)
 }
 
 /// Longest accepted `Idempotency-Key`.
