@@ -41,6 +41,15 @@ run: _require-redis-server
     trap 'kill 0' INT TERM
     target/release/orchestrator & target/release/worker & wait
 
+# Run one fault scenario (scenarios/NAME.toml) and print its summary; extra args go to `harness run`
+scenario NAME *args:
+    cargo run -q -p harness -- run {{NAME}} {{args}}
+
+# Run every scenario (quick mode, time scale 0.25) and write reports/scenarios.json
+scenarios *args:
+    mkdir -p reports
+    cargo run -q -p harness -- run scenarios/*.toml --time-scale 0.25 --report reports/scenarios.json {{args}}
+
 # Fuzz the task decoder and input validation for `seconds` (cargo-fuzz; stable Rust via RUSTC_BOOTSTRAP)
 fuzz seconds="30":
     #!/usr/bin/env bash
@@ -82,10 +91,12 @@ compose := `docker compose version >/dev/null 2>&1 && echo "docker compose" || e
 # `harness images` builds agent-redis/-orchestrator/-worker; dev profile, shared with `cargo test`.
 harness_images := "cargo run -q -p harness -- images"
 ps_format := "table {{.Names}}\t{{.Image}}\t{{.Status}}\t{{.Ports}}"
-ps_filters := "--filter name=^agent-redis$ --filter name=^agent-orchestrator$ --filter name=^agent-worker[-_]worker[-_]"
+ps_filters := "--filter name=^agent-redis$ --filter name=^agent-orchestrator$ --filter name=^agent-worker[-_]worker[-_] --filter name=^agent-prometheus$"
+# Generated Redis passwords and what derives from them (env files, ACL file); git-ignored.
+secrets_dir := "compose/secrets"
 
 # Start redis → orchestrator → `workers` worker replicas in containers, wait until healthy, print them
-up workers="1": images
+up workers="1": images _redis-secrets
     @just network
     {{compose}} -p agent-redis -f compose/redis.yml up -d
     @just _wait-healthy agent-redis 1
@@ -95,32 +106,32 @@ up workers="1": images
     @just _wait-healthy agent-worker {{workers}}
     @just ps
     @echo
-    @echo "orchestrator: http://localhost:${ORCHESTRATOR_HOST_PORT:-8001}   redis: localhost:${REDIS_HOST_PORT:-6380}"
+    @echo "orchestrator: http://localhost:${ORCHESTRATOR_HOST_PORT:-8001}   redis: ${REDIS_HOST_BIND:-127.0.0.1}:${REDIS_HOST_PORT:-6380} (password required: {{secrets_dir}}/)"
     @echo "try: curl -sS -X POST http://localhost:${ORCHESTRATOR_HOST_PORT:-8001}/tasks -H 'content-type: application/json' -d '{\"description\":\"hello\",\"priority\":5}'"
 
 # Stop and remove the service containers (the Redis volume and the network stay; see `clean`)
-down: _require-docker
+down: _require-docker _redis-secrets
     {{compose}} -p agent-worker -f compose/worker.yml down --remove-orphans
     {{compose}} -p agent-orchestrator -f compose/orchestrator.yml down --remove-orphans
     {{compose}} -p agent-redis -f compose/redis.yml down --remove-orphans
 
 # Restart one service (redis | orchestrator | worker) in place, leaving the others untouched
-restart service: _require-docker (_check-service service)
+restart service: _require-docker _redis-secrets (_check-service service)
     {{compose}} -p agent-{{service}} -f compose/{{service}}.yml restart
     @just _wait-healthy agent-{{service}} `docker ps -q --filter label=com.docker.compose.project=agent-{{service}} | wc -l`
 
 # Rebuild images and recreate one service if its image changed (worker keeps its replica count)
-upgrade service: images (_check-service service)
+upgrade service: images _redis-secrets (_check-service service)
     {{compose}} -p agent-{{service}} -f compose/{{service}}.yml up -d {{ if service == "worker" { "--scale worker=`docker ps -q --filter label=com.docker.compose.project=agent-worker | wc -l | sed 's/^0$/1/'`" } else { "" } }}
     @just _wait-healthy agent-{{service}} `docker ps -q --filter label=com.docker.compose.project=agent-{{service}} | wc -l`
 
 # Run N worker containers (they share the queue through the Redis consumer group)
-scale n: _require-docker
+scale n: _require-docker _redis-secrets
     {{compose}} -p agent-worker -f compose/worker.yml up -d --no-recreate --scale worker={{n}}
     @just _wait-healthy agent-worker {{n}}
 
 # Follow the logs of one service (redis | orchestrator | worker), or of all three when omitted
-logs service="": _require-docker
+logs service="": _require-docker _redis-secrets
     #!/usr/bin/env bash
     set -euo pipefail
     services="{{ if service == "" { "redis orchestrator worker" } else { service } }}"
@@ -133,8 +144,9 @@ logs service="": _require-docker
 ps: _require-docker
     @docker ps -a {{ps_filters}} --format "{{ps_format}}"
 
-# Remove containers, the Redis volume (queued tasks are lost) and the network agent-system-net
-clean: _require-docker
+# Remove containers, the Redis and Prometheus volumes (queued tasks are lost) and the network
+clean: _require-docker _redis-secrets
+    {{compose}} -p agent-monitoring -f compose/monitoring/compose.yml down --volumes --remove-orphans
     {{compose}} -p agent-worker -f compose/worker.yml down --volumes --remove-orphans
     {{compose}} -p agent-orchestrator -f compose/orchestrator.yml down --volumes --remove-orphans
     {{compose}} -p agent-redis -f compose/redis.yml down --volumes --remove-orphans
@@ -151,6 +163,40 @@ images *args: _require-docker
         just _require-redis-server
     fi
     {{harness_images}} $only {{args}}
+
+# Rotate the password of the Redis user `agent` (orchestrator, workers) with no failed Redis call
+redis-rotate-password: _require-docker _redis-secrets
+    #!/usr/bin/env bash
+    set -euo pipefail
+    dir="{{secrets_dir}}"
+    [ "$(docker inspect --format '{{{{.State.Running}}' agent-redis 2>/dev/null)" = true ] \
+        || { echo "error: agent-redis is not running; start the deployment with: just up" >&2; exit 1; }
+    sha() { tr -d '\n' < "$1" | sha256sum | cut -d' ' -f1; }
+    # Commands go to redis-cli on stdin, so not even a hash shows in `ps`; stdin mode always exits 0.
+    acl_setuser() {
+        local reply; reply=$(printf 'ACL SETUSER agent %s\n' "$1" | docker exec -i agent-redis redis-cli)
+        [ "$reply" = OK ] || { echo "error: ACL SETUSER failed: $reply" >&2; exit 1; }
+    }
+    if [ -s "$dir/redis-agent-password.previous" ]; then
+        echo "rotate: finishing the rotation that stopped half-way"
+    else
+        mv "$dir/redis-agent-password" "$dir/redis-agent-password.previous"
+        just _redis-secrets "$dir" quiet          # a new password; the ACL file lists both hashes
+    fi
+    # ACL SETUSER, not ACL LOAD: ACL LOAD would drop every connection of every user.
+    acl_setuser "#$(sha "$dir/redis-agent-password")"
+    echo "rotate: Redis accepts the old and the new password; recreating the orchestrator and the workers"
+    workers=$(docker ps -q --filter label=com.docker.compose.project=agent-worker | wc -l)
+    {{compose}} -p agent-orchestrator -f compose/orchestrator.yml up -d
+    just _wait-healthy agent-orchestrator 1
+    if [ "$workers" -gt 0 ]; then
+        {{compose}} -p agent-worker -f compose/worker.yml up -d --scale worker="$workers"
+        just _wait-healthy agent-worker "$workers"
+    fi
+    acl_setuser "!$(sha "$dir/redis-agent-password.previous")"
+    rm "$dir/redis-agent-password.previous"
+    just _redis-secrets "$dir" quiet
+    echo "rotate: done; the old password of the Redis user agent is refused from now on"
 
 # Create the external network agent-system-net if it does not exist
 network: _require-docker
@@ -183,9 +229,48 @@ dev: _require-redis-server
 k8s-check:
     cargo test -q -p harness --test k8s_manifests
 
-# Apply k8s/ to the current kubectl context (KEDA autoscaling: kubectl apply -f k8s/keda/)
+# Apply k8s/ to the current kubectl context, creating the Secret first (KEDA: kubectl apply -f k8s/keda/)
 k8s-apply:
+    kubectl apply -f k8s/00-namespace.yaml
+    just k8s-secrets
     kubectl apply -f k8s/
+
+# Create the Secret agent-system/agent-redis (random passwords, Redis ACL file) unless it exists
+k8s-secrets:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if kubectl -n agent-system get secret agent-redis >/dev/null 2>&1; then
+        echo "k8s: Secret agent-redis exists; left as it is (rotation: docs/deploy.md)"
+        exit 0
+    fi
+    tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+    just _redis-secrets "$tmp" quiet
+    # --from-file takes a file's bytes as they are: no trailing newline, and nothing in `ps`.
+    printf 'redis://agent:%s@agent-redis:6379' "$(cat "$tmp/redis-agent-password")" > "$tmp/redis-url"
+    printf agent > "$tmp/redis-username"
+    kubectl -n agent-system create secret generic agent-redis \
+        --from-file=REDIS_URL="$tmp/redis-url" \
+        --from-file=REDIS_USERNAME="$tmp/redis-username" \
+        --from-file=REDIS_PASSWORD="$tmp/redis-agent-password" \
+        --from-file=REDISCLI_AUTH="$tmp/redis-admin-password" \
+        --from-file=users.acl="$tmp/redis-acl/users.acl" >/dev/null
+    kubectl -n agent-system label secret agent-redis app.kubernetes.io/part-of=agent-system >/dev/null
+    echo "k8s: created Secret agent-redis (Redis admin and agent passwords, REDIS_URL, ACL file)"
+
+# Build agent-prometheus from Debian's prometheus package when missing or stale (`--force`)
+monitoring-images *args: _require-docker _require-prometheus
+    {{harness_images}} --only prometheus {{args}}
+
+# Start Prometheus on agent-system-net: scrapes the orchestrator and every worker, evaluates the alerts
+monitoring-up: monitoring-images
+    @just network
+    {{compose}} -p agent-monitoring -f compose/monitoring/compose.yml up -d
+    @just _wait-healthy agent-monitoring 1
+    @echo "prometheus: http://127.0.0.1:${PROMETHEUS_HOST_PORT:-9090}/targets and /alerts; Grafana dashboard to import: compose/monitoring/dashboards/agent-system.json"
+
+# Stop Prometheus; its data stays in the volume agent-prometheus-data (`just clean` removes it)
+monitoring-down: _require-docker
+    {{compose}} -p agent-monitoring -f compose/monitoring/compose.yml down --remove-orphans
 
 [private]
 _require-docker:
@@ -214,6 +299,70 @@ _require-redis-server:
     fi
     echo "installing redis-server (Debian package; its binaries go into the agent-redis image)"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+
+# Debian's prometheus package provides the binaries of agent-prometheus (installed when missing)
+[private]
+_require-prometheus:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] && exit 0
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: prometheus is missing; install it with: sudo apt-get install -y --no-install-recommends prometheus" >&2
+        exit 1
+    fi
+    echo "installing prometheus (Debian package; its binaries go into the agent-prometheus image)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    # Only the binaries are wanted: the package's own service would take port 9090 on the host.
+    if command -v systemctl >/dev/null && systemctl is-enabled --quiet prometheus 2>/dev/null; then
+        systemctl disable --now prometheus >/dev/null 2>&1 || true
+        echo "disabled the host's prometheus.service that the package started"
+    fi
+
+# Create the Redis passwords when missing and derive from them the env files and the ACL file.
+# Prints no secret. `notify=quiet`: no hint when a running Redis has an older ACL file.
+[private]
+_redis-secrets dir=secrets_dir notify="yes":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    umask 077
+    dir="{{dir}}"
+    mkdir -p "$dir/redis-acl"
+    chmod 700 "$dir"
+    chmod 755 "$dir/redis-acl"     # mounted into agent-redis, whose redis user (uid 10001) reads it
+    for user in admin agent; do
+        file="$dir/redis-$user-password"
+        if [ ! -s "$file" ]; then
+            # 32 random bytes as 64 hex digits: nothing to escape in a URL or an env file.
+            head -c 32 /dev/urandom | od -An -v -tx1 | tr -d ' \n' > "$file"
+            echo "created the Redis $user password in $file"
+        fi
+    done
+    hashes() {  # "#<sha256>" per password file that exists; printf and read are builtins, not in ps
+        local out="" file
+        for file in "$@"; do
+            if [ -s "$file" ]; then out="$out #$(tr -d '\n' < "$file" | sha256sum | cut -d' ' -f1)"; fi
+        done
+        printf '%s' "${out# }"
+    }
+    admin=$(hashes "$dir/redis-admin-password")
+    agent=$(hashes "$dir/redis-agent-password" "$dir/redis-agent-password.previous")
+    acl="$dir/redis-acl/users.acl"
+    # Redis's ACL file has no comments: keep the `user` lines of the template.
+    grep '^user ' compose/redis-users.acl.template \
+        | sed -e "s/@ADMIN_PASSWORD_HASHES@/$admin/" -e "s/@AGENT_PASSWORD_HASHES@/$agent/" > "$acl.new"
+    chmod 644 "$acl.new"
+    if cmp -s "$acl.new" "$acl"; then
+        rm "$acl.new"
+    else
+        mv "$acl.new" "$acl"
+        if [ "{{notify}}" = yes ] && [ "$(docker inspect --format '{{{{.State.Running}}' agent-redis 2>/dev/null)" = true ]; then
+            echo "note: $acl changed; agent-redis reads it at start: just restart redis"
+        fi
+    fi
+    read -r admin_password < "$dir/redis-admin-password" || true
+    read -r agent_password < "$dir/redis-agent-password" || true
+    printf 'REDISCLI_AUTH=%s\n' "$admin_password" > "$dir/redis.env"
+    printf 'REDIS_URL=redis://agent:%s@agent-redis:6379\n' "$agent_password" > "$dir/services.env"
 
 [private]
 _check-service service:

@@ -23,6 +23,10 @@ use crate::model::{
 
 const PRELUDE: &str = include_str!("scripts/prelude.lua");
 
+/// Most executions recorded by one call of the finish script. Bigger batches save per-call work
+/// in Redis, but one call holds Redis for all of them (about 5 µs each), delaying other clients.
+pub const FINISH_CHUNK: usize = 64;
+
 /// A queue operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -205,6 +209,7 @@ struct Scripts {
     renew: Script,
     heartbeat: Script,
     stats: Script,
+    own_pending: Script,
 }
 
 impl Scripts {
@@ -224,10 +229,11 @@ impl Scripts {
             renew: script(include_str!("scripts/renew.lua")),
             heartbeat: script(include_str!("scripts/heartbeat.lua")),
             stats: script(include_str!("scripts/stats.lua")),
+            own_pending: script(include_str!("scripts/own_pending.lua")),
         }
     }
 
-    fn all(&self) -> [&Script; 9] {
+    fn all(&self) -> [&Script; 10] {
         [
             &self.enqueue,
             &self.claim,
@@ -238,6 +244,7 @@ impl Scripts {
             &self.renew,
             &self.heartbeat,
             &self.stats,
+            &self.own_pending,
         ]
     }
 }
@@ -527,7 +534,8 @@ impl Queue {
         Ok(deliveries)
     }
 
-    /// Records many outcomes in one pipelined round trip.
+    /// Records many outcomes in one round trip: up to [`FINISH_CHUNK`] executions per script
+    /// call, the calls pipelined. Each execution's state change is atomic on its own.
     pub async fn finish_many<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
@@ -538,34 +546,40 @@ impl Queue {
             return Ok(Vec::new());
         }
         let keys = &self.config.keys;
+        let (retry_schedule, dead_letter) = (keys.retry_schedule(), keys.dead_letter());
+        let task_prefix = keys.task_prefix();
         let mut pipe = redis::pipe();
-        for finish in finishes {
-            let delivery = &finish.task.delivery;
-            let (outcome, payload, delay) = match &finish.outcome {
-                ExecutionOutcome::Succeeded(result) => ("succeeded", result.to_string(), 0),
-                ExecutionOutcome::Retry { error, delay } => {
-                    ("retry", error.clone(), millis(*delay))
-                }
-                ExecutionOutcome::Dead { error } => ("dead", error.clone(), 0),
-            };
+        for chunk in finishes.chunks(FINISH_CHUNK) {
             let mut invocation = self.scripts.finish.prepare_invoke();
             invocation
-                .key(format!("{}{}", keys.task_prefix(), delivery.task_id))
-                .key(keys.stream(delivery.priority))
-                .key(keys.retry_schedule())
-                .key(keys.dead_letter())
+                .key(&retry_schedule)
+                .key(&dead_letter)
+                .key(self.streams.as_slice())
                 .arg(CONSUMER_GROUP)
-                .arg(&delivery.entry_id)
                 .arg(consumer)
-                .arg(finish.task.attempt)
-                .arg(outcome)
-                .arg(payload)
-                .arg(seconds(self.config.task_retention))
-                .arg(delay)
-                .arg(&delivery.task_id);
+                .arg(&task_prefix)
+                .arg(seconds(self.config.task_retention));
+            for finish in chunk {
+                let delivery = &finish.task.delivery;
+                let (outcome, payload, delay) = match &finish.outcome {
+                    ExecutionOutcome::Succeeded(result) => ("succeeded", result.to_string(), 0),
+                    ExecutionOutcome::Retry { error, delay } => {
+                        ("retry", error.clone(), millis(*delay))
+                    }
+                    ExecutionOutcome::Dead { error } => ("dead", error.clone(), 0),
+                };
+                invocation
+                    .arg(delivery.priority.get())
+                    .arg(&delivery.entry_id)
+                    .arg(&delivery.task_id)
+                    .arg(finish.task.attempt)
+                    .arg(outcome)
+                    .arg(payload)
+                    .arg(delay);
+            }
             pipe.invoke_script(&invocation);
         }
-        let replies: Vec<String> = match pipe.query_async(conn).await {
+        let replies: Vec<Vec<String>> = match pipe.query_async(conn).await {
             Ok(replies) => replies,
             Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 // Redis restarted and forgot its script cache: load and try once more. Finishing
@@ -575,15 +589,24 @@ impl Queue {
             }
             Err(err) => return Err(err.into()),
         };
-        replies
+        let results: Vec<FinishResult> = replies
             .into_iter()
+            .flatten()
             .map(|reply| match reply.as_str() {
                 "ok" => Ok(FinishResult::Recorded),
                 "stale" => Ok(FinishResult::Stale),
                 "missing" => Ok(FinishResult::Missing),
                 other => Err(QueueError::Protocol(format!("finish replied {other:?}"))),
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        if results.len() != finishes.len() {
+            return Err(QueueError::Protocol(format!(
+                "finish answered {} outcomes for {}",
+                results.len(),
+                finishes.len()
+            )));
+        }
+        Ok(results)
     }
 
     /// Moves up to `limit` retries that came due back into their streams; returns how many.
@@ -624,6 +647,34 @@ impl Queue {
             .arg(consumer)
             .arg(millis(dead_after))
             .arg(millis(lease))
+            .arg(limit)
+            .invoke_async(conn)
+            .await?;
+        rows.into_iter()
+            .map(|(priority, entry_id, task_id)| {
+                Ok(Delivery {
+                    priority: priority_from_index(priority)?,
+                    entry_id,
+                    task_id,
+                })
+            })
+            .collect()
+    }
+
+    /// Entries pending for `consumer` (up to `limit` per stream): after a lost reply, a worker
+    /// finds here what Redis delivered to it that it never heard of.
+    pub async fn own_pending<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let rows: Vec<(i64, String, String)> = self
+            .scripts
+            .own_pending
+            .key(self.streams.as_slice())
+            .arg(CONSUMER_GROUP)
+            .arg(consumer)
             .arg(limit)
             .invoke_async(conn)
             .await?;

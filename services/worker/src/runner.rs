@@ -274,7 +274,19 @@ impl Runner {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut conn = self.conn.clone();
         let mut blocking_conn = self.blocking_conn.clone();
+        // At start (a restarted worker keeps its WORKER_ID) and after any failed call, Redis may
+        // have delivered entries whose reply never arrived; look for them before claiming more.
+        let mut check_own_pending = true;
         while !shutdown.is_cancelled() {
+            if check_own_pending {
+                match self.recover_own_pending(&mut conn, &shared).await {
+                    Ok(()) => check_own_pending = false,
+                    Err(err) => {
+                        self.handle_loop_error("own_pending", err, &mut backoff).await;
+                        continue;
+                    }
+                }
+            }
             let free = slots.available_permits();
             if free == 0 {
                 tokio::select! {
@@ -306,6 +318,7 @@ impl Runner {
                         }
                     }
                     self.handle_loop_error("claim", err, &mut backoff).await;
+                    check_own_pending = true;
                     continue;
                 }
             };
@@ -329,6 +342,7 @@ impl Runner {
                 Ok(deliveries) => deliveries,
                 Err(err) => {
                     self.handle_loop_error("wait", err, &mut backoff).await;
+                    check_own_pending = true;
                     continue;
                 }
             };
@@ -348,9 +362,34 @@ impl Runner {
                     // Keep them: they are pending for this consumer and must be started.
                     lock(&shared.reclaimed).extend(deliveries);
                     self.handle_loop_error("claim", err, &mut backoff).await;
+                    check_own_pending = true;
                 }
             }
         }
+    }
+
+    /// Queues for starting every entry pending for this worker that it neither executes nor has
+    /// queued already.
+    async fn recover_own_pending(&self, conn: &mut ConnectionManager, shared: &Shared) -> Result<(), QueueError> {
+        let pending = self.queue.own_pending(conn, &self.worker_id, 1000).await?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let in_flight = lock(&shared.in_flight);
+        let mut reclaimed = lock(&shared.reclaimed);
+        let mut n_recovered = 0;
+        for delivery in pending {
+            let known = in_flight.contains_key(&delivery.entry_id)
+                || reclaimed.iter().any(|d| d.entry_id == delivery.entry_id);
+            if !known {
+                reclaimed.push_back(delivery);
+                n_recovered += 1;
+            }
+        }
+        if n_recovered > 0 {
+            tracing::info!(n_entries = n_recovered, "recovered entries delivered to this worker by a lost reply");
+        }
+        Ok(())
     }
 
     async fn spawn_executions(

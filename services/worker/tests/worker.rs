@@ -501,3 +501,33 @@ async fn a_corrupted_or_foreign_task_record_is_dead_lettered_and_the_worker_carr
     );
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn entries_delivered_by_a_lost_reply_are_recovered_without_waiting_for_the_lease() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url(), 5).await;
+    let id = api.create("delivered, reply lost", 5).await;
+    let queue = taskq::queue::Queue::new(taskq::QueueConfig {
+        keys: taskq::Keys::new(PREFIX),
+        ..taskq::QueueConfig::default()
+    });
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+    queue.ensure_groups(&mut conn).await.expect("groups");
+    // What a blocking read does before its reply is lost: the entry is now pending for "w-1".
+    let delivered = queue
+        .wait_for_entries(&mut conn, "w-1", 10, Duration::from_millis(100))
+        .await
+        .expect("read");
+    assert_eq!(delivered.len(), 1);
+
+    let worker = RunningWorker::start(&redis.url(), |c| {
+        c.worker_id = Some("w-1".into());
+        c.lease = Duration::from_secs(60);
+    })
+    .await;
+    let task = api.wait_for_status(&id, "succeeded", Duration::from_secs(5)).await;
+
+    assert_eq!(task["worker"], "w-1");
+    worker.stop().await;
+}

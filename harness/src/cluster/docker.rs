@@ -1,0 +1,545 @@
+//! Docker runtime: the services as containers on a fresh, uniquely named network.
+//!
+//! Redis (`agent-redis:latest`), the orchestrator and the workers are started with
+//! testcontainers from locally built images (nothing is pulled). Redis keeps its data on a named
+//! volume, so kill + start replays the AOF, and joins the network under the alias `agent-redis`
+//! (testcontainers has no alias API, so the harness reconnects it through bollard). Ports are
+//! published on 127.0.0.1 only: Redis and the workers on random host ports that are re-read after
+//! every start, the orchestrator on a fixed port picked at creation so its URL survives restarts.
+//!
+//! The engine on the reference machine speaks API 1.41 (Docker 20.10). Testcontainers 0.28's
+//! bollard 0.21 does not put its (newer) version in request paths, so the engine answers at its
+//! own version; the harness's own client negotiates explicitly.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Mutex,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use bollard::{
+    Docker,
+    models::{
+        EndpointSettings, HostConfig, NetworkConnectRequest, NetworkCreateRequest,
+        NetworkDisconnectRequest, PortBinding, VolumeCreateRequest,
+    },
+    query_parameters::{
+        KillContainerOptionsBuilder, LogsOptionsBuilder, StartContainerOptions,
+        StopContainerOptionsBuilder,
+    },
+};
+use futures::StreamExt;
+use testcontainers::{
+    ContainerAsync, GenericImage, ImageExt,
+    core::{IntoContainerPort, Mount, WaitFor},
+    runners::AsyncRunner,
+};
+
+use super::{ClusterSpec, READY_TIMEOUT, Service};
+use crate::{
+    cleanup::{self, LiveRun},
+    executions::{Execution, parse_executions},
+};
+
+/// Network alias under which the services reach Redis.
+pub const REDIS_ALIAS: &str = "agent-redis";
+/// Redis image (built by `harness images`).
+pub const REDIS_IMAGE: (&str, &str) = ("agent-redis", "latest");
+/// Orchestrator image.
+pub const ORCHESTRATOR_IMAGE: (&str, &str) = ("agent-orchestrator", "latest");
+/// Worker image.
+pub const WORKER_IMAGE: (&str, &str) = ("agent-worker", "latest");
+
+const REDIS_PORT: u16 = 6379;
+const ORCHESTRATOR_PORT: u16 = 8000;
+const METRICS_PORT: u16 = 9000;
+
+/// The docker side of a [`super::Cluster`].
+pub struct DockerCluster {
+    docker: Docker,
+    spec: ClusterSpec,
+    network: String,
+    volume: String,
+    labels: HashMap<String, String>,
+    orchestrator_host_port: u16,
+    containers: BTreeMap<Service, ContainerAsync<GenericImage>>,
+    /// Current host port of each service's main port; refreshed after starts and reconnects
+    /// (shared with readiness polling, which holds `&self`).
+    host_ports: Mutex<HashMap<Service, u16>>,
+    live: LiveRun,
+    shut_down: bool,
+}
+
+impl DockerCluster {
+    /// Sweeps leftovers of dead harness runs, then creates this run's network and Redis volume.
+    pub async fn create(spec: &ClusterSpec) -> anyhow::Result<Self> {
+        let docker = cleanup::docker_client().await?;
+        let swept = cleanup::sweep_leftovers(Some(&docker))
+            .await
+            .context("removing leftovers of earlier runs")?;
+        if !swept.is_empty() {
+            tracing::info!(?swept, "removed leftovers of earlier harness runs");
+        }
+        let live = LiveRun::Docker(spec.run_id.clone());
+        cleanup::register(live.clone());
+        let labels = cleanup::run_labels(&spec.run_id);
+        let network = format!("agent-harness-{}", spec.run_id);
+        let volume = format!("agent-harness-{}-redis-data", spec.run_id);
+        // Built before anything is created, so a failure below is cleaned up by Drop.
+        let cluster = DockerCluster {
+            docker: docker.clone(),
+            spec: spec.clone(),
+            network: network.clone(),
+            volume: volume.clone(),
+            labels: labels.clone(),
+            orchestrator_host_port: super::free_port()?,
+            containers: BTreeMap::new(),
+            host_ports: Mutex::new(HashMap::new()),
+            live,
+            shut_down: false,
+        };
+        docker
+            .create_network(NetworkCreateRequest {
+                name: network.clone(),
+                driver: Some("bridge".into()),
+                labels: Some(labels.clone()),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("creating network {network}"))?;
+        docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(volume.clone()),
+                labels: Some(labels),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("creating volume {volume}"))?;
+        Ok(cluster)
+    }
+
+    /// Name of the run's network.
+    pub fn network(&self) -> &str {
+        &self.network
+    }
+
+    fn container_name(&self, service: Service) -> String {
+        let suffix = match service {
+            Service::Redis => "redis".to_string(),
+            Service::Orchestrator => "orchestrator".to_string(),
+            Service::Worker(n) => format!("worker-{n}"),
+        };
+        format!("agent-harness-{}-{suffix}", self.spec.run_id)
+    }
+
+    fn main_port(service: Service) -> u16 {
+        match service {
+            Service::Redis => REDIS_PORT,
+            Service::Orchestrator => ORCHESTRATOR_PORT,
+            Service::Worker(_) => METRICS_PORT,
+        }
+    }
+
+    fn host_port(&self, service: Service) -> Option<u16> {
+        self.host_ports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&service)
+            .copied()
+    }
+
+    /// Orchestrator base URL on its fixed host port.
+    pub fn orchestrator_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.orchestrator_host_port)
+    }
+
+    /// Redis URL through its current host port.
+    pub fn redis_url(&self) -> String {
+        format!(
+            "redis://127.0.0.1:{}",
+            self.host_port(Service::Redis).unwrap_or(0)
+        )
+    }
+
+    /// Metrics base URL of a worker, if it has a published port.
+    pub fn worker_health_url(&self, n: u32) -> Option<String> {
+        self.host_port(Service::Worker(n))
+            .map(|port| format!("http://127.0.0.1:{port}"))
+    }
+
+    /// Re-reads the host port the engine published the service's main port on.
+    pub async fn refresh_address(&self, service: Service) -> anyhow::Result<()> {
+        let name = self.container_name(service);
+        let inspect = self
+            .docker
+            .inspect_container(&name, None)
+            .await
+            .with_context(|| format!("inspecting {name}"))?;
+        let key = format!("{}/tcp", Self::main_port(service));
+        let port = inspect
+            .network_settings
+            .and_then(|n| n.ports)
+            .and_then(|ports| ports.get(&key).cloned().flatten())
+            .and_then(|bindings| bindings.into_iter().find_map(|b| b.host_port))
+            .and_then(|p| p.parse::<u16>().ok());
+        let mut ports = self.host_ports.lock().unwrap_or_else(|e| e.into_inner());
+        match port {
+            Some(port) => {
+                ports.insert(service, port);
+            }
+            None => {
+                ports.remove(&service);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a service: creates its container the first time, starts the existing one after.
+    pub async fn start(&mut self, service: Service) -> anyhow::Result<()> {
+        let name = self.container_name(service);
+        if self.containers.contains_key(&service) {
+            self.docker
+                .start_container(&name, None::<StartContainerOptions>)
+                .await
+                .with_context(|| format!("starting container {name}"))?;
+        } else {
+            let container = self.create_container(service).await?;
+            self.containers.insert(service, container);
+            if service == Service::Redis {
+                self.alias_redis().await?;
+            }
+        }
+        self.refresh_address(service).await
+    }
+
+    /// Starts (creating where needed) several worker replicas concurrently.
+    pub async fn start_workers(&mut self, slots: &[u32]) -> anyhow::Result<()> {
+        let (existing, new): (Vec<u32>, Vec<u32>) = slots
+            .iter()
+            .partition(|slot| self.containers.contains_key(&Service::Worker(**slot)));
+        for slot in existing {
+            self.start(Service::Worker(slot)).await?;
+        }
+        let created = futures::future::join_all(
+            new.iter()
+                .map(|slot| self.create_container(Service::Worker(*slot))),
+        )
+        .await;
+        let mut first_error = None;
+        for (slot, result) in new.iter().zip(created) {
+            match result {
+                Ok(container) => {
+                    self.containers.insert(Service::Worker(*slot), container);
+                    self.refresh_address(Service::Worker(*slot)).await?;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    async fn create_container(
+        &self,
+        service: Service,
+    ) -> anyhow::Result<ContainerAsync<GenericImage>> {
+        let name = self.container_name(service);
+        let redis_url = format!("redis://{REDIS_ALIAS}:{REDIS_PORT}");
+        let port = Self::main_port(service);
+        let request = match service {
+            Service::Redis => {
+                let mut cmd = vec![
+                    "redis-server".to_string(),
+                    "--port".into(),
+                    REDIS_PORT.to_string(),
+                    "--dir".into(),
+                    "/data".into(),
+                    "--protected-mode".into(),
+                    "no".into(),
+                ];
+                cmd.extend(self.spec.persistence.redis_args());
+                GenericImage::new(REDIS_IMAGE.0, REDIS_IMAGE.1)
+                    .with_exposed_port(port.tcp())
+                    .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
+                    .with_cmd(cmd)
+                    .with_mount(Mount::volume_mount(self.volume.clone(), "/data"))
+            }
+            Service::Orchestrator => {
+                let mut request = GenericImage::new(ORCHESTRATOR_IMAGE.0, ORCHESTRATOR_IMAGE.1)
+                    .with_exposed_port(port.tcp())
+                    .with_wait_for(WaitFor::Nothing)
+                    .with_env_var("REDIS_URL", redis_url)
+                    .with_env_var("LISTEN_ADDR", format!("0.0.0.0:{port}"));
+                for (key, value) in self.spec.common_env() {
+                    request = request.with_env_var(key, value);
+                }
+                request
+            }
+            Service::Worker(_) => {
+                let mut request = GenericImage::new(WORKER_IMAGE.0, WORKER_IMAGE.1)
+                    .with_exposed_port(port.tcp())
+                    .with_wait_for(WaitFor::Nothing)
+                    .with_env_var("REDIS_URL", redis_url)
+                    .with_env_var("METRICS_ADDR", format!("0.0.0.0:{port}"));
+                for (key, value) in self.spec.worker_env() {
+                    request = request.with_env_var(key, value);
+                }
+                request
+            }
+        };
+        let fixed_host_port =
+            (service == Service::Orchestrator).then_some(self.orchestrator_host_port);
+        request
+            .with_container_name(&name)
+            .with_network(&self.network)
+            .with_labels(self.labels.clone())
+            .with_label("agent-system.harness-service", service.to_string())
+            .with_startup_timeout(READY_TIMEOUT)
+            .with_host_config_modifier(move |config: &mut HostConfig| {
+                publish_on_loopback(config, port, fixed_host_port)
+            })
+            .start()
+            .await
+            .with_context(|| {
+                format!("starting container {name} (are the images built? run `harness images`)")
+            })
+    }
+
+    /// Gives Redis its `agent-redis` alias: testcontainers attached it without one, and an
+    /// endpoint's aliases can only be set when connecting.
+    async fn alias_redis(&self) -> anyhow::Result<()> {
+        let name = self.container_name(Service::Redis);
+        self.docker
+            .disconnect_network(
+                &self.network,
+                NetworkDisconnectRequest {
+                    container: name.clone(),
+                    force: Some(true),
+                },
+            )
+            .await
+            .with_context(|| format!("detaching {name} to alias it"))?;
+        self.connect(Service::Redis).await
+    }
+
+    /// SIGKILL, then wait until the container has exited.
+    pub async fn kill(&mut self, service: Service) -> anyhow::Result<()> {
+        let name = self.container_name(service);
+        self.docker
+            .kill_container(
+                &name,
+                Some(
+                    KillContainerOptionsBuilder::default()
+                        .signal("SIGKILL")
+                        .build(),
+                ),
+            )
+            .await
+            .with_context(|| format!("killing {name}"))?;
+        self.wait_exited(&name).await
+    }
+
+    /// `docker stop` with a grace period.
+    pub async fn stop(&mut self, service: Service, grace: Duration) -> anyhow::Result<()> {
+        self.stop_shared(service, grace).await
+    }
+
+    /// Stops several services at once (scale-down), each with the grace period.
+    pub async fn stop_many(&mut self, services: &[Service], grace: Duration) -> anyhow::Result<()> {
+        let stops = services.iter().map(|s| self.stop_shared(*s, grace));
+        futures::future::try_join_all(stops).await?;
+        Ok(())
+    }
+
+    async fn stop_shared(&self, service: Service, grace: Duration) -> anyhow::Result<()> {
+        let name = self.container_name(service);
+        self.docker
+            .stop_container(
+                &name,
+                Some(
+                    StopContainerOptionsBuilder::default()
+                        .t(grace.as_secs() as i32)
+                        .build(),
+                ),
+            )
+            .await
+            .with_context(|| format!("stopping {name}"))?;
+        self.wait_exited(&name).await
+    }
+
+    async fn wait_exited(&self, name: &str) -> anyhow::Result<()> {
+        // `docker stop` returns once the container is gone; after `kill` it may take a moment.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let running = self
+                .docker
+                .inspect_container(name, None)
+                .await
+                .with_context(|| format!("inspecting {name}"))?
+                .state
+                .and_then(|s| s.running)
+                .unwrap_or(false);
+            if !running {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("{name} still runs 10 s after being stopped");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Freezes the container (cgroup freezer).
+    pub async fn pause(&mut self, service: Service) -> anyhow::Result<()> {
+        let name = self.container_name(service);
+        self.docker
+            .pause_container(&name)
+            .await
+            .with_context(|| format!("pausing {name}"))
+    }
+
+    /// Thaws the container.
+    pub async fn unpause(&mut self, service: Service) -> anyhow::Result<()> {
+        let name = self.container_name(service);
+        self.docker
+            .unpause_container(&name)
+            .await
+            .with_context(|| format!("unpausing {name}"))
+    }
+
+    /// Removes the container from the run's network: it keeps running but reaches nothing.
+    pub async fn disconnect(&mut self, service: Service) -> anyhow::Result<()> {
+        let name = self.container_name(service);
+        self.docker
+            .disconnect_network(
+                &self.network,
+                NetworkDisconnectRequest {
+                    container: name.clone(),
+                    force: Some(true),
+                },
+            )
+            .await
+            .with_context(|| format!("disconnecting {name} from {}", self.network))
+    }
+
+    /// Reconnects the container (Redis with its alias) and re-reads its published port.
+    pub async fn connect(&self, service: Service) -> anyhow::Result<()> {
+        let name = self.container_name(service);
+        let aliases = match service {
+            Service::Redis => vec![REDIS_ALIAS.to_string()],
+            Service::Orchestrator => vec!["agent-orchestrator".to_string()],
+            Service::Worker(n) => vec![format!("worker-{n}")],
+        };
+        self.docker
+            .connect_network(
+                &self.network,
+                NetworkConnectRequest {
+                    container: name.clone(),
+                    endpoint_config: Some(EndpointSettings {
+                        aliases: Some(aliases),
+                        ..Default::default()
+                    }),
+                },
+            )
+            .await
+            .with_context(|| format!("connecting {name} to {}", self.network))?;
+        self.refresh_address(service).await
+    }
+
+    /// Full logs (stdout and stderr) of a service's container, across its restarts.
+    pub async fn logs(&self, service: Service) -> anyhow::Result<String> {
+        let name = self.container_name(service);
+        let mut stream = self.docker.logs(
+            &name,
+            Some(
+                LogsOptionsBuilder::default()
+                    .stdout(true)
+                    .stderr(true)
+                    .follow(false)
+                    .build(),
+            ),
+        );
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            bytes.extend_from_slice(
+                &chunk
+                    .with_context(|| format!("reading the logs of {name}"))?
+                    .into_bytes(),
+            );
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// `task_executed` lines of every worker container ever started in this run.
+    pub async fn executions(&self) -> anyhow::Result<Vec<Execution>> {
+        let workers: Vec<Service> = self
+            .containers
+            .keys()
+            .copied()
+            .filter(|s| matches!(s, Service::Worker(_)))
+            .collect();
+        let logs = futures::future::try_join_all(workers.iter().map(|s| self.logs(*s))).await?;
+        Ok(workers
+            .iter()
+            .zip(logs)
+            .flat_map(|(service, text)| parse_executions(&text, &service.to_string()))
+            .collect())
+    }
+
+    /// Removes the containers, the network and the volume, then checks by label that nothing of
+    /// the run is left.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.shut_down = true;
+        let containers = std::mem::take(&mut self.containers);
+        let removals = containers.into_values().map(|c| c.rm());
+        for result in futures::future::join_all(removals).await {
+            if let Err(e) = result {
+                tracing::warn!("removing a container: {e}");
+            }
+        }
+        cleanup::sweep_run(&self.docker, &self.spec.run_id)
+            .await
+            .context("removing the run's network and volume")?;
+        let left = cleanup::list_labelled(
+            &self.docker,
+            &format!("{}={}", cleanup::LABEL_RUN, self.spec.run_id),
+        )
+        .await?;
+        cleanup::unregister(&self.live);
+        if !left.is_empty() {
+            bail!("docker resources left after shutdown: {left:?}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DockerCluster {
+    fn drop(&mut self) {
+        if self.shut_down {
+            return;
+        }
+        // testcontainers' own drop needs a Tokio runtime of a suitable flavour; the label sweep
+        // works from anywhere, so the handles are forgotten and the sweep removes everything.
+        for (_, container) in std::mem::take(&mut self.containers) {
+            std::mem::forget(container);
+        }
+        cleanup::cleanup_blocking(&self.live);
+    }
+}
+
+/// Publishes `port` on 127.0.0.1 only: on `fixed` when given, else on a random host port.
+fn publish_on_loopback(config: &mut HostConfig, port: u16, fixed: Option<u16>) {
+    config.publish_all_ports = Some(false);
+    config.port_bindings = Some(HashMap::from([(
+        format!("{port}/tcp"),
+        Some(vec![PortBinding {
+            host_ip: Some("127.0.0.1".into()),
+            host_port: Some(fixed.map(|p| p.to_string()).unwrap_or_default()),
+        }]),
+    )]));
+}

@@ -1,0 +1,684 @@
+//! Cluster control: one API over two runtimes.
+//!
+//! A [`Cluster`] is Redis, one orchestrator and N worker replicas, started either as containers
+//! on a fresh Docker network ([`docker`], Redis through testcontainers) or as local processes
+//! ([`process`]: a local `redis-server` and the built binaries). Both offer the same actions
+//! ([`Cluster::apply`]): kill (SIGKILL), stop (SIGTERM + grace), start, restart, pause, unpause,
+//! scale workers, and — docker only — disconnect / connect a service from the network.
+//!
+//! Every action that brings a service back waits until it is ready: Redis answers `PING`, the
+//! orchestrator answers `/readyz` (or `/healthz` while Redis is down), a worker answers
+//! `/healthz` on its metrics port. Addresses are re-read after every start, so a container that
+//! came back on another host port is still reached; the orchestrator keeps a fixed host port so
+//! the load generator's URL stays valid across its restarts.
+//!
+//! Everything a cluster creates is removed by [`Cluster::shutdown`], or by `Drop` when a run
+//! fails or panics, or by the interrupt handler in [`crate::cleanup`].
+
+pub mod docker;
+pub mod process;
+
+use std::{collections::BTreeMap, fmt, time::Duration};
+
+use anyhow::{Context, bail};
+
+use crate::{
+    executions::Execution,
+    scenario::{Action, Persistence, RuntimeKind, Target},
+};
+
+/// Env var forcing the runtime (`docker` or `process`).
+pub const RUNTIME_ENV: &str = "HARNESS_RUNTIME";
+
+/// How long a service may take to become ready after a start.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// SIGTERM grace before SIGKILL on `stop`, `restart` and scale-down.
+pub const STOP_GRACE: Duration = Duration::from_secs(8);
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// Unique id of this run: names, labels and key prefix derive from it.
+    pub run_id: String,
+    /// Initial worker replicas.
+    pub workers: u32,
+    /// Redis durability.
+    pub persistence: Persistence,
+    /// `WORKER_CONCURRENCY`.
+    pub worker_concurrency: u32,
+    /// `WORKER_WORK_MS`.
+    pub work: Duration,
+    /// `KEY_PREFIX` of orchestrator and workers.
+    pub key_prefix: String,
+    /// `RUST_LOG` of the services.
+    pub rust_log: String,
+}
+
+impl ClusterSpec {
+    /// A spec with the documented defaults and a fresh run id derived from `label`.
+    pub fn new(label: &str, workers: u32) -> Self {
+        let run_id = new_run_id(label);
+        Self {
+            key_prefix: "agent".to_string(),
+            run_id,
+            workers,
+            persistence: Persistence::AofAlways,
+            worker_concurrency: 4,
+            work: Duration::from_millis(20),
+            rust_log: "info".to_string(),
+        }
+    }
+
+    /// Environment shared by orchestrator and workers (Redis address excluded).
+    fn common_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("KEY_PREFIX".into(), self.key_prefix.clone()),
+            ("LOG_FORMAT".into(), "json".into()),
+            ("RUST_LOG".into(), self.rust_log.clone()),
+        ]
+    }
+
+    /// Environment of a worker (Redis address and metrics address excluded).
+    fn worker_env(&self) -> Vec<(String, String)> {
+        let mut env = self.common_env();
+        env.extend([
+            (
+                "WORKER_CONCURRENCY".into(),
+                self.worker_concurrency.to_string(),
+            ),
+            ("WORKER_WORK_MS".into(), self.work.as_millis().to_string()),
+            (
+                "WORKER_SHUTDOWN_GRACE_MS".into(),
+                (STOP_GRACE.as_millis() * 3 / 4).to_string(),
+            ),
+        ]);
+        env
+    }
+}
+
+/// A run id: `{label}-{8 hex digits}`, safe in container, network and volume names.
+pub fn new_run_id(label: &str) -> String {
+    let clean: String = label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    format!("{clean}-{suffix}")
+}
+
+/// One service of the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Service {
+    /// Redis.
+    Redis,
+    /// The orchestrator.
+    Orchestrator,
+    /// Worker replica N (from 1).
+    Worker(u32),
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Service::Redis => f.write_str("redis"),
+            Service::Orchestrator => f.write_str("orchestrator"),
+            Service::Worker(n) => write!(f, "worker.{n}"),
+        }
+    }
+}
+
+/// Lifecycle state of a service as the harness left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceState {
+    /// Started and not paused.
+    Running,
+    /// Frozen.
+    Paused,
+    /// Killed, stopped, or scaled away.
+    Stopped,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Status {
+    state: ServiceState,
+    connected: bool,
+}
+
+/// Addresses of a running cluster, reachable from the harness's host.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Endpoints {
+    /// `docker` or `process`.
+    pub runtime: RuntimeKind,
+    /// Orchestrator base URL (stable across restarts).
+    pub orchestrator: String,
+    /// Redis URL from the host (may change after a Redis restart in docker).
+    pub redis: String,
+    /// Metrics URL of each worker replica.
+    pub workers: BTreeMap<String, String>,
+    /// Docker network (docker runtime).
+    pub network: Option<String>,
+    /// Key prefix of the services.
+    pub key_prefix: String,
+}
+
+enum Backend {
+    Docker(Box<docker::DockerCluster>),
+    Process(Box<process::ProcessCluster>),
+}
+
+/// Dispatches a call to the runtime in use.
+macro_rules! backend {
+    ($self:expr, $b:ident => $call:expr) => {
+        match &$self.backend {
+            Backend::Docker($b) => $call,
+            Backend::Process($b) => $call,
+        }
+    };
+    (mut $self:expr, $b:ident => $call:expr) => {
+        match &mut $self.backend {
+            Backend::Docker($b) => $call,
+            Backend::Process($b) => $call,
+        }
+    };
+}
+
+/// A running cluster; see the module docs.
+pub struct Cluster {
+    backend: Backend,
+    status: BTreeMap<Service, Status>,
+    replicas: u32,
+    http: reqwest::Client,
+    spec: ClusterSpec,
+    startup: StartupTimes,
+}
+
+/// How long each phase of [`Cluster::start`] took.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct StartupTimes {
+    /// Network / volume / run directory preparation (includes the leftover sweep).
+    pub prepare: Duration,
+    /// Redis started and answering PING.
+    pub redis: Duration,
+    /// Orchestrator started and ready.
+    pub orchestrator: Duration,
+    /// All initial workers started (concurrently) and healthy.
+    pub workers: Duration,
+}
+
+impl StartupTimes {
+    /// Sum of all phases.
+    pub fn total(&self) -> Duration {
+        self.prepare + self.redis + self.orchestrator + self.workers
+    }
+}
+
+impl Cluster {
+    /// Starts Redis, the orchestrator and `spec.workers` workers, each ready, in `runtime`.
+    pub async fn start(runtime: RuntimeKind, spec: ClusterSpec) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .context("building the HTTP client")?;
+        let mut startup = StartupTimes::default();
+        let phase = std::time::Instant::now();
+        let backend = match runtime {
+            RuntimeKind::Docker => Backend::Docker(Box::new(
+                docker::DockerCluster::create(&spec)
+                    .await
+                    .context("creating the docker cluster")?,
+            )),
+            RuntimeKind::Process => Backend::Process(Box::new(
+                process::ProcessCluster::create(&spec)
+                    .await
+                    .context("creating the process cluster")?,
+            )),
+        };
+        let mut cluster = Cluster {
+            backend,
+            status: BTreeMap::new(),
+            replicas: 0,
+            http,
+            spec: spec.clone(),
+            startup,
+        };
+        startup.prepare = phase.elapsed();
+        // From here on a failure drops `cluster`, which removes what was created.
+        let phase = std::time::Instant::now();
+        cluster.start_service(Service::Redis).await?;
+        startup.redis = phase.elapsed();
+        let phase = std::time::Instant::now();
+        cluster.start_service(Service::Orchestrator).await?;
+        startup.orchestrator = phase.elapsed();
+        let phase = std::time::Instant::now();
+        cluster.scale(spec.workers).await?;
+        startup.workers = phase.elapsed();
+        cluster.startup = startup;
+        Ok(cluster)
+    }
+
+    /// How long the start took, per phase.
+    pub fn startup_times(&self) -> StartupTimes {
+        self.startup
+    }
+
+    /// The runtime in use.
+    pub fn runtime(&self) -> RuntimeKind {
+        match self.backend {
+            Backend::Docker(_) => RuntimeKind::Docker,
+            Backend::Process(_) => RuntimeKind::Process,
+        }
+    }
+
+    /// The spec the cluster was started with.
+    pub fn spec(&self) -> &ClusterSpec {
+        &self.spec
+    }
+
+    /// Orchestrator base URL, stable for the cluster's lifetime.
+    pub fn orchestrator_url(&self) -> String {
+        backend!(self, b => b.orchestrator_url())
+    }
+
+    /// Redis URL reachable from the host, as of the last (re)start of Redis.
+    pub fn redis_url(&self) -> String {
+        backend!(self, b => b.redis_url())
+    }
+
+    /// Current worker replicas.
+    pub fn replicas(&self) -> u32 {
+        self.replicas
+    }
+
+    /// State of a service.
+    pub fn state(&self, service: Service) -> Option<ServiceState> {
+        self.status.get(&service).map(|s| s.state)
+    }
+
+    /// All addresses, for `harness up` and reports.
+    pub fn endpoints(&self) -> Endpoints {
+        let workers = (1..=self.replicas)
+            .filter_map(|n| {
+                backend!(self, b => b.worker_health_url(n))
+                    .map(|url| (Service::Worker(n).to_string(), url))
+            })
+            .collect();
+        Endpoints {
+            runtime: self.runtime(),
+            orchestrator: self.orchestrator_url(),
+            redis: self.redis_url(),
+            workers,
+            network: match &self.backend {
+                Backend::Docker(d) => Some(d.network().to_string()),
+                Backend::Process(_) => None,
+            },
+            key_prefix: self.spec.key_prefix.clone(),
+        }
+    }
+
+    /// Applies one scenario step and returns what was done.
+    pub async fn apply(
+        &mut self,
+        action: Action,
+        target: Target,
+        replicas: Option<u32>,
+    ) -> anyhow::Result<String> {
+        if action == Action::Scale {
+            let n = replicas.context("`scale` needs `replicas`")?;
+            if target != Target::AllWorkers {
+                bail!("`scale` applies to `worker`, not `{target}`");
+            }
+            let before = self.replicas;
+            self.scale(n).await?;
+            return Ok(format!("workers scaled {before} -> {n}"));
+        }
+        let services = self.services_for(target)?;
+        let mut done = Vec::new();
+        for service in services {
+            match action {
+                Action::Kill => self.kill(service).await?,
+                Action::Stop => self.stop(service).await?,
+                Action::Start => self.start_service(service).await?,
+                Action::Restart => self.restart(service).await?,
+                Action::Pause => self.pause(service).await?,
+                Action::Unpause => self.unpause(service).await?,
+                Action::Disconnect => self.disconnect(service).await?,
+                Action::Connect => self.connect(service).await?,
+                Action::Scale => unreachable!("handled above"),
+            }
+            done.push(service.to_string());
+        }
+        Ok(format!("{action} {}", done.join(", ")))
+    }
+
+    fn services_for(&self, target: Target) -> anyhow::Result<Vec<Service>> {
+        Ok(match target {
+            Target::Redis => vec![Service::Redis],
+            Target::Orchestrator => vec![Service::Orchestrator],
+            Target::AllWorkers => (1..=self.replicas).map(Service::Worker).collect(),
+            Target::Worker(n) if n <= self.replicas => vec![Service::Worker(n)],
+            Target::Worker(n) => {
+                bail!("there is no worker.{n}: {} replica(s) run", self.replicas)
+            }
+        })
+    }
+
+    fn status_mut(&mut self, service: Service) -> &mut Status {
+        self.status.entry(service).or_insert(Status {
+            state: ServiceState::Stopped,
+            connected: true,
+        })
+    }
+
+    fn redis_healthy(&self) -> bool {
+        self.status
+            .get(&Service::Redis)
+            .is_some_and(|s| s.state == ServiceState::Running && s.connected)
+    }
+
+    /// SIGKILL; returns once the service is gone.
+    pub async fn kill(&mut self, service: Service) -> anyhow::Result<()> {
+        backend!(mut self, b => b.kill(service).await)?;
+        self.status_mut(service).state = ServiceState::Stopped;
+        Ok(())
+    }
+
+    /// SIGTERM, SIGKILL after [`STOP_GRACE`]; returns once the service is gone.
+    pub async fn stop(&mut self, service: Service) -> anyhow::Result<()> {
+        if self.state(service) == Some(ServiceState::Paused) {
+            // A frozen process cannot handle SIGTERM.
+            backend!(mut self, b => b.unpause(service).await)?;
+        }
+        backend!(mut self, b => b.stop(service, STOP_GRACE).await)?;
+        self.status_mut(service).state = ServiceState::Stopped;
+        Ok(())
+    }
+
+    /// Starts a stopped (or never started) service and waits until it is ready. Starting a
+    /// running service only waits for readiness.
+    pub async fn start_service(&mut self, service: Service) -> anyhow::Result<()> {
+        match self.state(service) {
+            Some(ServiceState::Running) => {}
+            Some(ServiceState::Paused) => return self.unpause(service).await,
+            Some(ServiceState::Stopped) | None => {
+                backend!(mut self, b => b.start(service).await)
+                    .with_context(|| format!("starting {service}"))?;
+                self.status_mut(service).state = ServiceState::Running;
+            }
+        }
+        self.wait_ready(service).await
+    }
+
+    /// Stop, then start; waits until ready.
+    pub async fn restart(&mut self, service: Service) -> anyhow::Result<()> {
+        self.stop(service).await?;
+        self.start_service(service).await
+    }
+
+    /// Freezes a service.
+    pub async fn pause(&mut self, service: Service) -> anyhow::Result<()> {
+        if self.state(service) != Some(ServiceState::Running) {
+            bail!("{service} is not running, so it cannot be paused");
+        }
+        backend!(mut self, b => b.pause(service).await)?;
+        self.status_mut(service).state = ServiceState::Paused;
+        Ok(())
+    }
+
+    /// Thaws a service and waits until it is ready.
+    pub async fn unpause(&mut self, service: Service) -> anyhow::Result<()> {
+        if self.state(service) != Some(ServiceState::Paused) {
+            bail!("{service} is not paused");
+        }
+        backend!(mut self, b => b.unpause(service).await)?;
+        self.status_mut(service).state = ServiceState::Running;
+        self.wait_ready(service).await
+    }
+
+    /// Cuts a service off the cluster network (docker runtime only).
+    pub async fn disconnect(&mut self, service: Service) -> anyhow::Result<()> {
+        if !self.status_mut(service).connected {
+            bail!("{service} is already disconnected");
+        }
+        backend!(mut self, b => b.disconnect(service).await)?;
+        self.status_mut(service).connected = false;
+        Ok(())
+    }
+
+    /// Reconnects a service (docker runtime only) and waits until it is ready.
+    pub async fn connect(&mut self, service: Service) -> anyhow::Result<()> {
+        if self.status_mut(service).connected {
+            bail!("{service} is not disconnected");
+        }
+        backend!(mut self, b => b.connect(service).await)?;
+        self.status_mut(service).connected = true;
+        if self.state(service) == Some(ServiceState::Running) {
+            self.wait_ready(service).await?;
+        }
+        Ok(())
+    }
+
+    /// Sets the number of worker replicas. New replicas start and become ready; replicas beyond
+    /// `n` stop gracefully (their logs stay available to the checker).
+    pub async fn scale(&mut self, n: u32) -> anyhow::Result<()> {
+        if n > crate::scenario::MAX_WORKERS {
+            bail!("at most {} workers, not {n}", crate::scenario::MAX_WORKERS);
+        }
+        let mut retiring = Vec::new();
+        for slot in (n + 1)..=self.replicas {
+            let service = Service::Worker(slot);
+            match self.state(service) {
+                Some(ServiceState::Stopped) | None => {}
+                Some(ServiceState::Paused) => {
+                    // A frozen process cannot handle SIGTERM.
+                    self.unpause(service).await?;
+                    retiring.push(service);
+                }
+                Some(ServiceState::Running) => retiring.push(service),
+            }
+        }
+        // Concurrently: scale-down costs one grace period, not one per replica.
+        backend!(mut self, b => b.stop_many(&retiring, STOP_GRACE).await)?;
+        for service in retiring {
+            self.status_mut(service).state = ServiceState::Stopped;
+        }
+        for slot in 1..=n.min(self.replicas) {
+            if self.state(Service::Worker(slot)) == Some(ServiceState::Paused) {
+                self.unpause(Service::Worker(slot)).await?;
+            }
+        }
+        let to_start: Vec<u32> = (1..=n)
+            .filter(|slot| self.state(Service::Worker(*slot)) != Some(ServiceState::Running))
+            .collect();
+        backend!(mut self, b => b.start_workers(&to_start).await)
+            .with_context(|| format!("starting workers {to_start:?}"))?;
+        for slot in &to_start {
+            self.status_mut(Service::Worker(*slot)).state = ServiceState::Running;
+        }
+        self.replicas = n;
+        let waits = to_start
+            .iter()
+            .map(|slot| self.wait_ready(Service::Worker(*slot)));
+        futures::future::try_join_all(waits).await?;
+        Ok(())
+    }
+
+    /// Waits until `service` answers its readiness check, up to [`READY_TIMEOUT`].
+    pub async fn wait_ready(&self, service: Service) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        let redis_healthy = self.redis_healthy();
+        loop {
+            let result = match service {
+                Service::Redis => ping_redis(&self.redis_url()).await,
+                Service::Orchestrator => {
+                    // While Redis is down the orchestrator can only be alive, not ready.
+                    let path = if redis_healthy { "/readyz" } else { "/healthz" };
+                    self.http_ok(&format!("{}{path}", self.orchestrator_url()), true)
+                        .await
+                }
+                Service::Worker(n) => match backend!(self, b => b.worker_health_url(n)) {
+                    Some(url) => self.http_ok(&format!("{url}/healthz"), redis_healthy).await,
+                    None => Err(anyhow::anyhow!("worker.{n} has no metrics address")),
+                },
+            };
+            if let Err(e) = result {
+                if tokio::time::Instant::now() >= deadline {
+                    bail!(
+                        "{service} was not ready within {}s: {e:#}",
+                        READY_TIMEOUT.as_secs()
+                    );
+                }
+            } else {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Docker may have given a restarted container a new host port.
+            if let Backend::Docker(d) = &self.backend {
+                let _ = d.refresh_address(service).await;
+            }
+        }
+    }
+
+    async fn http_ok(&self, url: &str, require_success: bool) -> anyhow::Result<()> {
+        let response = self.http.get(url).send().await?;
+        if require_success && !response.status().is_success() {
+            bail!("{url} answered {}", response.status());
+        }
+        Ok(())
+    }
+
+    /// Every `task_executed` line logged so far by any worker replica, including stopped ones.
+    pub async fn executions(&self) -> anyhow::Result<Vec<Execution>> {
+        backend!(self, b => b.executions().await)
+    }
+
+    /// Raw logs of one service (for debugging failed runs).
+    pub async fn logs(&self, service: Service) -> anyhow::Result<String> {
+        backend!(self, b => b.logs(service).await)
+    }
+
+    /// Removes everything the cluster created and checks that nothing is left.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        match self.backend {
+            Backend::Docker(d) => d.shutdown().await,
+            Backend::Process(p) => p.shutdown().await,
+        }
+    }
+}
+
+/// `PING` → `PONG` within a second (fails while Redis loads its AOF).
+pub async fn ping_redis(url: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(url).context("parsing the redis url")?;
+    let attempt = async {
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        let pong: String = redis::cmd("PING").query_async(&mut connection).await?;
+        anyhow::ensure!(pong == "PONG", "PING answered {pong}");
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(1), attempt)
+        .await
+        .context("PING timed out")?
+}
+
+/// Reads a free TCP port on 127.0.0.1 (the OS picks it; a race with other processes is possible
+/// but harmless in practice).
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Picks the runtime: `explicit` (a CLI flag) wins, then `HARNESS_RUNTIME`, then the scenario's
+/// own setting, then Docker when an engine answers, else processes. Returns the choice and why.
+pub async fn choose_runtime(
+    explicit: Option<RuntimeKind>,
+    scenario: Option<RuntimeKind>,
+) -> anyhow::Result<(RuntimeKind, String)> {
+    let env = std::env::var(RUNTIME_ENV).ok();
+    if let Some(choice) = decided_runtime(explicit, env.as_deref(), scenario) {
+        return choice;
+    }
+    let engine = crate::cleanup::docker_client().await;
+    Ok(match engine {
+        Ok(docker) if docker.ping().await.is_ok() => {
+            (RuntimeKind::Docker, "a docker engine answered".into())
+        }
+        Ok(_) | Err(_) => (
+            RuntimeKind::Process,
+            "no docker engine answered, so local processes".into(),
+        ),
+    })
+}
+
+/// The runtime fixed by a flag, the env var's value or the scenario; `None` leaves the choice to
+/// auto-detection. A malformed env value is an error, never silently ignored.
+pub fn decided_runtime(
+    explicit: Option<RuntimeKind>,
+    env: Option<&str>,
+    scenario: Option<RuntimeKind>,
+) -> Option<anyhow::Result<(RuntimeKind, String)>> {
+    if let Some(runtime) = explicit {
+        return Some(Ok((runtime, "chosen with --runtime".into())));
+    }
+    if let Some(raw) = env.map(str::trim).filter(|raw| !raw.is_empty()) {
+        return Some(
+            raw.parse::<RuntimeKind>()
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("{RUNTIME_ENV}={raw}"))
+                .map(|runtime| (runtime, format!("forced by {RUNTIME_ENV}"))),
+        );
+    }
+    scenario.map(|runtime| Ok((runtime, "asked for by the scenario".into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decided(
+        explicit: Option<RuntimeKind>,
+        env: Option<&str>,
+        scenario: Option<RuntimeKind>,
+    ) -> Option<RuntimeKind> {
+        decided_runtime(explicit, env, scenario).map(|r| r.expect("a valid choice").0)
+    }
+
+    #[test]
+    fn the_flag_beats_the_env_var_which_beats_the_scenario() {
+        use RuntimeKind::{Docker, Process};
+        assert_eq!(
+            decided(Some(Process), Some("docker"), Some(Docker)),
+            Some(Process)
+        );
+        assert_eq!(decided(None, Some("process"), Some(Docker)), Some(Process));
+        assert_eq!(decided(None, Some(" "), Some(Docker)), Some(Docker));
+        assert_eq!(decided(None, None, None), None, "auto-detection decides");
+    }
+
+    #[test]
+    fn a_misspelt_env_var_is_an_error() {
+        let err = decided_runtime(None, Some("dokcer"), None)
+            .expect("the env var decides")
+            .expect_err("dokcer is not a runtime");
+        assert!(
+            format!("{err:#}").contains("HARNESS_RUNTIME=dokcer"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn run_ids_are_unique_and_safe_names() {
+        let a = new_run_id("Kill Redis/1");
+        let b = new_run_id("Kill Redis/1");
+        assert_ne!(a, b);
+        assert!(a.starts_with("kill-redis-1-"), "{a}");
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    }
+}

@@ -1,0 +1,407 @@
+//! Process runtime: the services as local processes, for machines without Docker.
+//!
+//! Redis is a local `redis-server` (`HARNESS_REDIS_SERVER` or the one on `PATH`) on a free port of
+//! 127.0.0.1 with its data in the run directory; the orchestrator and the workers are the
+//! workspace's built binaries (`HARNESS_BIN_DIR`, else `target/release`, else `target/debug`).
+//! Each process writes stdout and stderr to its own log file in the run directory, appended
+//! across restarts, so the checker reads executions of killed workers too. Signals: kill =
+//! SIGKILL, stop = SIGTERM then SIGKILL after the grace, pause/unpause = SIGSTOP/SIGCONT. There
+//! is no network to partition: disconnect and connect fail with a clear message.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use nix::{sys::signal::Signal, unistd::Pid};
+use tokio::process::{Child, Command};
+
+use super::{ClusterSpec, Service};
+use crate::{
+    cleanup::{self, LiveRun},
+    executions::{Execution, parse_executions},
+};
+
+/// Env var naming the directory holding the `orchestrator` and `worker` binaries.
+pub const BIN_DIR_ENV: &str = "HARNESS_BIN_DIR";
+/// Env var naming the `redis-server` to run.
+pub const REDIS_SERVER_ENV: &str = "HARNESS_REDIS_SERVER";
+
+/// Executables the process runtime starts.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// `orchestrator`.
+    pub orchestrator: PathBuf,
+    /// `worker`.
+    pub worker: PathBuf,
+    /// `redis-server`.
+    pub redis_server: PathBuf,
+}
+
+impl Binaries {
+    /// Finds the binaries (see the module docs for the search order).
+    pub fn locate() -> anyhow::Result<Self> {
+        let bin_dir = match std::env::var_os(BIN_DIR_ENV) {
+            Some(dir) => PathBuf::from(dir),
+            None => {
+                let target = target_dir();
+                let release = target.join("release");
+                if release.join("orchestrator").exists() && release.join("worker").exists() {
+                    release
+                } else {
+                    target.join("debug")
+                }
+            }
+        };
+        let orchestrator = bin_dir.join("orchestrator");
+        let worker = bin_dir.join("worker");
+        for binary in [&orchestrator, &worker] {
+            if !binary.is_file() {
+                bail!(
+                    "{} is missing: build it with `cargo build --release -p orchestrator -p worker` \
+                     or point {BIN_DIR_ENV} at a directory holding it",
+                    binary.display()
+                );
+            }
+        }
+        let redis_server = match std::env::var_os(REDIS_SERVER_ENV) {
+            Some(path) => PathBuf::from(path),
+            None => find_on_path("redis-server").context(
+                "redis-server is not on PATH (apt-get install redis-server, or set HARNESS_REDIS_SERVER)",
+            )?,
+        };
+        Ok(Self {
+            orchestrator,
+            worker,
+            redis_server,
+        })
+    }
+}
+
+/// The workspace's target directory (`CARGO_TARGET_DIR` or `<workspace>/target`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::images::default_workspace_root().join("target"))
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+/// Builds the release binaries of the orchestrator and the worker (cargo skips fresh ones).
+pub async fn build_release_binaries() -> anyhow::Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "orchestrator",
+            "-p",
+            "worker",
+        ])
+        .current_dir(crate::images::default_workspace_root())
+        .stdin(Stdio::null())
+        .status()
+        .await
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build --release -p orchestrator -p worker failed ({status})");
+    }
+    Ok(())
+}
+
+struct Proc {
+    child: Option<Child>,
+    log: PathBuf,
+    /// Port the process listens on (Redis, orchestrator) or serves metrics on (worker).
+    port: u16,
+}
+
+/// The process side of a [`super::Cluster`].
+pub struct ProcessCluster {
+    spec: ClusterSpec,
+    binaries: Binaries,
+    run_dir: PathBuf,
+    procs: BTreeMap<Service, Proc>,
+    redis_port: u16,
+    orchestrator_port: u16,
+    live: LiveRun,
+    shut_down: bool,
+}
+
+impl ProcessCluster {
+    /// Locates the binaries and creates the run directory; nothing runs yet.
+    pub async fn create(spec: &ClusterSpec) -> anyhow::Result<Self> {
+        cleanup::sweep_leftovers(None).await?;
+        let binaries = Binaries::locate()?;
+        let run_dir = cleanup::create_run_dir(&spec.run_id)?;
+        let live = LiveRun::Process(run_dir.clone());
+        cleanup::register(live.clone());
+        let cluster = ProcessCluster {
+            spec: spec.clone(),
+            binaries,
+            redis_port: super::free_port()?,
+            orchestrator_port: super::free_port()?,
+            run_dir,
+            procs: BTreeMap::new(),
+            live,
+            shut_down: false,
+        };
+        std::fs::create_dir_all(cluster.run_dir.join("redis"))?;
+        Ok(cluster)
+    }
+
+    /// Orchestrator base URL.
+    pub fn orchestrator_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.orchestrator_port)
+    }
+
+    /// Redis URL.
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.redis_port)
+    }
+
+    /// Metrics base URL of a worker.
+    pub fn worker_health_url(&self, n: u32) -> Option<String> {
+        self.procs
+            .get(&Service::Worker(n))
+            .map(|p| format!("http://127.0.0.1:{}", p.port))
+    }
+
+    fn command(&self, service: Service, port: u16) -> Command {
+        let redis_url = self.redis_url();
+        let mut command = match service {
+            Service::Redis => {
+                let mut command = Command::new(&self.binaries.redis_server);
+                command
+                    .arg("--port")
+                    .arg(port.to_string())
+                    .args(["--bind", "127.0.0.1", "--daemonize", "no", "--dir"])
+                    .arg(self.run_dir.join("redis"))
+                    .args(self.spec.persistence.redis_args());
+                command
+            }
+            Service::Orchestrator => {
+                let mut command = Command::new(&self.binaries.orchestrator);
+                command
+                    .env("REDIS_URL", &redis_url)
+                    .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+                    .envs(self.spec.common_env());
+                command
+            }
+            Service::Worker(_) => {
+                // No WORKER_ID: like a container, every start gets a fresh id, so a restarted
+                // replica never inherits the pending entries of the one that died.
+                let mut command = Command::new(&self.binaries.worker);
+                command
+                    .env("REDIS_URL", &redis_url)
+                    .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+                    .envs(self.spec.worker_env());
+                command
+            }
+        };
+        command.stdin(Stdio::null()).kill_on_drop(true);
+        command
+    }
+
+    /// Spawns a service (again), appending to its log file.
+    pub async fn start(&mut self, service: Service) -> anyhow::Result<()> {
+        let port = match (self.procs.get(&service), service) {
+            (Some(existing), _) => existing.port,
+            (None, Service::Redis) => self.redis_port,
+            (None, Service::Orchestrator) => self.orchestrator_port,
+            (None, Service::Worker(_)) => super::free_port()?,
+        };
+        let log = self.run_dir.join(format!("{service}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let mut command = self.command(service, port);
+        command.stdout(file.try_clone()?).stderr(file);
+        let child = command
+            .spawn()
+            .with_context(|| format!("spawning {service}"))?;
+        if let Some(pid) = child.id() {
+            let program = match service {
+                Service::Redis => &self.binaries.redis_server,
+                Service::Orchestrator => &self.binaries.orchestrator,
+                Service::Worker(_) => &self.binaries.worker,
+            };
+            cleanup::record_child(&self.run_dir, pid, &program.display().to_string());
+        }
+        self.procs.insert(
+            service,
+            Proc {
+                child: Some(child),
+                log,
+                port,
+            },
+        );
+        Ok(())
+    }
+
+    /// Spawns several workers.
+    pub async fn start_workers(&mut self, slots: &[u32]) -> anyhow::Result<()> {
+        for slot in slots {
+            self.start(Service::Worker(*slot)).await?;
+        }
+        Ok(())
+    }
+
+    fn proc_mut(&mut self, service: Service) -> anyhow::Result<&mut Proc> {
+        self.procs
+            .get_mut(&service)
+            .with_context(|| format!("{service} was never started"))
+    }
+
+    fn signal(&mut self, service: Service, signal: Signal) -> anyhow::Result<()> {
+        let pid = self
+            .proc_mut(service)?
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .with_context(|| format!("{service} is not running"))?;
+        nix::sys::signal::kill(Pid::from_raw(pid as i32), signal)
+            .with_context(|| format!("sending {signal} to {service}"))
+    }
+
+    /// SIGKILL and reap.
+    pub async fn kill(&mut self, service: Service) -> anyhow::Result<()> {
+        let proc = self.proc_mut(service)?;
+        let mut child = proc
+            .child
+            .take()
+            .with_context(|| format!("{service} is not running"))?;
+        child
+            .kill()
+            .await
+            .with_context(|| format!("killing {service}"))
+    }
+
+    /// SIGTERM, SIGKILL after `grace`, and reap.
+    pub async fn stop(&mut self, service: Service, grace: Duration) -> anyhow::Result<()> {
+        self.signal(service, Signal::SIGTERM)?;
+        let proc = self.proc_mut(service)?;
+        let mut child = proc.child.take().context("no child")?;
+        match tokio::time::timeout(grace, child.wait()).await {
+            Ok(status) => {
+                status.with_context(|| format!("waiting for {service}"))?;
+                Ok(())
+            }
+            Err(_) => child
+                .kill()
+                .await
+                .with_context(|| format!("killing {service}")),
+        }
+    }
+
+    /// SIGTERM to all of them first, then reap each (SIGKILL after `grace`).
+    pub async fn stop_many(&mut self, services: &[Service], grace: Duration) -> anyhow::Result<()> {
+        for service in services {
+            self.signal(*service, Signal::SIGTERM)?;
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        for service in services {
+            let mut child = self.proc_mut(*service)?.child.take().context("no child")?;
+            if tokio::time::timeout_at(deadline, child.wait())
+                .await
+                .is_err()
+            {
+                child
+                    .kill()
+                    .await
+                    .with_context(|| format!("killing {service}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGSTOP.
+    pub async fn pause(&mut self, service: Service) -> anyhow::Result<()> {
+        self.signal(service, Signal::SIGSTOP)
+    }
+
+    /// SIGCONT.
+    pub async fn unpause(&mut self, service: Service) -> anyhow::Result<()> {
+        self.signal(service, Signal::SIGCONT)
+    }
+
+    /// Not possible without a network namespace.
+    pub async fn disconnect(&mut self, service: Service) -> anyhow::Result<()> {
+        bail!("the process runtime cannot cut {service} off the network; use --runtime docker")
+    }
+
+    /// Not possible without a network namespace.
+    pub async fn connect(&mut self, service: Service) -> anyhow::Result<()> {
+        bail!("the process runtime cannot reconnect {service}; use --runtime docker")
+    }
+
+    /// The log file of a service.
+    pub async fn logs(&self, service: Service) -> anyhow::Result<String> {
+        let proc = self
+            .procs
+            .get(&service)
+            .with_context(|| format!("{service} was never started"))?;
+        read_log(&proc.log)
+    }
+
+    /// `task_executed` lines of every worker ever started in this run.
+    pub async fn executions(&self) -> anyhow::Result<Vec<Execution>> {
+        let mut executions = Vec::new();
+        for (service, proc) in &self.procs {
+            if matches!(service, Service::Worker(_)) {
+                executions.extend(parse_executions(
+                    &read_log(&proc.log)?,
+                    &service.to_string(),
+                ));
+            }
+        }
+        Ok(executions)
+    }
+
+    /// Kills every process and removes the run directory.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.shut_down = true;
+        for proc in self.procs.values_mut() {
+            if let Some(mut child) = proc.child.take() {
+                // A paused process must be continued to die promptly on some kernels.
+                if let Some(pid) = child.id() {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGCONT);
+                }
+                let _ = child.kill().await;
+            }
+        }
+        cleanup::remove_run_dir(&self.run_dir);
+        cleanup::unregister(&self.live);
+        Ok(())
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        if !self.shut_down {
+            // Children die through kill_on_drop; the sweep also removes the run directory.
+            cleanup::cleanup_blocking(&self.live);
+        }
+    }
+}
+
+fn read_log(path: &Path) -> anyhow::Result<String> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}

@@ -1,0 +1,31 @@
+//! The fault-injection harness of Agent System: it starts the services, drives load against
+//! `/tasks`, injects faults from scenario files, and checks that no acknowledged task was lost.
+//!
+//! # Layout
+//!
+//! - [`scenario`]: scenario files (`scenarios/*.toml`), parsed strictly, and the step [`scenario::Plan`].
+//! - [`cluster`]: one API over two runtimes: [`cluster::docker`] (testcontainers, a fresh
+//!   network per run) and [`cluster::process`] (local `redis-server` and the built binaries).
+//! - [`load`]: the adapter over the `loadtests` crate's goose submit load.
+//! - [`executions`]: `task_executed` lines from the workers' logs.
+//! - [`checker`]: Jepsen total-queue analysis (lost, unexpected, duplicated, recovered), latency,
+//!   recovery time.
+//! - [`runner`]: runs one scenario end to end and produces a [`report::Report`].
+//! - [`report`]: the JSON report (DESIGN.md) and the human summary.
+//! - [`cleanup`]: labels, leftover sweep and the Ctrl-C handler, so nothing outlives a run.
+//! - [`images`]: builds the container images locally.
+//! - `src/main.rs`: the `harness` command line (`run`, `list`, `up`, `images`, `sweep`).
+
+pub mod checker;
+pub mod cleanup;
+pub mod cluster;
+pub mod executions;
+pub mod images;
+pub mod load;
+pub mod report;
+pub mod runner;
+pub mod scenario;
+
+pub use report::Report;
+pub use runner::{Prepare, RunOptions, run_scenario};
+pub use scenario::Scenario;

@@ -1,0 +1,592 @@
+//! The scenario runner: cluster up, load and steps concurrently, drain, check, tear down.
+//!
+//! ```text
+//! prepare images / binaries ─ start cluster ─┬─ load (goose) ─────────────┐
+//!                                            └─ steps at their offsets ───┴─ resolve info ─ drain ─ check ─ shutdown
+//! ```
+//!
+//! Offsets count from the load's first request (seen as its idempotency key appearing in Redis),
+//! not from launching goose, which takes seconds to start its users. After the load, the `info`
+//! attempts are resolved
+//! through Redis's idempotency keys, then the runner waits up to `drain_within` until every
+//! acknowledged task has a final execution, and hands the history to the [`crate::checker`].
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context;
+
+use crate::{
+    checker::{self, Analysis, History},
+    cluster::{self, Cluster, ClusterSpec, Service},
+    executions::Execution,
+    load::{self, SubmitLoad, SubmitOutcome, SubmitRecord},
+    report::{ExpectationReport, Report, StepReport, secs},
+    scenario::{Plan, RuntimeKind, Scenario, StepOrigin},
+};
+
+/// How a run is done.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Force a runtime (else `HARNESS_RUNTIME`, the scenario's, or auto-detection).
+    pub runtime: Option<RuntimeKind>,
+    /// Override the chaos seed.
+    pub seed: Option<u64>,
+    /// Multiply step offsets and the load duration (e.g. 0.25 for a short CI run).
+    pub time_scale: f64,
+    /// Build what the runtime needs first: images (docker) or release binaries (process).
+    pub prepare: Prepare,
+    /// Write every service's logs under `<dir>/<run id>/` before teardown.
+    pub logs_dir: Option<PathBuf>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            runtime: None,
+            seed: None,
+            time_scale: 1.0,
+            prepare: Prepare::Build,
+            logs_dir: None,
+        }
+    }
+}
+
+/// Whether the runner builds images or binaries before starting a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prepare {
+    /// Build what is missing or stale (cargo and the image digests decide).
+    Build,
+    /// Use what exists.
+    Skip,
+}
+
+/// Builds what `runtime` needs when missing or stale.
+pub async fn prepare_runtime(runtime: RuntimeKind) -> anyhow::Result<()> {
+    match runtime {
+        RuntimeKind::Docker => {
+            let set = tokio::task::spawn_blocking(|| {
+                crate::images::ensure_images(&crate::images::ImageOptions::default())
+            })
+            .await
+            .context("the image build panicked")?
+            .context("building the images")?;
+            tracing::info!("images ready:\n{set}");
+        }
+        RuntimeKind::Process => cluster::process::build_release_binaries().await?,
+    }
+    Ok(())
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs one scenario; never fails: a harness error becomes a failed report with `error` set.
+pub async fn run_scenario(scenario: &Scenario, options: &RunOptions) -> Report {
+    let started = Instant::now();
+    let plan = scenario.plan(options.seed, options.time_scale);
+    let mut report = Report {
+        scenario: scenario.name.clone(),
+        file: scenario.path.display().to_string(),
+        seed: plan.seed,
+        time_scale: options.time_scale,
+        rate_per_s: scenario.load.rate,
+        ..Report::default()
+    };
+    if let Err(error) = run_into(scenario, &plan, options, &mut report).await {
+        report.error = Some(format!("{error:#}"));
+        report.passed = false;
+    }
+    report.wall_ms = started.elapsed().as_millis() as u64;
+    report
+}
+
+async fn run_into(
+    scenario: &Scenario,
+    plan: &Plan,
+    options: &RunOptions,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let (runtime, why) = cluster::choose_runtime(options.runtime, scenario.cluster.runtime).await?;
+    report.runtime = runtime.to_string();
+    tracing::info!(scenario = %scenario.name, %runtime, "runtime: {why}");
+    if runtime == RuntimeKind::Process && scenario.needs_network_control() {
+        anyhow::bail!(
+            "{} disconnects services from the network, which only the docker runtime can do",
+            scenario.name
+        );
+    }
+    if options.prepare == Prepare::Build {
+        prepare_runtime(runtime).await?;
+    }
+
+    let mut spec = ClusterSpec::new(&scenario.name, scenario.cluster.workers);
+    spec.persistence = scenario.cluster.redis_persistence;
+    spec.worker_concurrency = scenario.cluster.worker_concurrency;
+    spec.work = scenario.cluster.work;
+    report.run_id = spec.run_id.clone();
+
+    let cluster_started = Instant::now();
+    let mut cluster = Cluster::start(runtime, spec.clone()).await?;
+    report.cluster_start_ms = cluster_started.elapsed().as_millis() as u64;
+    let startup = cluster.startup_times();
+    report.cluster_startup_ms = crate::report::StartupMs {
+        prepare: startup.prepare.as_millis() as u64,
+        redis: startup.redis.as_millis() as u64,
+        orchestrator: startup.orchestrator.as_millis() as u64,
+        workers: startup.workers.as_millis() as u64,
+    };
+    tracing::info!(
+        run_id = %spec.run_id,
+        "cluster ready in {}: {}",
+        secs(report.cluster_start_ms),
+        cluster.orchestrator_url()
+    );
+
+    // The cluster is dropped (and removed) on every early return below; the normal path shuts
+    // it down explicitly to report cleanup errors.
+    let outcome = drive(scenario, plan, &mut cluster, report).await;
+    if let Some(dir) = &options.logs_dir
+        && let Err(e) = save_logs(&cluster, &dir.join(&spec.run_id)).await
+    {
+        tracing::warn!("saving service logs: {e:#}");
+    }
+    let shutdown = cluster.shutdown().await;
+    outcome?;
+    shutdown.context("tearing the cluster down")?;
+    Ok(())
+}
+
+async fn drive(
+    scenario: &Scenario,
+    plan: &Plan,
+    cluster: &mut Cluster,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let request_timeout = scenario.load.request_timeout;
+    let load = SubmitLoad {
+        host: cluster.orchestrator_url(),
+        rate_per_s: scenario.load.rate,
+        duration: plan.load_duration,
+        users: load::users_for(scenario.load.rate, request_timeout, scenario.load.users),
+        request_timeout,
+        run_id: cluster.spec().run_id.clone(),
+    };
+    let run_id = load.run_id.clone();
+    let spawned = Instant::now();
+    let spawned_unix = unix_ms();
+    // The task notes when the load really ended: steps may still be running then.
+    let load_task = tokio::spawn(async move {
+        let result = load::run_submit_load(load).await;
+        (result, Instant::now())
+    });
+    // Goose needs a while (seconds, in a debug build) before its first request; offsets count
+    // from the first request the orchestrator stored, so a fault never lands before the load.
+    let load_started = match wait_for_traffic(cluster, &run_id, TRAFFIC_TIMEOUT).await {
+        Some(at) => at,
+        None => {
+            tracing::warn!(
+                "no request reached the orchestrator within {}s; step offsets count from the load's launch",
+                TRAFFIC_TIMEOUT.as_secs()
+            );
+            spawned
+        }
+    };
+    tracing::info!(
+        "load traffic began {} after the load generator started",
+        secs(load_started.saturating_duration_since(spawned).as_millis() as u64)
+    );
+
+    let mut steps: Vec<(StepReport, u64)> = Vec::new();
+    for step in &plan.steps {
+        tokio::time::sleep_until((load_started + step.at).into()).await;
+        let at = load_started.elapsed();
+        let started_unix = unix_ms();
+        let result = cluster.apply(step.action, step.target, step.replicas).await;
+        let duration = load_started.elapsed() - at;
+        let (ok, message) = match result {
+            Ok(message) => (true, message),
+            Err(e) => (false, format!("{e:#}")),
+        };
+        tracing::info!(
+            "[{:>7}] {} {}: {} ({})",
+            secs(at.as_millis() as u64),
+            step.action,
+            step.target,
+            if ok { "ok" } else { "FAILED" },
+            message
+        );
+        steps.push((
+            StepReport {
+                at_ms: at.as_millis() as u64,
+                planned_at_ms: step.at.as_millis() as u64,
+                action: step.action.to_string(),
+                target: step.target.to_string(),
+                ok,
+                message,
+                duration_ms: duration.as_millis() as u64,
+                origin: match step.origin {
+                    StepOrigin::File => "file".into(),
+                    StepOrigin::Chaos => "chaos".into(),
+                },
+                recovery_ms: None,
+                carried_over: None,
+            },
+            started_unix,
+        ));
+    }
+
+    let (submits, load_ended) = load_task.await.context("the load task panicked")?;
+    let submits = submits.context("running the load")?;
+    report.load_start_delay_ms = submits
+        .iter()
+        .map(|s| s.started_unix_ms)
+        .min()
+        .map(|first| first.saturating_sub(spawned_unix));
+    report.load_ms =
+        load_window_ms(&submits).unwrap_or_else(|| (load_ended - load_started).as_millis() as u64);
+
+    let resolved = resolve_idempotency_keys(cluster, &submits).await;
+    let drain_deadline = load_ended + scenario.expect.drain_within;
+    let (drained_at, executions) =
+        wait_for_drain(cluster, &submits, &resolved, drain_deadline).await?;
+    report.drain_ms =
+        drained_at.map(|at| at.saturating_duration_since(load_ended).as_millis() as u64);
+
+    let analysis = checker::analyze(&History {
+        submits: submits.clone(),
+        resolved,
+        executions: executions.clone(),
+    });
+    for index in 0..steps.len() {
+        let (step, healed_unix) = &steps[index];
+        if !(step.ok && step_is_healing(&step.action)) {
+            continue;
+        }
+        let recovery = checker::recovery_ms(*healed_unix, &submits, &executions);
+        // The fault this step heals: the latest earlier fault on the same target.
+        let fault_unix = steps[..index]
+            .iter()
+            .rev()
+            .find(|(fault, _)| fault.target == step.target && is_fault(&fault.action))
+            .map(|(_, at)| *at);
+        let carried =
+            fault_unix.map(|f| checker::carried_over(f, *healed_unix, &submits, &executions));
+        let step = &mut steps[index].0;
+        step.recovery_ms = recovery;
+        step.carried_over = carried;
+    }
+    let load_ms = report.load_ms;
+    report.steps = steps
+        .into_iter()
+        .map(|(mut step, _)| {
+            if step.at_ms >= load_ms {
+                step.message
+                    .push_str(" [started after the load ended: recovery cannot be measured]");
+            }
+            step
+        })
+        .collect();
+    fill_counts(report, &analysis, report.load_ms);
+    report.expectations = evaluate(scenario, report);
+    report.passed = report.expectations.iter().all(|e| e.passed);
+    Ok(())
+}
+
+/// How long to wait for the load's first request to reach Redis.
+const TRAFFIC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until one of the load's first requests has been stored (its idempotency key exists in
+/// Redis; read-only) and returns when that was seen.
+async fn wait_for_traffic(cluster: &Cluster, run_id: &str, timeout: Duration) -> Option<Instant> {
+    let prefix = cluster.spec().key_prefix.clone();
+    let keys: Vec<String> = (0..16)
+        .map(|op| idempotency_redis_key(&prefix, &format!("{run_id}-{op}")))
+        .collect();
+    let deadline = Instant::now() + timeout;
+    let client = redis::Client::open(cluster.redis_url()).ok()?;
+    let mut connection = None;
+    while Instant::now() < deadline {
+        if connection.is_none() {
+            connection = client.get_multiplexed_async_connection().await.ok();
+        }
+        if let Some(conn) = connection.as_mut() {
+            let found: Result<u64, _> = redis::cmd("EXISTS").arg(&keys).query_async(conn).await;
+            match found {
+                Ok(n) if n > 0 => return Some(Instant::now()),
+                Ok(_) => {}
+                Err(_) => connection = None,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// From the first submit sent to the last one answered: the load as the server saw it.
+fn load_window_ms(submits: &[SubmitRecord]) -> Option<u64> {
+    let first = submits.iter().map(|s| s.started_unix_ms).min()?;
+    let last = submits
+        .iter()
+        .map(|s| s.started_unix_ms + s.latency_ms.ceil() as u64)
+        .max()?;
+    Some(last.saturating_sub(first).max(1))
+}
+
+fn is_fault(action: &str) -> bool {
+    matches!(action, "kill" | "stop" | "pause" | "disconnect")
+}
+
+fn step_is_healing(action: &str) -> bool {
+    matches!(action, "start" | "restart" | "unpause" | "connect")
+}
+
+fn fill_counts(report: &mut Report, analysis: &Analysis, load_ms: u64) {
+    report.attempted = analysis.attempted;
+    report.acknowledged = analysis.acknowledged;
+    report.failed = analysis.failed;
+    report.indeterminate = analysis.indeterminate;
+    report.executed = analysis.executed;
+    report.executions = analysis.executions;
+    report.lost = analysis.lost;
+    report.unexpected = analysis.unexpected;
+    report.duplicated = analysis.duplicated;
+    report.recovered = analysis.recovered;
+    report.unfinished = analysis.unfinished;
+    report.failed_but_executed = analysis.failed_but_executed;
+    report.reclaimed = analysis.reclaimed;
+    report.carried_over = report.steps.iter().filter_map(|s| s.carried_over).sum();
+    report.submit_latency_ms = analysis.submit_latency_ms;
+    report.throughput_per_s = if load_ms == 0 {
+        0.0
+    } else {
+        ((analysis.acknowledged as f64 / (load_ms as f64 / 1000.0)) * 10.0).round() / 10.0
+    };
+    report.lost_ids = analysis.lost_ids.clone();
+    report.duplicated_ids = analysis.duplicated_ids.clone();
+    report.unexpected_ids = analysis.unexpected_ids.clone();
+    let healing: Vec<Option<u64>> = report
+        .steps
+        .iter()
+        .filter(|s| s.ok && step_is_healing(&s.action))
+        .map(|s| s.recovery_ms)
+        .collect();
+    report.recovery_ms = if healing.is_empty() || healing.iter().any(Option::is_none) {
+        None
+    } else {
+        healing.into_iter().flatten().max()
+    };
+}
+
+/// Checks the `[expect]` section (plus: every step succeeded) against the counts.
+pub fn evaluate(scenario: &Scenario, report: &Report) -> Vec<ExpectationReport> {
+    let expect = &scenario.expect;
+    let at_most = |name: &str, limit: u64, actual: u64| ExpectationReport {
+        name: name.to_string(),
+        expected: format!("<= {limit}"),
+        actual: actual.to_string(),
+        passed: actual <= limit,
+    };
+    let mut out = vec![
+        at_most("lost", expect.lost, report.lost),
+        at_most("unexpected", expect.unexpected, report.unexpected),
+    ];
+    if let Some(limit) = expect.max_duplicated {
+        out.push(at_most("max_duplicated", limit, report.duplicated));
+    }
+    let drain_limit = expect.drain_within.as_millis() as u64;
+    out.push(ExpectationReport {
+        name: "drain_within".into(),
+        expected: format!("<= {}", secs(drain_limit)),
+        actual: match report.drain_ms {
+            Some(ms) => secs(ms),
+            None => format!("not drained ({} unfinished)", report.unfinished),
+        },
+        passed: report.drain_ms.is_some_and(|ms| ms <= drain_limit),
+    });
+    if let Some(limit) = expect.recovery_within {
+        let limit = limit.as_millis() as u64;
+        let healing: Vec<&StepReport> = report
+            .steps
+            .iter()
+            .filter(|s| step_is_healing(&s.action))
+            .collect();
+        let never = healing.iter().filter(|s| s.recovery_ms.is_none()).count();
+        out.push(ExpectationReport {
+            name: "recovery_within".into(),
+            expected: format!(
+                "<= {} after each of {} healing step(s)",
+                secs(limit),
+                healing.len()
+            ),
+            actual: if never > 0 {
+                format!("{never} healing step(s) never recovered")
+            } else {
+                healing
+                    .iter()
+                    .filter_map(|s| s.recovery_ms)
+                    .max()
+                    .map(secs)
+                    .unwrap_or_else(|| "no healing step".into())
+            },
+            passed: never == 0
+                && healing
+                    .iter()
+                    .all(|s| s.recovery_ms.is_some_and(|r| r <= limit)),
+        });
+    }
+    if let Some(minimum) = expect.min_carried_over {
+        out.push(ExpectationReport {
+            name: "min_carried_over".into(),
+            expected: format!(">= {minimum}"),
+            actual: report.carried_over.to_string(),
+            passed: report.carried_over >= minimum,
+        });
+    }
+    if let Some(minimum) = expect.min_reclaimed {
+        out.push(ExpectationReport {
+            name: "min_reclaimed".into(),
+            expected: format!(">= {minimum}"),
+            actual: report.reclaimed.to_string(),
+            passed: report.reclaimed >= minimum,
+        });
+    }
+    out.push(ExpectationReport {
+        name: "min_acknowledged".into(),
+        expected: format!(">= {}", expect.min_acknowledged),
+        actual: report.acknowledged.to_string(),
+        passed: report.acknowledged >= expect.min_acknowledged,
+    });
+    let failed_steps: Vec<String> = report
+        .steps
+        .iter()
+        .filter(|s| !s.ok)
+        .map(|s| format!("{} {}", s.action, s.target))
+        .collect();
+    out.push(ExpectationReport {
+        name: "steps_ok".into(),
+        expected: format!("all {} step(s) succeed", report.steps.len()),
+        actual: if failed_steps.is_empty() {
+            "all succeeded".into()
+        } else {
+            format!("failed: {}", failed_steps.join(", "))
+        },
+        passed: failed_steps.is_empty(),
+    });
+    out
+}
+
+/// Maps the idempotency keys of non-`ok` attempts to task ids, read-only from Redis. A Redis
+/// that is unreachable leaves them unresolved (they then count as neither recovered nor
+/// attempted).
+async fn resolve_idempotency_keys(
+    cluster: &Cluster,
+    submits: &[SubmitRecord],
+) -> HashMap<String, String> {
+    let keys: Vec<&str> = submits
+        .iter()
+        .filter(|s| !matches!(s.outcome, SubmitOutcome::Ok { .. }))
+        .map(|s| s.idempotency_key.as_str())
+        .collect();
+    if keys.is_empty() {
+        return HashMap::new();
+    }
+    let prefix = cluster.spec().key_prefix.clone();
+    let attempt = async {
+        let client = redis::Client::open(cluster.redis_url())?;
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        let mut resolved = HashMap::new();
+        for chunk in keys.chunks(500) {
+            let redis_keys: Vec<String> = chunk
+                .iter()
+                .map(|key| idempotency_redis_key(&prefix, key))
+                .collect();
+            let ids: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&redis_keys)
+                .query_async(&mut connection)
+                .await?;
+            for (key, id) in chunk.iter().zip(ids) {
+                if let Some(id) = id {
+                    resolved.insert(key.to_string(), id);
+                }
+            }
+        }
+        anyhow::Ok(resolved)
+    };
+    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+        Ok(Ok(resolved)) => resolved,
+        Ok(Err(e)) => {
+            tracing::warn!("could not resolve idempotency keys: {e:#}");
+            HashMap::new()
+        }
+        Err(_) => {
+            tracing::warn!("resolving idempotency keys timed out");
+            HashMap::new()
+        }
+    }
+}
+
+/// The Redis key under which the orchestrator stores an idempotency key's task id.
+pub fn idempotency_redis_key(prefix: &str, idempotency_key: &str) -> String {
+    taskq::Keys::new(prefix).idempotency(idempotency_key)
+}
+
+/// Polls the workers' logs until every acknowledged (or recovered) task has a final execution,
+/// or `deadline` passes. Returns when it drained (if it did) and the last executions read.
+async fn wait_for_drain(
+    cluster: &Cluster,
+    submits: &[SubmitRecord],
+    resolved: &HashMap<String, String>,
+    deadline: Instant,
+) -> anyhow::Result<(Option<Instant>, Vec<Execution>)> {
+    let mut must_finish: HashSet<&str> =
+        submits.iter().filter_map(|s| s.outcome.task_id()).collect();
+    // Tasks created by indeterminate attempts must finish too.
+    must_finish.extend(
+        submits
+            .iter()
+            .filter(|s| matches!(s.outcome, SubmitOutcome::Info { .. }))
+            .filter_map(|s| resolved.get(&s.idempotency_key).map(String::as_str)),
+    );
+    loop {
+        let executions = cluster.executions().await?;
+        let finished: HashSet<&str> = executions
+            .iter()
+            .filter(|e| e.outcome.is_final())
+            .map(|e| e.task_id.as_str())
+            .collect();
+        let unfinished = must_finish
+            .iter()
+            .filter(|id| !finished.contains(**id))
+            .count();
+        if unfinished == 0 {
+            return Ok((Some(Instant::now()), executions));
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(unfinished, "not drained by the deadline");
+            return Ok((None, executions));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn save_logs(cluster: &Cluster, dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut services = vec![Service::Redis, Service::Orchestrator];
+    services.extend((1..=crate::scenario::MAX_WORKERS).map(Service::Worker));
+    for service in services {
+        if cluster.state(service).is_none() {
+            continue;
+        }
+        let text = cluster.logs(service).await?;
+        std::fs::write(dir.join(format!("{service}.log")), text)?;
+    }
+    Ok(())
+}
