@@ -17,15 +17,16 @@ pub enum SubmitOutcome {
         /// The id the orchestrator gave the task.
         task_id: String,
     },
-    /// A definite error: a 4xx answer, or a 503, which the orchestrator only returns before
-    /// it touched the queue. The task does not exist.
+    /// A definite error: a 4xx answer, or a 503 whose code says the queue was not touched
+    /// (`store_unavailable`, `overloaded`). The task does not exist.
     Fail {
         /// The HTTP status, when there was an answer.
         status: Option<u16>,
         /// Why, from the error body when it had one.
         message: String,
     },
-    /// Unknown: transport error, timeout, another 5xx, or a success answer without an id.
+    /// Unknown: transport error, timeout, a 503 `outcome_unknown` or `timeout` (the enqueue may
+    /// have been applied), another 5xx, or a success answer without an id.
     Info {
         /// What happened.
         message: String,
@@ -93,6 +94,18 @@ pub fn classify_submit(answer: &SubmitAnswer) -> SubmitOutcome {
                     message: format!("{status} without a task id in the body"),
                 },
             },
+            503 if !matches!(
+                error_code_in(body).as_deref(),
+                Some("store_unavailable" | "overloaded")
+            ) =>
+            {
+                SubmitOutcome::Info {
+                    message: format!(
+                        "status 503: {}",
+                        error_message_in(body).unwrap_or_else(|| "outcome unknown".into())
+                    ),
+                }
+            }
             400..=499 | 503 => SubmitOutcome::Fail {
                 status: Some(*status),
                 message: error_message_in(body).unwrap_or_else(|| format!("status {status}")),
@@ -105,8 +118,9 @@ pub fn classify_submit(answer: &SubmitAnswer) -> SubmitOutcome {
             },
         },
         SubmitAnswer::BodyError { status, message } => match *status {
-            // The status alone is definite for these; the body only carries the reason.
-            400..=499 | 503 => SubmitOutcome::Fail {
+            // The status alone is definite for these; the body only carries the reason. A 503
+            // without a readable code may be an enqueue whose outcome is unknown.
+            400..=499 => SubmitOutcome::Fail {
                 status: Some(*status),
                 message: format!("status {status}, body unreadable: {message}"),
             },
@@ -118,6 +132,12 @@ pub fn classify_submit(answer: &SubmitAnswer) -> SubmitOutcome {
             message: message.clone(),
         },
     }
+}
+
+/// The `error.code` of an error body.
+fn error_code_in(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value["error"]["code"].as_str().map(str::to_owned)
 }
 
 /// The non-empty `id` of a task record, as a string or a number.
@@ -213,14 +233,30 @@ mod tests {
 
     #[test]
     fn unavailable_is_a_definite_failure() {
-        let outcome = classify_submit(&response(503, ""));
+        let body = r#"{"error":{"code":"store_unavailable","message":"down"}}"#;
+        let outcome = classify_submit(&response(503, body));
         assert_eq!(
             outcome,
             SubmitOutcome::Fail {
                 status: Some(503),
-                message: "status 503".into()
+                message: "store_unavailable: down".into()
             }
         );
+    }
+
+    #[test]
+    fn a_503_with_unknown_outcome_or_no_code_is_indeterminate() {
+        for body in [
+            r#"{"error":{"code":"outcome_unknown","message":"?"}}"#,
+            r#"{"error":{"code":"timeout","message":"?"}}"#,
+            "",
+        ] {
+            let outcome = classify_submit(&response(503, body));
+            assert!(
+                matches!(outcome, SubmitOutcome::Info { .. }),
+                "{body}: {outcome:?}"
+            );
+        }
     }
 
     #[test]
@@ -261,13 +297,13 @@ mod tests {
     #[test]
     fn an_unreadable_body_keeps_a_definite_status_definite() {
         let failed = classify_submit(&SubmitAnswer::BodyError {
-            status: 503,
+            status: 422,
             message: "reset".into(),
         });
         assert!(matches!(
             failed,
             SubmitOutcome::Fail {
-                status: Some(503),
+                status: Some(422),
                 ..
             }
         ));

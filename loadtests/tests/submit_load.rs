@@ -87,7 +87,11 @@ async fn create_task(
     if stub.inject_faults {
         if n % 10 == 0 {
             record(Answer::Unavailable);
-            return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "redis down");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "redis down",
+            );
         }
         if n % 10 == 3 {
             record(Answer::Internal);

@@ -44,6 +44,12 @@ pub enum AppError {
     /// Redis is unreachable or too slow (503 with `Retry-After`).
     #[error("the task store is unavailable; retry shortly")]
     Unavailable,
+    /// Redis did not answer an enqueue in time: the task may or may not exist (503 with
+    /// `Retry-After`; retry with the same `Idempotency-Key` to find out without a duplicate).
+    #[error(
+        "the task store did not confirm in time; the task may have been queued. Retry with the same Idempotency-Key"
+    )]
+    OutcomeUnknown,
     /// Too many requests in progress; shed at once (503 with `Retry-After`).
     #[error("the server is overloaded; retry shortly")]
     Overloaded,
@@ -66,9 +72,10 @@ impl AppError {
             AppError::TaskNotFound(_) | AppError::RouteNotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Conflict(_) => StatusCode::CONFLICT,
-            AppError::Unavailable | AppError::Timeout | AppError::Overloaded => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            AppError::Unavailable
+            | AppError::Timeout
+            | AppError::Overloaded
+            | AppError::OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -88,6 +95,7 @@ impl AppError {
             AppError::Unavailable => "store_unavailable",
             AppError::Timeout => "timeout",
             AppError::Overloaded => "overloaded",
+            AppError::OutcomeUnknown => "outcome_unknown",
             AppError::Internal(_) => "internal",
         }
     }

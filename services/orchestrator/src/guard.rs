@@ -103,10 +103,11 @@ pub async fn require_token(State(tokens): State<Tokens>, request: Request, next:
     }
 }
 
-/// Per-client token buckets for `POST /tasks`. A client is its bearer token when it sent one,
-/// otherwise its IP address.
+/// Per-client token buckets for `POST /tasks`. A client is its (validated) bearer token when
+/// authentication is on, otherwise its IP address: unchecked tokens would let a client pick a new
+/// key per request.
 #[derive(Clone)]
-pub struct SubmitLimiter(Option<Arc<DefaultKeyedRateLimiter<String>>>);
+pub struct SubmitLimiter(Option<Arc<DefaultKeyedRateLimiter<String>>>, bool);
 
 impl fmt::Debug for SubmitLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -120,9 +121,10 @@ impl fmt::Debug for SubmitLimiter {
 
 impl SubmitLimiter {
     /// `per_second` submits per client with bursts of `burst`; 0 turns limiting off.
-    pub fn new(per_second: u32, burst: u32) -> Self {
+    /// `key_by_token`: authentication is on, so bearer tokens identify clients.
+    pub fn new(per_second: u32, burst: u32, key_by_token: bool) -> Self {
         let Some(rate) = NonZeroU32::new(per_second) else {
-            return Self(None);
+            return Self(None, key_by_token);
         };
         let burst = NonZeroU32::new(burst).unwrap_or(rate);
         let limiter = Arc::new(RateLimiter::keyed(
@@ -141,7 +143,7 @@ impl SubmitLimiter {
                 limiter.shrink_to_fit();
             }
         });
-        Self(Some(limiter))
+        Self(Some(limiter), key_by_token)
     }
 
     /// Whether limiting is on.
@@ -150,9 +152,9 @@ impl SubmitLimiter {
     }
 }
 
-fn client_key(request: &Request) -> String {
-    if let Some(token) = bearer(request) {
-        // Key by a digest-free prefix-less form: the token itself never leaves this process.
+fn client_key(request: &Request, key_by_token: bool) -> String {
+    if key_by_token && let Some(token) = bearer(request) {
+        // The token never leaves this process; it only names the bucket.
         return format!("token:{}", String::from_utf8_lossy(token));
     }
     request
@@ -170,10 +172,10 @@ pub async fn limit_submits(
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(limiter) = &limiter.0 else {
+    let SubmitLimiter(Some(buckets), key_by_token) = &limiter else {
         return next.run(request).await;
     };
-    match limiter.check_key(&client_key(&request)) {
+    match buckets.check_key(&client_key(&request, *key_by_token)) {
         Ok(()) => next.run(request).await,
         Err(not_until) => {
             let wait = not_until.wait_time_from(DefaultClock::default().now());

@@ -60,8 +60,30 @@ impl AppState {
                 config.auth_tokens_file.as_deref(),
             )?,
             metrics_tokens: Tokens::load(config.metrics_token.as_deref(), None)?,
-            submit_limiter: SubmitLimiter::new(config.rate_limit_per_s, config.rate_limit_burst),
+            submit_limiter: SubmitLimiter::new(
+                config.rate_limit_per_s,
+                config.rate_limit_burst,
+                config.auth_tokens.is_some() || config.auth_tokens_file.is_some(),
+            ),
         })
+    }
+
+    /// Runs a write whose effect must not be guessed: a refused connection means nothing was
+    /// sent (503 `store_unavailable`); a timeout or a dropped connection means it may have been
+    /// applied (503 `outcome_unknown`).
+    pub async fn with_timeout_unknown_outcome<T>(
+        &self,
+        operation: impl Future<Output = Result<T, taskq::QueueError>>,
+    ) -> Result<T, AppError> {
+        match tokio::time::timeout(self.redis_timeout, operation).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(taskq::QueueError::Redis(err))) if err.is_connection_refusal() => {
+                Err(AppError::Unavailable)
+            }
+            Ok(Err(err)) if err.is_unavailable() => Err(AppError::OutcomeUnknown),
+            Ok(Err(err)) => Err(AppError::from(err)),
+            Err(_) => Err(AppError::OutcomeUnknown),
+        }
     }
 
     /// Runs a Redis operation with the Redis timeout; a slow or unreachable Redis becomes 503.

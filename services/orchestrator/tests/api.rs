@@ -55,7 +55,7 @@ async fn send(router: &Router, request: Request<Body>) -> Reply {
 fn post_json(body: impl Into<Body>) -> Request<Body> {
     Request::post("/tasks")
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body.into()))
+        .body(body.into())
         .expect("request")
 }
 

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput};
 use redis::aio::MultiplexedConnection;
 use taskq::queue::{Delivery, Queue};
 use taskq::{
@@ -224,9 +224,11 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(3))
 }
 
-criterion_group! {
-    name = benches;
-    config = config();
-    targets = record_codec, enqueue, claim_finish
+// What `criterion_group!` and `criterion_main!` expand to, without their undocumented `pub fn`.
+fn main() {
+    let mut criterion = config().configure_from_args();
+    record_codec(&mut criterion);
+    enqueue(&mut criterion);
+    claim_finish(&mut criterion);
+    criterion.final_summary();
 }
-criterion_main!(benches);

@@ -210,6 +210,7 @@ struct Scripts {
     heartbeat: Script,
     stats: Script,
     own_pending: Script,
+    deregister: Script,
 }
 
 impl Scripts {
@@ -230,10 +231,11 @@ impl Scripts {
             heartbeat: script(include_str!("scripts/heartbeat.lua")),
             stats: script(include_str!("scripts/stats.lua")),
             own_pending: script(include_str!("scripts/own_pending.lua")),
+            deregister: script(include_str!("scripts/deregister.lua")),
         }
     }
 
-    fn all(&self) -> [&Script; 10] {
+    fn all(&self) -> [&Script; 11] {
         [
             &self.enqueue,
             &self.claim,
@@ -245,6 +247,7 @@ impl Scripts {
             &self.heartbeat,
             &self.stats,
             &self.own_pending,
+            &self.deregister,
         ]
     }
 }
@@ -730,44 +733,24 @@ impl Queue {
         Ok(())
     }
 
-    /// Removes a worker that stopped cleanly. With entries still pending (`abandoned`), it is
-    /// marked dead instead, so a live worker reclaims them at its next pass, not after a timeout.
+    /// Removes a worker that stopped. A worker with entries still pending is not removed (that
+    /// would drop them) but marked dead, so a live worker takes them over at its next pass.
+    /// Returns how many streams still held entries pending for it.
     pub async fn deregister<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
         worker_id: &str,
-        abandoned: bool,
-    ) -> Result<(), QueueError> {
-        if abandoned {
-            self.scripts
-                .heartbeat
-                .key(self.config.keys.workers())
-                .arg(worker_id)
-                .arg("0")
-                .invoke_async::<i64>(conn)
-                .await?;
-        } else {
-            let mut pipe = redis::pipe();
-            pipe.cmd("ZREM")
-                .arg(self.config.keys.workers())
-                .arg(worker_id)
-                .ignore();
-            for stream in self.streams.iter() {
-                // A consumer with no pending entries can go; ignore streams without the group.
-                pipe.cmd("XGROUP")
-                    .arg("DELCONSUMER")
-                    .arg(stream)
-                    .arg(CONSUMER_GROUP)
-                    .arg(worker_id)
-                    .ignore();
-            }
-            if let Err(err) = pipe.query_async::<()>(conn).await
-                && !err.to_string().contains("NOGROUP")
-            {
-                return Err(err.into());
-            }
-        }
-        Ok(())
+    ) -> Result<usize, QueueError> {
+        let left: usize = self
+            .scripts
+            .deregister
+            .key(self.config.keys.workers())
+            .key(self.streams.as_slice())
+            .arg(CONSUMER_GROUP)
+            .arg(worker_id)
+            .invoke_async(conn)
+            .await?;
+        Ok(left)
     }
 
     /// Queue statistics in one round trip; workers count as live when their heartbeat is newer

@@ -95,6 +95,10 @@ pub struct Config {
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value = "2000", value_parser = parse_millis)]
     pub redis_timeout: Duration,
 
+    /// How long finished tasks are kept (same setting as the orchestrator's; `0s` keeps them).
+    #[arg(long, env = "TASK_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub task_retention: Duration,
+
     /// Where `/healthz` and `/metrics` are served.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9000")]
     pub metrics_addr: SocketAddr,
@@ -127,10 +131,11 @@ impl Config {
         config
     }
 
-    /// The queue settings (task retention and attempts are the orchestrator's business).
+    /// The queue settings (attempts are set per task by the orchestrator).
     pub fn queue_config(&self) -> QueueConfig {
         QueueConfig {
             keys: Keys::new(self.key_prefix.clone()),
+            task_retention: self.task_retention,
             ..QueueConfig::default()
         }
     }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use redis::aio::ConnectionManager;
+use taskq::Priority;
 use taskq::queue::{
     ClaimedTask, Delivery, ExecutionOutcome, Finish, FinishResult, Queue, QueueError,
 };
@@ -70,11 +71,50 @@ pub struct Runner {
 /// await.
 #[derive(Default)]
 struct Shared {
-    /// Entries this worker executes or has not yet recorded, by entry id, with their start time;
-    /// the maintenance loop renews their lease.
-    in_flight: Mutex<HashMap<String, (Delivery, Instant)>>,
-    /// Entries taken over from dead workers, waiting for a free slot.
+    /// Entries this worker executes or has not yet recorded, by [`entry_key`], with their start
+    /// time; the maintenance loop renews their lease.
+    in_flight: Mutex<HashMap<(Priority, String), (Delivery, Instant)>>,
+    /// Entries pending for this worker but not started yet (taken over from dead workers,
+    /// recovered after a lost reply, or delivered beyond the free slots), waiting for a slot.
+    /// Only the fetch loop starts tasks.
     reclaimed: Mutex<VecDeque<Delivery>>,
+    /// Set when a call that may have delivered entries failed: the fetch loop then looks for
+    /// entries pending for this worker that it never heard of.
+    check_own_pending: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    /// Queues deliveries for starting, skipping those already executing or queued.
+    fn queue_for_start(&self, deliveries: impl IntoIterator<Item = Delivery>) -> usize {
+        let in_flight = lock(&self.in_flight);
+        let mut reclaimed = lock(&self.reclaimed);
+        let mut added = 0;
+        for delivery in deliveries {
+            let known =
+                in_flight.contains_key(&entry_key(&delivery)) || reclaimed.contains(&delivery);
+            if !known {
+                reclaimed.push_back(delivery);
+                added += 1;
+            }
+        }
+        added
+    }
+
+    fn flag_own_pending(&self) {
+        self.check_own_pending
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn take_own_pending_flag(&self) -> bool {
+        self.check_own_pending
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Identifies a stream entry: entry ids are unique per stream only, and the ten streams often
+/// hand out the same id in the same millisecond.
+fn entry_key(delivery: &Delivery) -> (Priority, String) {
+    (delivery.priority, delivery.entry_id.clone())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -177,7 +217,6 @@ impl Runner {
         let maintenance = tokio::spawn(Arc::clone(&this).maintenance(
             Arc::clone(&shared),
             Arc::clone(&slots),
-            finish_tx.downgrade(),
             shutdown.clone(),
             stop_maintenance.clone(),
         ));
@@ -212,16 +251,18 @@ impl Runner {
         stop_maintenance.cancel();
         let _ = maintenance.await;
 
-        let abandoned = !lock(&shared.in_flight).is_empty();
+        // Whatever is still pending for this worker (unfinished, unrecorded or never started) is
+        // handed over: the consumer is only removed when nothing is pending.
         let mut conn = this.conn.clone();
-        if let Err(err) = this
-            .queue
-            .deregister(&mut conn, &this.worker_id, abandoned)
-            .await
-        {
-            record_redis_error("deregister", &err);
+        match this.queue.deregister(&mut conn, &this.worker_id).await {
+            Ok(0) => tracing::info!(worker_id = %this.worker_id, "worker stopped"),
+            Ok(n_streams) => tracing::warn!(
+                worker_id = %this.worker_id,
+                n_streams,
+                "worker stopped with entries pending; marked dead so another worker takes them over"
+            ),
+            Err(err) => record_redis_error("deregister", &err),
         }
-        tracing::info!(worker_id = %this.worker_id, abandoned, "worker stopped");
         Ok(())
     }
 
@@ -229,7 +270,12 @@ impl Runner {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut conn = self.conn.clone();
         while !shutdown.is_cancelled() {
-            match self.queue.ensure_groups(&mut conn).await {
+            // Heartbeat before the first claim, so a worker killed early is known and reclaimed.
+            let ready = match self.queue.ensure_groups(&mut conn).await {
+                Ok(()) => self.queue.heartbeat(&mut conn, &self.worker_id).await,
+                Err(err) => Err(err),
+            };
+            match ready {
                 Ok(()) => return,
                 Err(err) => {
                     record_redis_error("ensure_groups", &err);
@@ -276,16 +322,15 @@ impl Runner {
         let mut blocking_conn = self.blocking_conn.clone();
         // At start (a restarted worker keeps its WORKER_ID) and after any failed call, Redis may
         // have delivered entries whose reply never arrived; look for them before claiming more.
-        let mut check_own_pending = true;
+        shared.flag_own_pending();
         while !shutdown.is_cancelled() {
-            if check_own_pending {
-                match self.recover_own_pending(&mut conn, &shared).await {
-                    Ok(()) => check_own_pending = false,
-                    Err(err) => {
-                        self.handle_loop_error("own_pending", err, &mut backoff).await;
-                        continue;
-                    }
-                }
+            if shared.take_own_pending_flag()
+                && let Err(err) = self.recover_own_pending(&mut conn, &shared).await
+            {
+                shared.flag_own_pending();
+                self.handle_loop_error("own_pending", err, &mut backoff)
+                    .await;
+                continue;
             }
             let free = slots.available_permits();
             if free == 0 {
@@ -317,12 +362,12 @@ impl Runner {
                             reclaimed.push_front(delivery);
                         }
                     }
+                    shared.flag_own_pending();
                     self.handle_loop_error("claim", err, &mut backoff).await;
-                    check_own_pending = true;
                     continue;
                 }
             };
-            if !claimed.is_empty() {
+            if !claimed.is_empty() || !delivered.is_empty() {
                 self.spawn_executions(claimed, &shared, &slots, &finish_tx)
                     .await;
                 continue;
@@ -338,31 +383,14 @@ impl Runner {
                     self.settings.block,
                 )
                 .await;
-            let deliveries = match waited {
-                Ok(deliveries) => deliveries,
+            match waited {
+                // COUNT applies per stream: keep what does not fit for later, most urgent first.
+                Ok(deliveries) => {
+                    shared.queue_for_start(deliveries);
+                }
                 Err(err) => {
+                    shared.flag_own_pending();
                     self.handle_loop_error("wait", err, &mut backoff).await;
-                    check_own_pending = true;
-                    continue;
-                }
-            };
-            if deliveries.is_empty() {
-                continue;
-            }
-            match self
-                .queue
-                .claim(&mut conn, &self.worker_id, 0, &deliveries)
-                .await
-            {
-                Ok(claimed) => {
-                    self.spawn_executions(claimed, &shared, &slots, &finish_tx)
-                        .await
-                }
-                Err(err) => {
-                    // Keep them: they are pending for this consumer and must be started.
-                    lock(&shared.reclaimed).extend(deliveries);
-                    self.handle_loop_error("claim", err, &mut backoff).await;
-                    check_own_pending = true;
                 }
             }
         }
@@ -370,24 +398,18 @@ impl Runner {
 
     /// Queues for starting every entry pending for this worker that it neither executes nor has
     /// queued already.
-    async fn recover_own_pending(&self, conn: &mut ConnectionManager, shared: &Shared) -> Result<(), QueueError> {
+    async fn recover_own_pending(
+        &self,
+        conn: &mut ConnectionManager,
+        shared: &Shared,
+    ) -> Result<(), QueueError> {
         let pending = self.queue.own_pending(conn, &self.worker_id, 1000).await?;
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let in_flight = lock(&shared.in_flight);
-        let mut reclaimed = lock(&shared.reclaimed);
-        let mut n_recovered = 0;
-        for delivery in pending {
-            let known = in_flight.contains_key(&delivery.entry_id)
-                || reclaimed.iter().any(|d| d.entry_id == delivery.entry_id);
-            if !known {
-                reclaimed.push_back(delivery);
-                n_recovered += 1;
-            }
-        }
+        let n_recovered = shared.queue_for_start(pending);
         if n_recovered > 0 {
-            tracing::info!(n_entries = n_recovered, "recovered entries delivered to this worker by a lost reply");
+            tracing::info!(
+                n_entries = n_recovered,
+                "recovered entries delivered to this worker by a lost reply"
+            );
         }
         Ok(())
     }
@@ -404,7 +426,7 @@ impl Runner {
                 return; // the semaphore is never closed
             };
             lock(&shared.in_flight).insert(
-                task.delivery.entry_id.clone(),
+                entry_key(&task.delivery),
                 (task.delivery.clone(), Instant::now()),
             );
             tokio::spawn(Arc::clone(self).execute(task, permit, finish_tx.clone()));
@@ -489,7 +511,7 @@ impl Runner {
                         }
                         let mut in_flight = lock(&shared.in_flight);
                         for finish in &batch {
-                            in_flight.remove(&finish.task.delivery.entry_id);
+                            in_flight.remove(&entry_key(&finish.task.delivery));
                         }
                         break;
                     }
@@ -514,15 +536,16 @@ impl Runner {
         self: Arc<Self>,
         shared: Arc<Shared>,
         slots: Arc<Semaphore>,
-        finish_tx: mpsc::WeakUnboundedSender<Finish>,
         shutdown: CancellationToken,
         stop: CancellationToken,
     ) {
-        // A weak sender: the finisher must be able to end (all strong senders gone) while this
-        // loop keeps heartbeating through the drain.
         let mut conn = self.conn.clone();
         let mut ticker = tokio::time::interval(self.settings.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Since when this worker's heartbeats have succeeded without a gap. After an outage every
+        // worker looks dead to every other; only one that has been seen alive for `dead_after`
+        // itself may judge others dead, or the first worker back would take over everyone's tasks.
+        let mut healthy_since: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
@@ -530,82 +553,78 @@ impl Runner {
             }
             if let Err(err) = self.queue.heartbeat(&mut conn, &self.worker_id).await {
                 record_redis_error("heartbeat", &err);
+                healthy_since = None;
                 continue;
             }
-            let renew_after = self.settings.lease / 3;
-            let stale: Vec<Delivery> = lock(&shared.in_flight)
-                .values()
-                .filter(|(_, since)| since.elapsed() >= renew_after)
-                .map(|(delivery, _)| delivery.clone())
-                .collect();
-            if !stale.is_empty() {
-                match self
-                    .queue
-                    .renew_leases(&mut conn, &self.worker_id, &stale)
-                    .await
-                {
-                    Ok(()) => {
-                        let now = Instant::now();
-                        let mut in_flight = lock(&shared.in_flight);
-                        for delivery in &stale {
-                            if let Some(entry) = in_flight.get_mut(&delivery.entry_id) {
-                                entry.1 = now;
-                            }
-                        }
-                    }
-                    Err(err) => record_redis_error("renew", &err),
-                }
-            }
+            let alive_for = healthy_since.get_or_insert_with(Instant::now).elapsed();
+            self.renew_leases(&mut conn, &shared).await;
             if shutdown.is_cancelled() {
                 continue; // keep heartbeating while draining, but take on nothing new
             }
             if let Err(err) = self.queue.promote_due_retries(&mut conn, 1000).await {
                 record_redis_error("promote", &err);
             }
-            let limit = self.settings.concurrency.max(16);
-            let reclaimed = match self
+            // Take over only what this worker can start soon; a busier worker leaves the rest to
+            // its peers.
+            let waiting = lock(&shared.reclaimed).len();
+            let budget = slots.available_permits().saturating_sub(waiting);
+            if budget == 0 || alive_for < self.settings.dead_after {
+                continue;
+            }
+            match self
                 .queue
                 .reclaim(
                     &mut conn,
                     &self.worker_id,
                     self.settings.dead_after,
                     self.settings.lease,
-                    limit,
+                    budget,
                 )
                 .await
             {
-                Ok(reclaimed) => reclaimed,
+                Ok(reclaimed) if !reclaimed.is_empty() => {
+                    metrics::counter!("agent_tasks_reclaimed_total")
+                        .increment(reclaimed.len() as u64);
+                    tracing::info!(
+                        n_entries = reclaimed.len(),
+                        "took over tasks of a dead worker"
+                    );
+                    shared.queue_for_start(reclaimed);
+                }
+                Ok(_) => {}
                 Err(err) => {
+                    // The reply may be lost after Redis moved entries to this worker.
+                    shared.flag_own_pending();
                     record_redis_error("reclaim", &err);
-                    continue;
-                }
-            };
-            if reclaimed.is_empty() {
-                continue;
-            }
-            metrics::counter!("agent_tasks_reclaimed_total").increment(reclaimed.len() as u64);
-            tracing::info!(
-                n_entries = reclaimed.len(),
-                "took over tasks of a dead worker"
-            );
-            // Start what fits now; the fetch loop starts the rest as slots free up.
-            let fits = slots.available_permits().min(reclaimed.len());
-            let (now, later) = reclaimed.split_at(fits);
-            lock(&shared.reclaimed).extend(later.iter().cloned());
-            let Some(finish_tx) = finish_tx.upgrade().filter(|_| !now.is_empty()) else {
-                lock(&shared.reclaimed).extend(now.iter().cloned());
-                continue;
-            };
-            match self.queue.claim(&mut conn, &self.worker_id, 0, now).await {
-                Ok(claimed) => {
-                    self.spawn_executions(claimed, &shared, &slots, &finish_tx)
-                        .await
-                }
-                Err(err) => {
-                    lock(&shared.reclaimed).extend(now.iter().cloned());
-                    record_redis_error("claim", &err);
                 }
             }
+        }
+    }
+
+    /// Renews the lease of entries held longer than a third of it: executing, waiting to be
+    /// recorded, or waiting for a slot.
+    async fn renew_leases(&self, conn: &mut ConnectionManager, shared: &Shared) {
+        let renew_after = self.settings.lease / 3;
+        let mut stale: Vec<Delivery> = lock(&shared.in_flight)
+            .values()
+            .filter(|(_, since)| since.elapsed() >= renew_after)
+            .map(|(delivery, _)| delivery.clone())
+            .collect();
+        stale.extend(lock(&shared.reclaimed).iter().cloned());
+        if stale.is_empty() {
+            return;
+        }
+        match self.queue.renew_leases(conn, &self.worker_id, &stale).await {
+            Ok(()) => {
+                let now = Instant::now();
+                let mut in_flight = lock(&shared.in_flight);
+                for delivery in &stale {
+                    if let Some(entry) = in_flight.get_mut(&entry_key(delivery)) {
+                        entry.1 = now;
+                    }
+                }
+            }
+            Err(err) => record_redis_error("renew", &err),
         }
     }
 }

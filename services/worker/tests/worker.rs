@@ -512,7 +512,10 @@ async fn entries_delivered_by_a_lost_reply_are_recovered_without_waiting_for_the
         ..taskq::QueueConfig::default()
     });
     let client = redis::Client::open(redis.url()).expect("url");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
     queue.ensure_groups(&mut conn).await.expect("groups");
     // What a blocking read does before its reply is lost: the entry is now pending for "w-1".
     let delivered = queue
@@ -526,7 +529,9 @@ async fn entries_delivered_by_a_lost_reply_are_recovered_without_waiting_for_the
         c.lease = Duration::from_secs(60);
     })
     .await;
-    let task = api.wait_for_status(&id, "succeeded", Duration::from_secs(5)).await;
+    let task = api
+        .wait_for_status(&id, "succeeded", Duration::from_secs(5))
+        .await;
 
     assert_eq!(task["worker"], "w-1");
     worker.stop().await;

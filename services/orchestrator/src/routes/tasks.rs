@@ -16,6 +16,11 @@ use crate::startup::AppState;
 #[from_request(via(axum::Json), rejection(AppError))]
 pub struct AppJson<T>(pub T);
 
+/// `axum::extract::Path`, with rejections turned into [`AppError`] (JSON body).
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(Path), rejection(AppError))]
+pub struct AppPath<T>(pub T);
+
 /// Body of `POST /tasks`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,7 +83,7 @@ pub async fn create_task(
     let key = idempotency_key(&headers)?;
     let mut conn = state.redis.clone();
     let outcome = state
-        .with_timeout(state.queue.enqueue(&mut conn, &description, priority, key))
+        .with_timeout_unknown_outcome(state.queue.enqueue(&mut conn, &description, priority, key))
         .await?;
     match outcome {
         EnqueueOutcome::Created(record) => {
@@ -108,7 +113,7 @@ pub async fn create_task(
 /// `GET /tasks/{id}`.
 pub async fn get_task(
     State(state): State<AppState>,
-    Path(raw_id): Path<String>,
+    AppPath(raw_id): AppPath<String>,
 ) -> Result<Response, AppError> {
     let task_id = TaskId::parse(&raw_id)?;
     let mut conn = state.redis.clone();
@@ -123,7 +128,7 @@ pub async fn get_task(
 /// 409 once it runs or has finished.
 pub async fn cancel_task(
     State(state): State<AppState>,
-    Path(raw_id): Path<String>,
+    AppPath(raw_id): AppPath<String>,
 ) -> Result<Response, AppError> {
     let task_id = TaskId::parse(&raw_id)?;
     let mut conn = state.redis.clone();

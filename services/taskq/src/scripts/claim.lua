@@ -15,12 +15,21 @@ local function drop(stream, entry)
   redis.call('XDEL', stream, entry)
 end
 
-local function start(p, entry, task_id)
+local function start(p, entry, task_id, delivered)
   local stream = KEYS[p]
+  if delivered then
+    -- handed in by the caller: only start it if it is still this consumer's (a reclaim or a
+    -- blocking read may be stale by now, and the entry another worker's)
+    local mine = redis.pcall('XPENDING', stream, group, entry, entry, 1, consumer)
+    if type(mine) ~= 'table' or mine.err or not mine[1] then
+      return
+    end
+  end
   local key = prefix .. task_id
-  local f = redis.call('HMGET', key, 'status', 'attempts', 'max_attempts', 'description', 'v')
-  if (not f[1]) or is_final(f[1]) then
-    -- expired, cancelled or finished meanwhile: nothing to run
+  local f = redis.call('HMGET', key, 'status', 'attempts', 'max_attempts', 'description', 'v', 'stream_id')
+  if (not f[1]) or is_final(f[1]) or (f[6] and f[6] ~= entry) then
+    -- expired, cancelled or finished meanwhile, or a stray entry that is not the task's current
+    -- one: nothing to run
     drop(stream, entry)
     return
   end
@@ -53,7 +62,7 @@ end
 
 local i = 6
 while ARGV[i] do
-  start(tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2])
+  start(tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], true)
   i = i + 3
 end
 
@@ -64,7 +73,7 @@ if want > 0 then
     if reply then
       local entries = reply[1][2]
       for _, e in ipairs(entries) do
-        start(p, e[1], e[2][2])
+        start(p, e[1], e[2][2], false)
       end
       want = want - #entries
     end

@@ -21,7 +21,8 @@ local function finish(p, entry, task_id, attempt, outcome, payload, delay)
 
   local function succeed()
     redis.call('HSET', key, 'status', 'succeeded', 'finished_at', now, 'result', payload)
-    redis.call('ZREM', KEYS[1], task_id)
+    -- Only a retrying task can be in the retry schedule (a late success of a lost execution).
+    if f[1] == 'retrying' then redis.call('ZREM', KEYS[1], task_id) end
     if retention > 0 then redis.call('EXPIRE', key, retention) end
   end
 
@@ -37,7 +38,9 @@ local function finish(p, entry, task_id, attempt, outcome, payload, delay)
 
   redis.call('XACK', stream, group, entry)
   redis.call('XDEL', stream, entry)
-  if is_final(f[1]) then
+  if f[1] ~= 'running' then
+    -- final already, or this is a resent finish whose first reply was lost (the retry may even
+    -- have been promoted): recording it again would schedule a second execution
     return 'stale'
   end
   if outcome == 'succeeded' then

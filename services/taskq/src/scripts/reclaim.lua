@@ -33,6 +33,16 @@ for _, worker in ipairs(dead) do
       end
     end
     if remaining == 0 then
+      -- XPENDING above lists at most 1000 per stream: make sure nothing is left before removing
+      -- the consumer, since DELCONSUMER drops whatever it still has pending.
+      for p = 1, 10 do
+        local rest = redis.pcall('XPENDING', KEYS[1 + p], group, '-', '+', 1, worker)
+        if type(rest) == 'table' and not rest.err and rest[1] then
+          remaining = remaining + 1
+        end
+      end
+    end
+    if remaining == 0 then
       for p = 1, 10 do
         redis.pcall('XGROUP', 'DELCONSUMER', KEYS[1 + p], group, worker)
       end
