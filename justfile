@@ -351,18 +351,21 @@ _redis-secrets dir=secrets_dir notify="yes":
     grep '^user ' compose/redis-users.acl.template \
         | sed -e "s/@ADMIN_PASSWORD_HASHES@/$admin/" -e "s/@AGENT_PASSWORD_HASHES@/$agent/" > "$acl.new"
     chmod 644 "$acl.new"
+    read -r admin_password < "$dir/redis-admin-password" || true
+    read -r agent_password < "$dir/redis-agent-password" || true
+    old_redis_env=$(cat "$dir/redis.env" 2>/dev/null || true)
+    printf 'REDISCLI_AUTH=%s\n' "$admin_password" > "$dir/redis.env"
+    printf 'REDIS_URL=redis://agent:%s@agent-redis:6379\n' "$agent_password" > "$dir/services.env"
     if cmp -s "$acl.new" "$acl"; then
         rm "$acl.new"
     else
         mv "$acl.new" "$acl"
-        if [ "{{notify}}" = yes ] && [ "$(docker inspect --format '{{{{.State.Running}}' agent-redis 2>/dev/null)" = true ]; then
-            echo "note: $acl changed; agent-redis reads it at start: just restart redis"
+        # A changed redis.env makes compose recreate agent-redis anyway; otherwise say so.
+        if [ "{{notify}}" = yes ] && [ "$old_redis_env" = "$(cat "$dir/redis.env")" ] \
+            && [ "$(docker inspect --format '{{{{.State.Running}}' agent-redis 2>/dev/null)" = true ]; then
+            echo "note: $acl changed; agent-redis reads it when it starts: just restart redis"
         fi
     fi
-    read -r admin_password < "$dir/redis-admin-password" || true
-    read -r agent_password < "$dir/redis-agent-password" || true
-    printf 'REDISCLI_AUTH=%s\n' "$admin_password" > "$dir/redis.env"
-    printf 'REDIS_URL=redis://agent:%s@agent-redis:6379\n' "$agent_password" > "$dir/services.env"
 
 [private]
 _check-service service:
@@ -386,3 +389,16 @@ _wait-healthy project expected:
         fi
         sleep 1
     done
+
+# Benchmark a local system (redis-server with appendfsync everysec and always, release builds as processes; about 6 min); writes docs/benchmarks.md and .json. Options: `just bench --help`
+bench *args: _require-redis-server
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! command -v wrk >/dev/null 2>&1; then
+        if [ "$(id -u)" -ne 0 ]; then echo "error: wrk is missing; install it with: sudo apt-get install -y wrk" >&2; exit 1; fi
+        echo "installing wrk (Debian package)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+    fi
+    command -v redis-benchmark >/dev/null 2>&1 || { echo "error: redis-benchmark is missing (Debian: apt-get install -y redis-tools)" >&2; exit 1; }
+    cargo build --release -p orchestrator -p worker -p loadtests --bins
+    "${CARGO_TARGET_DIR:-target}/release/perf_report" --bin-dir "${CARGO_TARGET_DIR:-target}/release" {{args}}

@@ -1,7 +1,11 @@
 //! Smoke test of the container deployment, driven through the justfile as a user would:
-//! `just up` → healthy → a task is executed → `just scale 3` shares the work → `just restart
-//! worker` leaves Redis and the orchestrator alone → `docker kill agent-redis` + start loses no
-//! acknowledged task → `just down` and `just clean` leave nothing behind.
+//! `just up` → healthy, Redis refuses clients without a password and is published on loopback
+//! only → a task is executed → `just scale 3` shares the work → `just monitoring-up`: Prometheus
+//! scrapes the orchestrator and all three workers (DNS discovery) and evaluates the alert rules →
+//! `just restart worker` leaves Redis and the orchestrator alone → `docker kill agent-redis` +
+//! start loses no acknowledged task → `just redis-rotate-password`: the old password is refused,
+//! tasks still run → no recipe output and no container log shows a password → `just down` and
+//! `just clean` leave nothing behind.
 //!
 //! **Needs Docker** (an engine plus `docker-compose` v1.29 or `docker compose` v2), `just`, and
 //! `redis-server` on the host (or root, so `just images` can apt-get it). Without a reachable
@@ -11,7 +15,8 @@
 //! The deployment uses fixed names (containers `agent-redis`, `agent-orchestrator`, volume
 //! `agent-redis-data`, network `agent-system-net`, host ports 6380 and 8001), so the test
 //! refuses to start while such a deployment exists rather than destroying its data, and a Drop
-//! guard removes everything it created, also when a step fails.
+//! guard removes everything it created, also when a step fails. The Redis passwords in
+//! `compose/secrets/` are used if present (and then kept), else created and removed at the end.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -23,9 +28,17 @@ use serde_json::{Value, json};
 
 const SKIP_ENV: &str = "AGENT_SKIP_DOCKER_TESTS";
 const API: &str = "http://localhost:8001";
-const PROJECTS: [&str; 3] = ["agent-worker", "agent-orchestrator", "agent-redis"];
+const PROJECTS: [&str; 4] = [
+    "agent-monitoring",
+    "agent-worker",
+    "agent-orchestrator",
+    "agent-redis",
+];
 const VOLUME: &str = "agent-redis-data";
+const PROMETHEUS_VOLUME: &str = "agent-prometheus-data";
 const NETWORK: &str = "agent-system-net";
+const PROMETHEUS: &str = "http://127.0.0.1:9090";
+const REDIS_HOST_PORT: u16 = 6380;
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -59,8 +72,53 @@ fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Runs a recipe; panics when it fails. Its whole output is kept, to be searched for passwords.
 fn just(args: &[&str]) -> String {
-    run("just", args)
+    let output = Command::new("just")
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run just: {e}"));
+    assert!(
+        output.status.success(),
+        "`just {}` failed ({}):\n{}",
+        args.join(" "),
+        output.status,
+        text(&output)
+    );
+    text(&output)
+}
+
+fn secrets_dir() -> PathBuf {
+    workspace_root().join("compose/secrets")
+}
+
+/// The current password of a Redis user of the deployment (`admin` or `agent`).
+fn redis_password(user: &str) -> String {
+    let path = secrets_dir().join(format!("redis-{user}-password"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// PING on the published Redis port, as `user` (or without credentials); Ok("PONG") or the error code.
+fn redis_ping_from_host(credentials: Option<(&str, &str)>) -> Result<String, String> {
+    let url = match credentials {
+        Some((user, password)) => format!("redis://{user}:{password}@127.0.0.1:{REDIS_HOST_PORT}"),
+        None => format!("redis://127.0.0.1:{REDIS_HOST_PORT}"),
+    };
+    redis::Client::open(url)
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+        .map_err(|e| e.code().unwrap_or("connection failed").to_owned())
+}
+
+/// Panics if `haystack` (recipe output, a log) shows any of the passwords.
+fn assert_no_password(what: &str, haystack: &str, passwords: &[String]) {
+    for password in passwords {
+        assert!(
+            !haystack.contains(password.as_str()),
+            "{what} shows a Redis password"
+        );
+    }
 }
 
 fn docker(args: &[&str]) -> String {
@@ -132,8 +190,11 @@ fn step(started: Instant, what: &str) {
     eprintln!("compose_smoke [{:>6.1?}] {what}", started.elapsed());
 }
 
-/// Removes every container, the volume and the network of the compose deployment on drop.
-struct Deployment;
+/// Removes every container, the volumes and the network of the compose deployment on drop, and
+/// the generated Redis passwords when the test created them.
+struct Deployment {
+    remove_secrets: bool,
+}
 
 impl Drop for Deployment {
     fn drop(&mut self) {
@@ -154,11 +215,14 @@ impl Drop for Deployment {
             }
         }
         let _ = Command::new("docker")
-            .args(["volume", "rm", "-f", VOLUME])
+            .args(["volume", "rm", "-f", VOLUME, PROMETHEUS_VOLUME])
             .output();
         let _ = Command::new("docker")
             .args(["network", "rm", NETWORK])
             .output();
+        if self.remove_secrets {
+            let _ = std::fs::remove_dir_all(secrets_dir());
+        }
     }
 }
 
@@ -279,18 +343,20 @@ fn preconditions_hold() -> bool {
         .iter()
         .flat_map(|p| project_containers(p))
         .collect();
-    let volume = Command::new("docker")
-        .args(["volume", "inspect", VOLUME])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let volume = [VOLUME, PROMETHEUS_VOLUME].iter().any(|volume| {
+        Command::new("docker")
+            .args(["volume", "inspect", volume])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
     let network = Command::new("docker")
         .args(["network", "inspect", NETWORK])
         .output()
         .is_ok_and(|o| o.status.success());
     assert!(
         existing.is_empty() && !volume && !network,
-        "a compose deployment exists or is starting (containers {existing:?}, volume {VOLUME}: \
-         {volume}, network {NETWORK}: {network}); this test would destroy it. \
+        "a compose deployment exists or is starting (containers {existing:?}, volume {VOLUME} or \
+         {PROMETHEUS_VOLUME}: {volume}, network {NETWORK}: {network}); this test would destroy it. \
          Run `just clean` first."
     );
     true
@@ -301,13 +367,16 @@ fn compose_deployment_survives_scale_restart_and_a_redis_kill() {
     if !preconditions_hold() {
         return;
     }
-    let _cleanup = Deployment;
+    let _cleanup = Deployment {
+        remove_secrets: !secrets_dir().exists(),
+    };
     let api = Api::new();
+    let mut outputs = Vec::new();
 
     // just up: three services, healthy.
     let started = Instant::now();
     step(started, "just up");
-    just(&["up"]);
+    outputs.push(just(&["up"]));
     step(started, "up; checking health");
     assert_eq!(health("agent-redis"), "healthy");
     assert_eq!(health("agent-orchestrator"), "healthy");
@@ -317,6 +386,48 @@ fn compose_deployment_survives_scale_restart_and_a_redis_kill() {
         ps.lines()
             .any(|l| l.starts_with("agent-redis ") && l.contains("(healthy)")),
         "docker ps shows agent-redis (healthy):\n{ps}"
+    );
+
+    // Redis: a password for everyone, on the host's loopback only; the services' user is confined.
+    step(started, "redis auth");
+    let agent_password = redis_password("agent");
+    let admin_password = redis_password("admin");
+    assert_eq!(
+        docker(&["port", "agent-redis", "6379/tcp"]).trim(),
+        format!("127.0.0.1:{REDIS_HOST_PORT}"),
+        "Redis is published on the loopback interface only"
+    );
+    assert_eq!(
+        redis_ping_from_host(None),
+        Err("NOAUTH".to_owned()),
+        "Redis refuses a client without a password"
+    );
+    assert_eq!(
+        redis_ping_from_host(Some(("agent", "wrong"))),
+        Err("connection failed".to_owned()),
+        "Redis refuses a wrong password"
+    );
+    assert_eq!(
+        redis_ping_from_host(Some(("agent", &agent_password))),
+        Ok("PONG".to_owned())
+    );
+    let flushall = redis::Client::open(format!(
+        "redis://agent:{agent_password}@127.0.0.1:{REDIS_HOST_PORT}"
+    ))
+    .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+    .and_then(|mut c| redis::cmd("FLUSHALL").query::<String>(&mut c));
+    assert_eq!(
+        flushall
+            .err()
+            .and_then(|e| e.code().map(str::to_owned))
+            .as_deref(),
+        Some("NOPERM"),
+        "the services' user may not FLUSHALL"
+    );
+    assert_eq!(
+        docker(&["exec", "agent-redis", "redis-cli", "-e", "ping"]).trim(),
+        "PONG",
+        "redis-cli in the container authenticates as the admin through REDISCLI_AUTH"
     );
 
     // A task is executed: visible through the API and in the worker's log.
@@ -331,7 +442,7 @@ fn compose_deployment_survives_scale_restart_and_a_redis_kill() {
 
     // just scale 3: three workers share the work.
     step(started, "just scale 3");
-    just(&["scale", "3"]);
+    outputs.push(just(&["scale", "3"]));
     wait_healthy("agent-worker", 3);
     let batch: Vec<String> = (0..60)
         .map(|i| api.submit(&format!("smoke: shared {i}")))
@@ -350,6 +461,11 @@ fn compose_deployment_survives_scale_restart_and_a_redis_kill() {
         "60 tasks on 3 workers were all executed by {workers:?}"
     );
 
+    // just monitoring-up: Prometheus finds the orchestrator and all three worker replicas.
+    step(started, "just monitoring-up");
+    outputs.push(just(&["monitoring-up"]));
+    check_prometheus_scrapes_every_service(3);
+
     // just restart worker: Redis and the orchestrator keep their containers and start times.
     step(started, "just restart worker");
     let redis_before = identity("agent-redis");
@@ -358,7 +474,7 @@ fn compose_deployment_survives_scale_restart_and_a_redis_kill() {
         .iter()
         .map(|id| identity(id))
         .collect();
-    just(&["restart", "worker"]);
+    outputs.push(just(&["restart", "worker"]));
     wait_healthy("agent-worker", 3);
     assert_eq!(
         identity("agent-redis"),
@@ -419,10 +535,53 @@ fn compose_deployment_survives_scale_restart_and_a_redis_kill() {
     docker(&["start", "agent-redis"]);
     api.wait_succeeded(&in_flight, Duration::from_secs(120));
 
+    // just redis-rotate-password: the services move to a new password, the old one is refused.
+    step(started, "just redis-rotate-password");
+    outputs.push(just(&["redis-rotate-password"]));
+    let new_agent_password = redis_password("agent");
+    assert_ne!(new_agent_password, agent_password, "the password changed");
+    assert!(
+        !secrets_dir().join("redis-agent-password.previous").exists(),
+        "the rotation finished"
+    );
+    assert_eq!(
+        redis_ping_from_host(Some(("agent", &agent_password))),
+        Err("connection failed".to_owned()),
+        "the old password is refused after the rotation"
+    );
+    assert_eq!(
+        redis_ping_from_host(Some(("agent", &new_agent_password))),
+        Ok("PONG".to_owned())
+    );
+    wait_healthy("agent-worker", 3);
+    let after_rotation = api.submit("smoke: after the password rotation");
+    api.wait_succeeded(&[after_rotation], Duration::from_secs(30));
+
+    // No recipe printed a password, and no container logged one.
+    step(started, "no password in outputs and logs");
+    let passwords = [agent_password, new_agent_password, admin_password];
+    for output in &outputs {
+        assert_no_password("a recipe's output", output, &passwords);
+    }
+    for project in PROJECTS {
+        for container in project_containers(project) {
+            let output = Command::new("docker")
+                .args(["logs", &container])
+                .output()
+                .expect("docker logs");
+            assert_no_password(
+                &format!("the log of {project} container {container}"),
+                &text(&output),
+                &passwords,
+            );
+        }
+    }
+
     // just down, then just clean: nothing left.
     step(started, "just down, just clean");
     just(&["down"]);
-    for project in PROJECTS {
+    // Monitoring has its own life cycle (`just monitoring-down`); `just clean` removes it.
+    for project in PROJECTS.iter().filter(|p| **p != "agent-monitoring") {
         assert_eq!(
             project_containers(project),
             Vec::<String>::new(),
@@ -430,14 +589,21 @@ fn compose_deployment_survives_scale_restart_and_a_redis_kill() {
         );
     }
     just(&["clean"]);
-    let volumes = docker(&[
-        "volume",
-        "ls",
-        "-q",
-        "--filter",
-        &format!("name=^{VOLUME}$"),
-    ]);
-    assert_eq!(volumes.trim(), "", "just clean left the volume {VOLUME}");
+    assert_eq!(
+        project_containers("agent-monitoring"),
+        Vec::<String>::new(),
+        "just clean left Prometheus"
+    );
+    for volume in [VOLUME, PROMETHEUS_VOLUME] {
+        let volumes = docker(&[
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("name=^{volume}$"),
+        ]);
+        assert_eq!(volumes.trim(), "", "just clean left the volume {volume}");
+    }
     let networks = docker(&[
         "network",
         "ls",
@@ -447,4 +613,80 @@ fn compose_deployment_survives_scale_restart_and_a_redis_kill() {
     ]);
     assert_eq!(networks.trim(), "", "just clean left the network {NETWORK}");
     step(started, "done");
+}
+
+/// Waits until Prometheus scrapes the orchestrator and `workers` worker replicas (found through
+/// Docker's DNS), sees the live workers through the orchestrator's gauge, and evaluates every
+/// alert rule without error.
+fn check_prometheus_scrapes_every_service(workers: usize) {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("http client");
+    let get = |path: &str| -> Option<Value> {
+        client
+            .get(format!("{PROMETHEUS}{path}"))
+            .send()
+            .ok()?
+            .json()
+            .ok()
+    };
+    let started = Instant::now();
+    // Scrapes and DNS refreshes run every 10 s.
+    wait_for(
+        &format!("Prometheus to scrape the orchestrator and {workers} workers"),
+        Duration::from_secs(60),
+        || {
+            let targets = get("/api/v1/targets")?;
+            let up = |job: &str| {
+                targets["data"]["activeTargets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| t["labels"]["job"] == job && t["health"] == "up")
+                    .count()
+            };
+            (up("orchestrator") == 1 && up("worker") == workers).then_some(())
+        },
+    );
+    wait_for(
+        &format!("agent_live_workers = {workers} in Prometheus"),
+        Duration::from_secs(30),
+        || {
+            let answer = get("/api/v1/query?query=max(agent_live_workers)")?;
+            let value = answer["data"]["result"][0]["value"][1].as_str()?.to_owned();
+            (value == workers.to_string()).then_some(())
+        },
+    );
+    let rules = wait_for(
+        "the alert rules to be evaluated",
+        Duration::from_secs(30),
+        || {
+            let rules = get("/api/v1/rules")?;
+            let all: Vec<Value> = rules["data"]["groups"]
+                .as_array()?
+                .iter()
+                .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+                .collect();
+            (!all.is_empty() && all.iter().all(|r| r["health"] != "unknown")).then_some(all)
+        },
+    );
+    eprintln!(
+        "compose_smoke: Prometheus scraped every service and evaluated the rules after {:.1?}",
+        started.elapsed()
+    );
+    let broken: Vec<String> = rules
+        .iter()
+        .filter(|r| r["health"] != "ok")
+        .map(|r| format!("{}: {}", r["name"], r["lastError"]))
+        .collect();
+    assert!(
+        broken.is_empty(),
+        "alert rules failing in Prometheus: {broken:?}"
+    );
+    let alerts: BTreeSet<&str> = rules.iter().filter_map(|r| r["name"].as_str()).collect();
+    assert!(
+        alerts.contains("AgentRedisDown") && alerts.contains("AgentNoLiveWorkers"),
+        "Prometheus loaded the alert rules: {alerts:?}"
+    );
 }

@@ -3,17 +3,44 @@
 //! Both describe the same three services, so the names, images, ports, environment variables
 //! (names and default values), the Redis persistence flags and the grace periods must match.
 //! The KEDA triggers must name the streams and consumer group the `taskq` crate really uses.
-//! Needs no cluster and no Docker: the files are read as YAML.
+//!
+//! Redis authentication: in both, Redis loads the ACL file rendered from
+//! `compose/redis-users.acl.template`, its health check authenticates through `REDISCLI_AUTH`,
+//! and the services' `REDIS_URL` comes from a secret (compose: the env file `just up` writes;
+//! Kubernetes: the Secret `just k8s-secrets` creates, never a committed one). The template gives
+//! the services' user every command the queue protocol sends (checked against the Lua scripts
+//! and `queue.rs`) and nothing beyond its key prefix. `just _redis-secrets` is run into a
+//! temporary directory to check what it writes and that it prints no password.
+//! Needs no cluster and no Docker: the files are read as YAML; `just` must be on PATH.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_yaml::Value;
 
 const NAMESPACE: &str = "agent-system";
+
+/// Stands for a value read from a secret (compose env file or Kubernetes Secret): the two
+/// deployments must take the same variables from secrets, whatever the secret values are.
+const FROM_SECRET: &str = "<secret>";
+
+/// The env files compose reads (written by `just _redis-secrets`) and the variables in each;
+/// `redis_secrets_are_created_once_consistent_and_never_printed` checks the files match.
+const ENV_FILES: [(&str, &[&str]); 2] = [
+    ("./secrets/services.env", &["REDIS_URL"]),
+    ("./secrets/redis.env", &["REDISCLI_AUTH"]),
+];
+
+/// Where Redis reads its users, in both deployments.
+const ACL_FILE: &str = "/etc/redis/acl/users.acl";
+
+/// The Kubernetes Secret with the Redis credentials (`just k8s-secrets`).
+const REDIS_SECRET: &str = "agent-redis";
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -140,12 +167,40 @@ fn scalar(value: &Value) -> String {
     }
 }
 
+/// `environment:` plus the variables of the `env_file:`s (their values as [`FROM_SECRET`]).
 fn compose_env(service: &str) -> BTreeMap<String, String> {
     let environment = &compose_service(service)["environment"];
-    let map = environment
-        .as_mapping()
-        .unwrap_or_else(|| panic!("compose/{service}.yml: environment must be a mapping"));
-    map.iter().map(|(k, v)| (scalar(k), scalar(v))).collect()
+    let map = match environment {
+        Value::Null => &serde_yaml::Mapping::new(),
+        other => other
+            .as_mapping()
+            .unwrap_or_else(|| panic!("compose/{service}.yml: environment must be a mapping")),
+    };
+    let mut env: BTreeMap<String, String> =
+        map.iter().map(|(k, v)| (scalar(k), scalar(v))).collect();
+    for file in compose_env_files(service) {
+        let (_, names) = ENV_FILES
+            .iter()
+            .find(|(path, _)| *path == file)
+            .unwrap_or_else(|| panic!("compose/{service}.yml reads an unknown env file {file}"));
+        for name in *names {
+            let clash = env.insert((*name).to_owned(), FROM_SECRET.to_owned());
+            assert!(
+                clash.is_none(),
+                "compose/{service}.yml sets {name} in both environment and {file}"
+            );
+        }
+    }
+    env
+}
+
+fn compose_env_files(service: &str) -> Vec<String> {
+    compose_service(service)["env_file"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .map(scalar)
+        .collect()
 }
 
 /// Names and resolved values of a container's environment (`env` and `envFrom`).
@@ -158,25 +213,35 @@ fn k8s_env(objects: &[Object], container: &Value) -> BTreeMap<String, String> {
         } else if let Some(reference) = var["valueFrom"].get("configMapKeyRef") {
             let config = object(objects, "ConfigMap", &scalar(&reference["name"]));
             scalar(&config["data"][scalar(&reference["key"]).as_str()])
-        } else if let Some(reference) = var["valueFrom"].get("secretKeyRef") {
-            let secret = object(objects, "Secret", &scalar(&reference["name"]));
-            scalar(&secret["stringData"][scalar(&reference["key"]).as_str()])
+        } else if var["valueFrom"].get("secretKeyRef").is_some() {
+            FROM_SECRET.to_owned()
         } else {
             panic!("env var {name} has neither value nor a ConfigMap/Secret reference")
         };
         env.insert(name, value);
     }
     for source in container["envFrom"].as_sequence().into_iter().flatten() {
-        let (kind, field, reference) = match source.get("configMapRef") {
-            Some(reference) => ("ConfigMap", "data", reference),
-            None => ("Secret", "stringData", &source["secretRef"]),
-        };
-        let data = &object(objects, kind, &scalar(&reference["name"]))[field];
+        let reference = source
+            .get("configMapRef")
+            .expect("envFrom: only ConfigMaps (a Secret's keys are not in k8s/)");
+        let data = &object(objects, "ConfigMap", &scalar(&reference["name"]))["data"];
         for (k, v) in data.as_mapping().into_iter().flatten() {
             env.insert(scalar(k), scalar(v));
         }
     }
     env
+}
+
+/// `(secret name, key)` of a container's env var taken from a Secret.
+fn secret_ref(container: &Value, var: &str) -> (String, String) {
+    let reference = container["env"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == var)
+        .and_then(|v| v["valueFrom"].get("secretKeyRef"))
+        .unwrap_or_else(|| panic!("{var} must come from a secretKeyRef"));
+    (scalar(&reference["name"]), scalar(&reference["key"]))
 }
 
 fn port_of_addr(addr: &str) -> u16 {
@@ -254,12 +319,12 @@ fn every_manifest_parses_with_kind_name_and_the_agent_namespace() {
     for kind in [
         "Namespace",
         "ConfigMap",
-        "Secret",
         "StatefulSet",
         "Service",
         "Deployment",
         "PodDisruptionBudget",
         "ScaledObject",
+        "TriggerAuthentication",
     ] {
         assert!(kinds.contains(kind), "k8s/ has no {kind}; found {kinds:?}");
     }
@@ -360,7 +425,10 @@ fn environment_names_and_defaults_agree_per_service() {
             "{service}: environment variable names differ between compose and k8s"
         );
         assert_eq!(compose, k8s, "{service}: environment values differ");
-        assert_eq!(compose["REDIS_URL"], "redis://agent-redis:6379");
+        assert_eq!(
+            compose["REDIS_URL"], FROM_SECRET,
+            "{service}: REDIS_URL carries a password"
+        );
         assert_eq!(compose["LOG_FORMAT"], "json");
     }
 }
@@ -393,7 +461,7 @@ fn redis_runs_with_aof_always_on_persistent_storage_in_both() {
         .iter()
         .map(scalar)
         .collect();
-    assert_eq!(compose_volumes, vec!["redis-data:/data".to_string()]);
+    assert_eq!(compose_volumes[0], "redis-data:/data");
     assert_eq!(
         compose_file("redis")["volumes"]["redis-data"]["name"].as_str(),
         Some("agent-redis-data")
@@ -442,6 +510,26 @@ fn health_checks_use_healthz_and_readyz() {
         );
         assert_eq!(test[1], binary, "{service}");
     }
+    let compose_ping: Vec<String> = compose_service("redis")["healthcheck"]["test"]
+        .as_sequence()
+        .expect("exec form")
+        .iter()
+        .skip(1)
+        .map(scalar)
+        .collect();
+    let redis = container(&objects, "StatefulSet", "agent-redis");
+    let k8s_ping: Vec<String> = redis["readinessProbe"]["exec"]["command"]
+        .as_sequence()
+        .expect("redis readiness exec")
+        .iter()
+        .map(scalar)
+        .collect();
+    assert_eq!(compose_ping, k8s_ping, "the same Redis check in both");
+    assert_eq!(
+        compose_ping,
+        ["redis-cli", "-e", "ping"],
+        "without -e, redis-cli exits 0 on NOAUTH or LOADING and the check passes on a refusal"
+    );
 }
 
 #[test]
@@ -555,4 +643,420 @@ fn keda_scales_the_worker_on_every_priority_stream() {
         .collect();
     let expected: BTreeSet<String> = keys.streams().into_iter().collect();
     assert_eq!(streams, expected, "one trigger per priority stream");
+}
+
+fn redis_command_line() -> String {
+    compose_service("redis")["command"]
+        .as_sequence()
+        .expect("exec form")
+        .iter()
+        .map(scalar)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn redis_requires_passwords_from_secrets_in_both_and_no_secret_is_committed() {
+    let objects = manifests();
+
+    // Redis loads its users from the ACL file and keeps protected mode on.
+    let command = redis_command_line();
+    assert!(
+        command.contains(&format!("--aclfile {ACL_FILE}")),
+        "{command}"
+    );
+    assert!(!command.contains("--protected-mode no"), "{command}");
+    let acl_dir = Path::new(ACL_FILE)
+        .parent()
+        .expect("dir")
+        .to_str()
+        .expect("utf-8");
+    assert!(
+        compose_service("redis")["volumes"]
+            .as_sequence()
+            .expect("volumes")
+            .iter()
+            .map(scalar)
+            .any(|v| v == format!("./secrets/redis-acl:{acl_dir}:ro")),
+        "compose mounts the rendered ACL directory read-only"
+    );
+    assert_eq!(compose_env_files("redis"), ["./secrets/redis.env"]);
+    assert_eq!(compose_env("redis")["REDISCLI_AUTH"], FROM_SECRET);
+
+    let statefulset = object(&objects, "StatefulSet", "agent-redis");
+    let redis = container(&objects, "StatefulSet", "agent-redis");
+    let mount = redis["volumeMounts"]
+        .as_sequence()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["mountPath"] == acl_dir)
+        .unwrap_or_else(|| panic!("the Redis pod mounts {acl_dir}"));
+    let volume = statefulset["spec"]["template"]["spec"]["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the mounted volume");
+    assert_eq!(volume["secret"]["secretName"].as_str(), Some(REDIS_SECRET));
+    assert_eq!(
+        volume["secret"]["items"][0]["key"].as_str(),
+        Some("users.acl")
+    );
+    assert_eq!(
+        volume["secret"]["items"][0]["path"].as_str(),
+        Some("users.acl")
+    );
+    assert_eq!(
+        secret_ref(redis, "REDISCLI_AUTH"),
+        (REDIS_SECRET.to_owned(), "REDISCLI_AUTH".to_owned())
+    );
+
+    // The services' REDIS_URL comes from a secret, never from the manifests or compose files.
+    assert!(
+        objects.iter().all(|o| o.kind() != "Secret"),
+        "k8s/ must not hold a Secret: its passwords would be public and `kubectl apply` would \
+         overwrite the real one (`just k8s-secrets` creates it)"
+    );
+    for (service, name) in [
+        ("orchestrator", "agent-orchestrator"),
+        ("worker", "agent-worker"),
+    ] {
+        assert_eq!(compose_env_files(service), ["./secrets/services.env"]);
+        assert_eq!(
+            secret_ref(container(&objects, "Deployment", name), "REDIS_URL"),
+            (REDIS_SECRET.to_owned(), "REDIS_URL".to_owned())
+        );
+    }
+
+    // KEDA authenticates as the same user, from the same Secret.
+    let auth = object(&objects, "TriggerAuthentication", REDIS_SECRET);
+    let refs: BTreeMap<String, (String, String)> = auth["spec"]["secretTargetRef"]
+        .as_sequence()
+        .expect("secretTargetRef")
+        .iter()
+        .map(|r| {
+            (
+                scalar(&r["parameter"]),
+                (scalar(&r["name"]), scalar(&r["key"])),
+            )
+        })
+        .collect();
+    assert_eq!(
+        refs,
+        BTreeMap::from([
+            (
+                "username".to_owned(),
+                (REDIS_SECRET.to_owned(), "REDIS_USERNAME".to_owned())
+            ),
+            (
+                "password".to_owned(),
+                (REDIS_SECRET.to_owned(), "REDIS_PASSWORD".to_owned())
+            ),
+        ])
+    );
+    let scaled = object(&objects, "ScaledObject", "agent-worker");
+    for trigger in scaled["spec"]["triggers"].as_sequence().expect("triggers") {
+        assert_eq!(
+            trigger["authenticationRef"]["name"].as_str(),
+            Some(REDIS_SECRET),
+            "every KEDA trigger authenticates"
+        );
+    }
+
+    // Every key the pods read is one `just k8s-secrets` creates.
+    let justfile = fs::read_to_string(workspace_root().join("justfile")).expect("justfile");
+    let created: BTreeSet<String> = justfile
+        .split("--from-file=")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('=').map(|(key, _)| key.to_owned()))
+        .collect();
+    let expected: BTreeSet<String> = [
+        "REDIS_URL",
+        "REDIS_USERNAME",
+        "REDIS_PASSWORD",
+        "REDISCLI_AUTH",
+        "users.acl",
+    ]
+    .map(str::to_owned)
+    .into();
+    assert_eq!(created, expected, "keys created by `just k8s-secrets`");
+    assert_eq!(
+        justfile
+            .matches("redis://agent:%s@agent-redis:6379")
+            .count(),
+        2,
+        "compose (`_redis-secrets`) and Kubernetes (`k8s-secrets`) write the same REDIS_URL"
+    );
+}
+
+#[test]
+fn redis_is_published_on_the_host_loopback_only() {
+    let ports: Vec<String> = compose_service("redis")["ports"]
+        .as_sequence()
+        .expect("ports")
+        .iter()
+        .map(scalar)
+        .collect();
+    assert_eq!(ports, ["127.0.0.1:6380:6379"], "with the defaults");
+}
+
+/// The `user` lines of the ACL template: user name → rules after the password placeholder.
+fn acl_template_users() -> BTreeMap<String, Vec<String>> {
+    let path = workspace_root().join("compose/redis-users.acl.template");
+    let text = fs::read_to_string(&path).expect("ACL template");
+    text.lines()
+        .filter(|line| line.starts_with("user "))
+        .map(|line| {
+            let words: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+            (words[1].clone(), words[2..].to_vec())
+        })
+        .collect()
+}
+
+/// `(command, first argument)` of every `redis.call`/`redis.pcall` in the Lua scripts and every
+/// `cmd("...")` in queue.rs, lowercase.
+fn commands_the_services_send() -> BTreeSet<(String, Option<String>)> {
+    let src = workspace_root().join("services/taskq/src");
+    let mut commands = BTreeSet::new();
+    let mut sources = vec![fs::read_to_string(src.join("queue.rs")).expect("queue.rs")];
+    for entry in fs::read_dir(src.join("scripts")).expect("scripts") {
+        sources.push(fs::read_to_string(entry.expect("entry").path()).expect("script"));
+    }
+    let quoted = |text: &str| -> Option<String> {
+        let text = text.trim_start();
+        let quote = text.chars().next().filter(|c| *c == '\'' || *c == '"')?;
+        let rest = &text[1..];
+        Some(rest[..rest.find(quote)?].to_ascii_lowercase())
+    };
+    for source in &sources {
+        for marker in ["redis.call(", "redis.pcall(", "cmd(\""] {
+            for (i, _) in source.match_indices(marker) {
+                let after = &source[i + marker.len() - usize::from(marker.ends_with('"'))..];
+                let Some(command) = quoted(after) else {
+                    continue;
+                };
+                // XGROUP CREATE, XINFO GROUPS: the ACL names the subcommand. Lua: the call's
+                // second argument; Rust: an `.arg("...")` right after `cmd("...")`.
+                let call = &after[..after.find(')').unwrap_or(after.len())];
+                let first_arg = call
+                    .split_once(',')
+                    .and_then(|(_, rest)| quoted(rest))
+                    .or_else(|| {
+                        after[call.len()..]
+                            .trim_start_matches(')')
+                            .trim_start()
+                            .strip_prefix(".arg(\"")
+                            .and_then(|rest| rest.split_once('"'))
+                            .map(|(arg, _)| arg.to_ascii_lowercase())
+                    });
+                commands.insert((command, first_arg));
+            }
+        }
+    }
+    commands
+}
+
+#[test]
+fn the_acl_template_gives_the_services_user_its_commands_and_only_its_key_prefix() {
+    let users = acl_template_users();
+    let default = &users["default"];
+    let agent = &users["agent"];
+
+    assert_eq!(
+        (default[0].as_str(), default[1].as_str()),
+        ("on", "@ADMIN_PASSWORD_HASHES@")
+    );
+    assert_eq!(
+        (agent[0].as_str(), agent[1].as_str()),
+        ("on", "@AGENT_PASSWORD_HASHES@")
+    );
+    for (name, rules) in &users {
+        assert!(
+            !rules.iter().any(|r| r == "nopass"),
+            "user {name} must need a password"
+        );
+    }
+    let prefix = format!("~{}:*", taskq::Keys::default().prefix());
+    let key_rules: Vec<&String> = agent
+        .iter()
+        .filter(|r| r.starts_with('~') || r.starts_with('%') || *r == "allkeys")
+        .collect();
+    assert_eq!(key_rules, [&prefix], "the services' keys only");
+    for forbidden in [
+        "+@all",
+        "allcommands",
+        "+@dangerous",
+        "+@admin",
+        "+flushall",
+        "+keys",
+        "+scan",
+        "+config",
+    ] {
+        assert!(
+            !agent.iter().any(|r| r == forbidden),
+            "the user agent must not have {forbidden}"
+        );
+    }
+    assert!(agent.contains(&"-@all".to_owned()) && agent.contains(&"resetchannels".to_owned()));
+
+    let allowed: BTreeSet<&str> = agent.iter().filter_map(|r| r.strip_prefix('+')).collect();
+    let sent = commands_the_services_send();
+    assert!(
+        sent.iter().any(|(c, _)| c == "xautoclaim") && sent.iter().any(|(c, _)| c == "hgetall"),
+        "the command scan found too little: {sent:?}"
+    );
+    let mut missing = Vec::new();
+    for (command, first_arg) in &sent {
+        let with_sub = first_arg.as_ref().map(|arg| format!("{command}|{arg}"));
+        let ok = allowed.contains(command.as_str())
+            || with_sub.as_deref().is_some_and(|c| allowed.contains(c));
+        if !ok {
+            missing.push(with_sub.unwrap_or_else(|| command.clone()));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the services send commands the user agent may not run: {missing:?}"
+    );
+    // redis-rs: scripts go as EVALSHA and are loaded with SCRIPT LOAD on NOSCRIPT; KEDA's scaler
+    // reads XINFO GROUPS, XPENDING and XLEN.
+    for needed in [
+        "evalsha",
+        "script|load",
+        "ping",
+        "xinfo|groups",
+        "xpending",
+        "xlen",
+    ] {
+        assert!(allowed.contains(needed), "the user agent needs +{needed}");
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn env_file(path: &Path) -> BTreeMap<String, String> {
+    fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn redis_secrets_are_created_once_consistent_and_never_printed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secrets = dir.path().join("secrets");
+    let render = || {
+        let output = Command::new("just")
+            .arg("_redis-secrets")
+            .arg(&secrets)
+            .current_dir(workspace_root())
+            .output()
+            .expect("this test needs `just` on PATH (pip install rust-just)");
+        assert!(
+            output.status.success(),
+            "just _redis-secrets failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+
+    let first_output = render();
+    let admin = fs::read_to_string(secrets.join("redis-admin-password")).expect("admin password");
+    let agent = fs::read_to_string(secrets.join("redis-agent-password")).expect("agent password");
+    let second_output = render();
+
+    for password in [&admin, &agent] {
+        assert_eq!(password.len(), 64, "32 random bytes in hex");
+        assert!(password.chars().all(|c| c.is_ascii_hexdigit()), "URL-safe");
+        for output in [&first_output, &second_output] {
+            assert!(
+                !output.contains(password.as_str()),
+                "the recipe printed a password"
+            );
+        }
+    }
+    assert_ne!(admin, agent);
+    assert_eq!(
+        fs::read_to_string(secrets.join("redis-agent-password")).expect("agent password"),
+        agent,
+        "a second run keeps the passwords"
+    );
+    for (file, names) in ENV_FILES {
+        let vars = env_file(&secrets.join(file.trim_start_matches("./secrets/")));
+        assert_eq!(
+            vars.keys().map(String::as_str).collect::<Vec<_>>(),
+            names,
+            "{file}"
+        );
+    }
+    let services = env_file(&secrets.join("services.env"));
+    assert_eq!(
+        services["REDIS_URL"],
+        format!("redis://agent:{agent}@agent-redis:6379")
+    );
+    assert_eq!(env_file(&secrets.join("redis.env"))["REDISCLI_AUTH"], admin);
+    let acl = fs::read_to_string(secrets.join("redis-acl/users.acl")).expect("ACL file");
+    assert!(
+        acl.lines().all(|l| l.starts_with("user ")),
+        "Redis's ACL file allows no comments or blank lines:\n{acl}"
+    );
+    assert!(acl.contains(&format!("user default on #{} ", sha256_hex(&admin))));
+    assert!(acl.contains(&format!("user agent on #{} ", sha256_hex(&agent))));
+    assert!(
+        !acl.contains(&admin) && !acl.contains(&agent),
+        "the ACL file holds hashes only"
+    );
+    // Passwords are for their owner; the ACL directory is read by the container's redis user.
+    assert_eq!(mode(&secrets), 0o700);
+    for file in [
+        "redis-admin-password",
+        "redis-agent-password",
+        "redis.env",
+        "services.env",
+    ] {
+        assert_eq!(mode(&secrets.join(file)), 0o600, "{file}");
+    }
+    assert_eq!(mode(&secrets.join("redis-acl")), 0o755);
+    assert_eq!(mode(&secrets.join("redis-acl/users.acl")), 0o644);
+
+    // While a rotation is under way, both agent passwords are valid.
+    fs::write(secrets.join("redis-agent-password.previous"), &agent).expect("previous");
+    fs::write(secrets.join("redis-agent-password"), "f".repeat(64)).expect("new");
+    render();
+    let acl = fs::read_to_string(secrets.join("redis-acl/users.acl")).expect("ACL file");
+    assert!(
+        acl.contains(&format!(
+            "user agent on #{} #{} ",
+            sha256_hex(&"f".repeat(64)),
+            sha256_hex(&agent)
+        )),
+        "{acl}"
+    );
+
+    let ignored = Command::new("git")
+        .args(["check-ignore", "-q", "compose/secrets/services.env"])
+        .current_dir(workspace_root())
+        .status()
+        .expect("git");
+    assert!(ignored.success(), "compose/secrets/ must be git-ignored");
 }
