@@ -281,7 +281,19 @@ async fn the_docker_cluster_obeys_every_action_and_leaves_nothing() {
     harness::cluster::ping_redis(&cluster.redis_url())
         .await
         .expect("redis answers at its new address");
-    println!("redis moved from {before} to {}", cluster.redis_url());
+    println!(
+        "redis moved from {} to {}",
+        taskq::support::redact_url(&before),
+        taskq::support::redact_url(&cluster.redis_url())
+    );
+    // The run's Redis requires its password; the services got it through REDIS_URL.
+    let anonymous = cluster
+        .redis_url()
+        .replace(&format!(":{}@", cluster.spec().redis_password), "");
+    let refused = harness::cluster::ping_redis(&anonymous)
+        .await
+        .expect_err("no password, no PING");
+    assert!(format!("{refused:#}").contains("NOAUTH"), "{refused:#}");
 
     // Pause / unpause, disconnect / connect, restart of the orchestrator.
     cluster.pause(Service::Redis).await.expect("pause");

@@ -156,10 +156,8 @@ impl DockerCluster {
 
     /// Redis URL through its current host port.
     pub fn redis_url(&self) -> String {
-        format!(
-            "redis://127.0.0.1:{}",
-            self.host_port(Service::Redis).unwrap_or(0)
-        )
+        self.spec
+            .redis_url_for("127.0.0.1", self.host_port(Service::Redis).unwrap_or(0))
     }
 
     /// Metrics base URL of a worker, if it has a published port.
@@ -249,7 +247,7 @@ impl DockerCluster {
         service: Service,
     ) -> anyhow::Result<ContainerAsync<GenericImage>> {
         let name = self.container_name(service);
-        let redis_url = format!("redis://{REDIS_ALIAS}:{REDIS_PORT}");
+        let redis_url = self.spec.redis_url_for(REDIS_ALIAS, REDIS_PORT);
         let port = Self::main_port(service);
         let request = match service {
             Service::Redis => {
@@ -261,6 +259,9 @@ impl DockerCluster {
                     "/data".into(),
                     "--protected-mode".into(),
                     "no".into(),
+                    // Visible to `docker inspect` (root) only; the run's password is throwaway.
+                    "--requirepass".into(),
+                    self.spec.redis_password.clone(),
                 ];
                 cmd.extend(self.spec.persistence.redis_args());
                 GenericImage::new(REDIS_IMAGE.0, REDIS_IMAGE.1)

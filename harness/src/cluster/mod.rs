@@ -37,7 +37,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const STOP_GRACE: Duration = Duration::from_secs(8);
 
 /// What to start.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClusterSpec {
     /// Unique id of this run: names, labels and key prefix derive from it.
     pub run_id: String,
@@ -53,6 +53,25 @@ pub struct ClusterSpec {
     pub key_prefix: String,
     /// `RUST_LOG` of the services.
     pub rust_log: String,
+    /// Redis `requirepass`: every run's Redis requires a password, fresh per run, so the
+    /// services are always exercised with credentials in `REDIS_URL`. Never printed.
+    pub redis_password: String,
+}
+
+impl std::fmt::Debug for ClusterSpec {
+    // By hand, so the Redis password never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSpec")
+            .field("run_id", &self.run_id)
+            .field("workers", &self.workers)
+            .field("persistence", &self.persistence)
+            .field("worker_concurrency", &self.worker_concurrency)
+            .field("work", &self.work)
+            .field("key_prefix", &self.key_prefix)
+            .field("rust_log", &self.rust_log)
+            .field("redis_password", &"***")
+            .finish()
+    }
 }
 
 impl ClusterSpec {
@@ -67,7 +86,13 @@ impl ClusterSpec {
             worker_concurrency: 4,
             work: Duration::from_millis(20),
             rust_log: "info".to_string(),
+            redis_password: format!("{:032x}", rand::random::<u128>()),
         }
+    }
+
+    /// `redis://:{password}@{host}:{port}`.
+    pub fn redis_url_for(&self, host: &str, port: u16) -> String {
+        format!("redis://:{}@{host}:{port}", self.redis_password)
     }
 
     /// Environment shared by orchestrator and workers (Redis address excluded).
@@ -314,7 +339,7 @@ impl Cluster {
         Endpoints {
             runtime: self.runtime(),
             orchestrator: self.orchestrator_url(),
-            redis: self.redis_url(),
+            redis: taskq::support::redact_url(&self.redis_url()),
             workers,
             network: match &self.backend {
                 Backend::Docker(d) => Some(d.network().to_string()),

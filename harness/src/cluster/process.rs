@@ -158,6 +158,10 @@ impl ProcessCluster {
             shut_down: false,
         };
         std::fs::create_dir_all(cluster.run_dir.join("redis"))?;
+        write_private(
+            &cluster.run_dir.join("redis-auth.conf"),
+            &format!("requirepass {}\n", cluster.spec.redis_password),
+        )?;
         Ok(cluster)
     }
 
@@ -168,7 +172,7 @@ impl ProcessCluster {
 
     /// Redis URL.
     pub fn redis_url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.redis_port)
+        self.spec.redis_url_for("127.0.0.1", self.redis_port)
     }
 
     /// Metrics base URL of a worker.
@@ -183,7 +187,10 @@ impl ProcessCluster {
         let mut command = match service {
             Service::Redis => {
                 let mut command = Command::new(&self.binaries.redis_server);
+                // The password goes in a config file (first argument), not on the command line
+                // where `ps` would show it.
                 command
+                    .arg(self.run_dir.join("redis-auth.conf"))
                     .arg("--port")
                     .arg(port.to_string())
                     .args(["--bind", "127.0.0.1", "--daemonize", "no", "--dir"])
@@ -404,4 +411,17 @@ fn read_log(path: &Path) -> anyhow::Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
 }
