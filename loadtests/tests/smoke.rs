@@ -17,7 +17,9 @@ async fn ten_seconds_of_submit_load_get_no_request_error_and_every_task_complete
     api_config.max_body_bytes = 64 * 1024;
     let state = orchestrator::startup::AppState::new(&api_config).expect("orchestrator config");
     let router = orchestrator::startup::app(state, &api_config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let host = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, router).await });
     let stop = CancellationToken::new();
@@ -26,7 +28,9 @@ async fn ten_seconds_of_submit_load_get_no_request_error_and_every_task_complete
         let mut config = worker::config::Config::for_tests(&redis.url(), PREFIX);
         config.work = Duration::from_millis(1);
         config.concurrency = 32;
-        let worker = worker::startup::Worker::build(&config).await.expect("worker config");
+        let worker = worker::startup::Worker::build(&config)
+            .await
+            .expect("worker config");
         workers.push(tokio::spawn(worker.run(stop.clone())));
     }
 
@@ -41,9 +45,22 @@ async fn ten_seconds_of_submit_load_get_no_request_error_and_every_task_complete
     .await
     .expect("load ran");
 
-    assert!(records.len() > 1000, "expected about 2,000 attempts, got {}", records.len());
-    let errors: Vec<_> = records.iter().filter(|r| !matches!(r.outcome, SubmitOutcome::Ok { .. })).collect();
-    assert!(errors.is_empty(), "{} of {} requests failed, e.g. {:?}", errors.len(), records.len(), errors.first());
+    assert!(
+        records.len() > 1000,
+        "expected about 2,000 attempts, got {}",
+        records.len()
+    );
+    let errors: Vec<_> = records
+        .iter()
+        .filter(|r| !matches!(r.outcome, SubmitOutcome::Ok { .. }))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{} of {} requests failed, e.g. {:?}",
+        errors.len(),
+        records.len(),
+        errors.first()
+    );
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -58,7 +75,10 @@ async fn ten_seconds_of_submit_load_get_no_request_error_and_every_task_complete
         if stats["queued_total"] == 0 && stats["in_flight"] == 0 && stats["retry_scheduled"] == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "the queue did not drain: {stats}");
+        assert!(
+            Instant::now() < deadline,
+            "the queue did not drain: {stats}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.cancel();
