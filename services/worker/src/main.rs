@@ -5,11 +5,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use worker::config::{Command, Config};
 
-/// mimalloc instead of glibc's malloc: the hot paths allocate and free many small buffers per
-/// task, and glibc's bookkeeping for them cost about a fifth of the CPU (docs/benchmarks.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();

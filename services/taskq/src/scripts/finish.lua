@@ -9,13 +9,23 @@ local group, consumer, prefix = ARGV[1], ARGV[2], ARGV[3]
 local retention = tonumber(ARGV[4])
 local now = now_ms()
 
+-- Entries to acknowledge and delete, per priority: one XACK and one XDEL per stream at the end
+-- instead of one each per execution (the script is atomic, so the order inside it is invisible).
+local done = {}
+local function ack(p, entry)
+  local entries = done[p]
+  if not entries then
+    entries = {}
+    done[p] = entries
+  end
+  entries[#entries + 1] = entry
+end
+
 local function finish(p, entry, task_id, attempt, outcome, payload, delay)
   local key = prefix .. task_id
-  local stream = KEYS[2 + p]
   local f = redis.call('HMGET', key, 'status', 'worker', 'attempts')
   if not f[1] then
-    redis.call('XACK', stream, group, entry)
-    redis.call('XDEL', stream, entry)
+    ack(p, entry)
     return 'missing'
   end
 
@@ -36,8 +46,7 @@ local function finish(p, entry, task_id, attempt, outcome, payload, delay)
     return 'stale'
   end
 
-  redis.call('XACK', stream, group, entry)
-  redis.call('XDEL', stream, entry)
+  ack(p, entry)
   if f[1] ~= 'running' then
     -- final already, or this is a resent finish whose first reply was lost (the retry may even
     -- have been promoted): recording it again would schedule a second execution
@@ -62,5 +71,12 @@ while ARGV[i] do
   out[#out + 1] = finish(tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
     ARGV[i + 5], ARGV[i + 6])
   i = i + 7
+end
+for p = 1, 10 do
+  local entries = done[p]
+  if entries then
+    redis.call('XACK', KEYS[2 + p], group, unpack(entries))
+    redis.call('XDEL', KEYS[2 + p], unpack(entries))
+  end
 end
 return out

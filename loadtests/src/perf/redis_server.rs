@@ -1,0 +1,253 @@
+//! A `redis-server` for one benchmark mode, and what its `INFO` tells: CPU seconds used and
+//! per-command call counts and times.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use redis::aio::MultiplexedConnection;
+use serde::Serialize;
+
+use crate::perf::process::{Service, free_port};
+
+/// How Redis persists, as in DESIGN.md: AOF on, fsync per write or once a second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    /// `appendfsync always`: a 201 is on disk (the default in compose, Kubernetes, harness).
+    Always,
+    /// `appendfsync everysec`: may lose about the last second on a machine crash.
+    Everysec,
+}
+
+impl Fsync {
+    /// The `appendfsync` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fsync::Always => "always",
+            Fsync::Everysec => "everysec",
+        }
+    }
+}
+
+/// A running `redis-server` on a free loopback port, its data in its own directory.
+#[derive(Debug)]
+pub struct RedisProcess {
+    service: Service,
+    port: u16,
+    /// The persistence it runs with.
+    pub fsync: Fsync,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+impl RedisProcess {
+    /// Starts `redis-server` with `appendonly yes` and `appendfsync` as asked, data in `dir`.
+    pub async fn start(fsync: Fsync, dir: &Path) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let data = dir.join(format!("redis-{}", fsync.as_str()));
+        std::fs::create_dir_all(&data)?;
+        let port_text = port.to_string();
+        let data_text = data.display().to_string();
+        let args = [
+            "--port",
+            port_text.as_str(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            fsync.as_str(),
+            "--dir",
+            data_text.as_str(),
+        ];
+        let command = format!(
+            "redis-server {}",
+            args.join(" ").replace("--save  ", "--save '' ")
+        );
+        let service = Service::start(
+            "redis-server",
+            &PathBuf::from("redis-server"),
+            &args,
+            &[],
+            dir.join(format!("redis-{}.log", fsync.as_str())),
+        )?;
+        let redis = Self {
+            service,
+            port,
+            fsync,
+            command,
+        };
+        redis.wait_ready(Duration::from_secs(10)).await?;
+        Ok(redis)
+    }
+
+    async fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(mut conn) = self.connect().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not answer within {within:?}",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `redis://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.service.pid()
+    }
+
+    /// A new multiplexed connection.
+    pub async fn connect(&self) -> anyhow::Result<MultiplexedConnection> {
+        let client = redis::Client::open(self.url())?;
+        Ok(client.get_multiplexed_async_connection().await?)
+    }
+
+    /// Drops every key (the script cache stays), rewrites the AOF so the next automatic rewrite
+    /// is as far away for every phase, and resets the command statistics.
+    pub async fn reset(&self) -> anyhow::Result<()> {
+        let mut conn = self.connect().await?;
+        self.wait_no_rewrite(&mut conn).await?;
+        redis::cmd("FLUSHALL")
+            .query_async::<()>(&mut conn)
+            .await
+            .context("FLUSHALL")?;
+        redis::cmd("BGREWRITEAOF")
+            .query_async::<()>(&mut conn)
+            .await
+            .context("BGREWRITEAOF")?;
+        self.wait_no_rewrite(&mut conn).await?;
+        redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn wait_no_rewrite(&self, conn: &mut MultiplexedConnection) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("persistence")
+                .query_async(conn)
+                .await?;
+            let busy = info
+                .lines()
+                .any(|l| l == "aof_rewrite_in_progress:1" || l == "aof_rewrite_scheduled:1");
+            if !busy {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "an AOF rewrite took over 60 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Resets the command statistics only.
+    pub async fn reset_stats(&self) -> anyhow::Result<()> {
+        let mut conn = self.connect().await?;
+        redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// CPU seconds (user + system) used by Redis's main process and by its finished children
+    /// (AOF rewrites), from `INFO cpu`.
+    pub async fn cpu_seconds(&self) -> anyhow::Result<(f64, f64)> {
+        let info = self.info("cpu").await?;
+        let field = |name: &str| -> f64 {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        Ok((
+            field("used_cpu_sys") + field("used_cpu_user"),
+            field("used_cpu_sys_children") + field("used_cpu_user_children"),
+        ))
+    }
+
+    /// Calls and microseconds per command since the last reset, from `INFO commandstats`.
+    pub async fn command_stats(&self) -> anyhow::Result<BTreeMap<String, CommandStat>> {
+        let info = self.info("commandstats").await?;
+        let mut stats = BTreeMap::new();
+        for line in info.lines() {
+            let Some((name, rest)) = line
+                .strip_prefix("cmdstat_")
+                .and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            let value = |key: &str| -> f64 {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0.0)
+            };
+            stats.insert(
+                name.to_owned(),
+                CommandStat {
+                    calls: value("calls") as u64,
+                    usec: value("usec") as u64,
+                },
+            );
+        }
+        Ok(stats)
+    }
+
+    async fn info(&self, section: &str) -> anyhow::Result<String> {
+        let mut conn = self.connect().await?;
+        Ok(redis::cmd("INFO")
+            .arg(section)
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Loads a script and returns its SHA1.
+    pub async fn load_script(&self, source: &str) -> anyhow::Result<String> {
+        let mut conn = self.connect().await?;
+        Ok(redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(source)
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Stops the server.
+    pub fn stop(&mut self) {
+        self.service.stop(Duration::from_secs(10));
+    }
+}
+
+/// One command's counters from `INFO commandstats`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CommandStat {
+    /// Calls.
+    pub calls: u64,
+    /// Microseconds spent in them (inside Redis, excluding I/O).
+    pub usec: u64,
+}
