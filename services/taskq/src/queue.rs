@@ -277,6 +277,19 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// `{priority, entry id, task id}` rows of a script reply as deliveries.
+fn deliveries_from_rows(rows: Vec<(i64, String, String)>) -> Result<Vec<Delivery>, QueueError> {
+    rows.into_iter()
+        .map(|(priority, entry_id, task_id)| {
+            Ok(Delivery {
+                priority: priority_from_index(priority)?,
+                entry_id,
+                task_id,
+            })
+        })
+        .collect()
+}
+
 fn priority_from_index(raw: i64) -> Result<Priority, QueueError> {
     Priority::parse(raw).map_err(|_| QueueError::Protocol(format!("priority {raw}")))
 }
@@ -653,15 +666,7 @@ impl Queue {
             .arg(limit)
             .invoke_async(conn)
             .await?;
-        rows.into_iter()
-            .map(|(priority, entry_id, task_id)| {
-                Ok(Delivery {
-                    priority: priority_from_index(priority)?,
-                    entry_id,
-                    task_id,
-                })
-            })
-            .collect()
+        deliveries_from_rows(rows)
     }
 
     /// Entries pending for `consumer` (up to `limit` per stream): after a lost reply, a worker
@@ -681,15 +686,7 @@ impl Queue {
             .arg(limit)
             .invoke_async(conn)
             .await?;
-        rows.into_iter()
-            .map(|(priority, entry_id, task_id)| {
-                Ok(Delivery {
-                    priority: priority_from_index(priority)?,
-                    entry_id,
-                    task_id,
-                })
-            })
-            .collect()
+        deliveries_from_rows(rows)
     }
 
     /// Resets the idle time of entries this consumer still executes, so they are not taken as
