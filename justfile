@@ -88,8 +88,8 @@ smoke-load: _require-redis-server
 
 # `docker compose` (v2 plugin) when present, else docker-compose v1.29; both read compose/*.yml.
 compose := `docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose`
-# `harness images` builds agent-redis/-orchestrator/-worker; dev profile, shared with `cargo test`.
-harness_images := "cargo run -q -p harness -- images"
+# `cargo xtask images` builds agent-redis/-orchestrator/-worker from release binaries.
+xtask_images := "cargo xtask images"
 ps_format := "table {{.Names}}\t{{.Image}}\t{{.Status}}\t{{.Ports}}"
 ps_filters := "--filter name=^agent-redis$ --filter name=^agent-orchestrator$ --filter name=^agent-worker[-_]worker[-_] --filter name=^agent-prometheus$"
 # Generated Redis passwords and what derives from them (env files, ACL file); git-ignored.
@@ -162,7 +162,7 @@ images *args: _require-docker
     else
         just _require-redis-server
     fi
-    {{harness_images}} $only {{args}}
+    {{xtask_images}} $only {{args}}
 
 # Rotate the password of the Redis user `agent` (orchestrator, workers) with no failed Redis call
 redis-rotate-password: _require-docker _redis-secrets
@@ -259,7 +259,7 @@ k8s-secrets:
 
 # Build agent-prometheus from Debian's prometheus package when missing or stale (`--force`)
 monitoring-images *args: _require-docker _require-prometheus
-    {{harness_images}} --only prometheus {{args}}
+    {{xtask_images}} --only prometheus {{args}}
 
 # Start Prometheus on agent-system-net: scrapes the orchestrator and every worker, evaluates the alerts
 monitoring-up: monitoring-images
@@ -400,5 +400,5 @@ bench *args: _require-redis-server
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
     fi
     command -v redis-benchmark >/dev/null 2>&1 || { echo "error: redis-benchmark is missing (Debian: apt-get install -y redis-tools)" >&2; exit 1; }
-    cargo build --release -p orchestrator -p worker -p loadtests --bins
-    "${CARGO_TARGET_DIR:-target}/release/perf_report" --bin-dir "${CARGO_TARGET_DIR:-target}/release" {{args}}
+    cargo build --release -p orchestrator -p worker -p xtask --bins
+    "${CARGO_TARGET_DIR:-target}/release/xtask" bench --bin-dir "${CARGO_TARGET_DIR:-target}/release" {{args}}

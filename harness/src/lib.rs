@@ -13,14 +13,15 @@
 //! - [`runner`]: runs one scenario end to end and produces a [`report::Report`].
 //! - [`report`]: the JSON report (DESIGN.md) and the human summary.
 //! - [`cleanup`]: labels, leftover sweep and the Ctrl-C handler, so nothing outlives a run.
-//! - [`images`]: builds the container images locally.
-//! - `src/main.rs`: the `harness` command line (`run`, `list`, `up`, `images`, `sweep`).
+//! - `src/main.rs`: the `harness` command line (`run`, `list`, `up`, `sweep`).
+//!
+//! The container images come from `xtask::images` (`cargo xtask images`); the runner asks it
+//! for fresh ones before a docker run.
 
 pub mod checker;
 pub mod cleanup;
 pub mod cluster;
 pub mod executions;
-pub mod images;
 pub mod load;
 pub mod report;
 pub mod runner;

@@ -5,7 +5,6 @@
 //! harness run kill-redis worker-restart      # names resolve to scenarios/NAME.toml
 //! harness list                               # the shipped scenarios
 //! harness up [--workers 2]                   # a cluster to poke at; Ctrl-C removes it
-//! harness images                             # build the container images when stale
 //! harness sweep                              # remove leftovers of crashed runs
 //! ```
 //!
@@ -46,8 +45,6 @@ enum Command {
     },
     /// Start a cluster, print its endpoints, and wait for Ctrl-C.
     Up(UpArgs),
-    /// Build the container images when missing or stale.
-    Images(harness::images::ImagesArgs),
     /// Remove containers, networks, volumes and run directories left by crashed runs.
     Sweep,
 }
@@ -139,10 +136,6 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run(args).await,
         Command::List { dir } => list(&dir),
         Command::Up(args) => up(args).await,
-        Command::Images(args) => {
-            tokio::task::spawn_blocking(move || harness::images::run(&args)).await??;
-            Ok(ExitCode::SUCCESS)
-        }
         Command::Sweep => {
             let docker = match harness::cleanup::docker_client().await {
                 Ok(docker) => Some(docker),

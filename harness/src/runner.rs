@@ -69,7 +69,7 @@ pub async fn prepare_runtime(runtime: RuntimeKind) -> anyhow::Result<()> {
     match runtime {
         RuntimeKind::Docker => {
             let set = tokio::task::spawn_blocking(|| {
-                crate::images::ensure_images(&crate::images::ImageOptions::default())
+                xtask::images::ensure_images(&xtask::images::ImageOptions::default())
             })
             .await
             .context("the image build panicked")?

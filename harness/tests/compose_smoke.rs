@@ -325,7 +325,7 @@ fn executed_task_ids() -> BTreeSet<String> {
 
 /// Fails unless Docker and just are usable; returns false when the user opted out.
 fn preconditions_hold() -> bool {
-    if let Err(err) = harness::images::require_docker() {
+    if let Err(err) = xtask::images::require_docker() {
         if std::env::var(SKIP_ENV).is_ok_and(|v| v == "1") {
             eprintln!("compose_smoke skipped ({SKIP_ENV}=1): {err:#}");
             return false;

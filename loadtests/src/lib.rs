@@ -9,8 +9,6 @@
 //! - [`task_body`]: realistic, varied task descriptions and priorities.
 //! - [`submit_load`]: [`run_submit_load`], which the harness calls in-process.
 //! - `src/main.rs`: the `loadtest` binary, a thin `main` over [`scenarios`].
-//! - [`perf`]: the benchmark run behind `just bench` (binary `perf_report`) and the bench-only
-//!   bare enqueue server (binary `bare_enqueue`).
 //!
 //! # Running the binary
 //!
@@ -58,7 +56,6 @@
 //! ```
 
 pub mod outcome;
-pub mod perf;
 pub mod scenarios;
 pub mod submit;
 pub mod submit_load;

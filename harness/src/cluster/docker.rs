@@ -44,7 +44,7 @@ use crate::{
 
 /// Network alias under which the services reach Redis.
 pub const REDIS_ALIAS: &str = "agent-redis";
-/// Redis image (built by `harness images`).
+/// Redis image (built by `cargo xtask images`).
 pub const REDIS_IMAGE: (&str, &str) = ("agent-redis", "latest");
 /// Orchestrator image.
 pub const ORCHESTRATOR_IMAGE: (&str, &str) = ("agent-orchestrator", "latest");
@@ -307,7 +307,9 @@ impl DockerCluster {
             .start()
             .await
             .with_context(|| {
-                format!("starting container {name} (are the images built? run `harness images`)")
+                format!(
+                    "starting container {name} (are the images built? run `cargo xtask images`)"
+                )
             })
     }
 

@@ -85,7 +85,7 @@ impl Binaries {
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| crate::images::default_workspace_root().join("target"))
+        .unwrap_or_else(|| xtask::images::default_workspace_root().join("target"))
 }
 
 fn find_on_path(program: &str) -> Option<PathBuf> {
@@ -109,7 +109,7 @@ pub async fn build_release_binaries() -> anyhow::Result<()> {
             "-p",
             "worker",
         ])
-        .current_dir(crate::images::default_workspace_root())
+        .current_dir(xtask::images::default_workspace_root())
         .stdin(Stdio::null())
         .status()
         .await

@@ -61,6 +61,9 @@ impl RedisProcess {
             "yes",
             "--appendfsync",
             fsync.as_str(),
+            // Redis's own record of its stalls (fork, AOF write and fsync, slow commands).
+            "--latency-monitor-threshold",
+            "1",
             "--dir",
             data_text.as_str(),
         ];
@@ -113,11 +116,6 @@ impl RedisProcess {
     /// The port.
     pub fn port(&self) -> u16 {
         self.port
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.service.pid()
     }
 
     /// A new multiplexed connection.
@@ -227,6 +225,34 @@ impl RedisProcess {
             .await?)
     }
 
+    /// Forgets the stalls recorded so far (`LATENCY RESET`).
+    pub async fn reset_latency(&self) -> anyhow::Result<()> {
+        let mut conn = self.connect().await?;
+        redis::cmd("LATENCY")
+            .arg("RESET")
+            .query_async::<i64>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Stalls recorded since the last reset (`LATENCY LATEST`): event, count of the latest
+    /// second's occurrences aside, and the worst duration in milliseconds.
+    pub async fn latency_events(&self) -> anyhow::Result<Vec<LatencyEvent>> {
+        let mut conn = self.connect().await?;
+        let rows: Vec<(String, i64, i64, i64)> = redis::cmd("LATENCY")
+            .arg("LATEST")
+            .query_async(&mut conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(event, _, latest_ms, max_ms)| LatencyEvent {
+                event,
+                latest_ms,
+                max_ms,
+            })
+            .collect())
+    }
+
     /// Loads a script and returns its SHA1.
     pub async fn load_script(&self, source: &str) -> anyhow::Result<String> {
         let mut conn = self.connect().await?;
@@ -250,4 +276,15 @@ pub struct CommandStat {
     pub calls: u64,
     /// Microseconds spent in them (inside Redis, excluding I/O).
     pub usec: u64,
+}
+
+/// One kind of stall Redis's latency monitor recorded (threshold 1 ms).
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyEvent {
+    /// What stalled: `aof-write`, `aof-fsync-always`, `fork`, `command`, ...
+    pub event: String,
+    /// The latest occurrence, milliseconds.
+    pub latest_ms: i64,
+    /// The worst occurrence, milliseconds.
+    pub max_ms: i64,
 }

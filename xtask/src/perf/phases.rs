@@ -34,7 +34,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 struct Bins {
     orchestrator: PathBuf,
     worker: PathBuf,
-    bare: PathBuf,
+    /// This tool, for its `bare-enqueue` command.
+    xtask: PathBuf,
 }
 
 impl Bins {
@@ -42,12 +43,12 @@ impl Bins {
         let bins = Self {
             orchestrator: dir.join("orchestrator"),
             worker: dir.join("worker"),
-            bare: dir.join("bare_enqueue"),
+            xtask: dir.join("xtask"),
         };
-        for bin in [&bins.orchestrator, &bins.worker, &bins.bare] {
+        for bin in [&bins.orchestrator, &bins.worker, &bins.xtask] {
             anyhow::ensure!(
                 bin.is_file(),
-                "{} is missing: build with `cargo build --release -p orchestrator -p worker -p loadtests`",
+                "{} is missing: build with `cargo build --release -p orchestrator -p worker -p xtask`",
                 bin.display()
             );
         }
@@ -361,7 +362,7 @@ fn top_commands(stats: &BTreeMap<String, CommandStat>) -> Vec<(String, u64, u64)
 }
 
 fn log_phase(message: &str) {
-    eprintln!("perf_report: {message}");
+    eprintln!("bench: {message}");
 }
 
 async fn ceilings(
@@ -414,8 +415,8 @@ async fn ceilings(
     let listen = format!("127.0.0.1:{port}");
     let mut bare = Service::start(
         "bare_enqueue",
-        &ctx.bins.bare,
-        &[redis.url().as_str(), listen.as_str()],
+        &ctx.bins.xtask,
+        &["bare-enqueue", redis.url().as_str(), listen.as_str()],
         &[],
         ctx.dir.join(format!("bare-{}.log", redis.fsync.as_str())),
     )?;
@@ -481,23 +482,24 @@ async fn fixed_rates(
     base: &str,
     mode: &mut ModeReport,
 ) -> anyhow::Result<()> {
-    redis.reset().await?;
     let fsync = redis.fsync.as_str();
-    let mut workers = Vec::new();
-    for i in 0..2 {
-        workers.push(ctx.start_worker(
-            redis,
-            PREFIX,
-            &format!("bench-{fsync}-fixed-{i}"),
-            0,
-            None,
-        )?);
-    }
     let queue = queue(PREFIX);
-    let mut conn = redis.connect().await?;
-    wait_live_workers(&queue, &mut conn, 2).await?;
     for &rate in &ctx.options.fixed_rates {
         log_phase(&format!("orchestrator at a fixed {rate}/s ({fsync})"));
+        // Every rate starts from the same state: no keys, a freshly rewritten AOF, new workers.
+        redis.reset().await?;
+        let mut workers = Vec::new();
+        for i in 0..2 {
+            workers.push(ctx.start_worker(
+                redis,
+                PREFIX,
+                &format!("bench-{fsync}-fixed{rate}-{i}"),
+                0,
+                None,
+            )?);
+        }
+        let mut conn = redis.connect().await?;
+        wait_live_workers(&queue, &mut conn, 2).await?;
         let load = FixedRate {
             url: format!("{base}/tasks"),
             body: post_body(),
@@ -509,14 +511,16 @@ async fn fixed_rates(
             .chain(workers.iter())
             .collect();
         ctx.wait_quiet();
+        redis.reset_latency().await?;
         let before = snapshot(redis, &servers, self_cpu()).await;
         let http = tokio::task::spawn_blocking(move || open_loop::run(&load)).await??;
         let after = snapshot(redis, &servers, self_cpu()).await;
+        let redis_stalls = redis.latency_events().await?;
         wait_drained(&queue, &mut conn, Duration::from_millis(50), DRAIN_TIMEOUT).await?;
         let ids: Vec<TaskId> = http
             .tasks
             .iter()
-            .filter_map(|(id, _)| TaskId::parse(id).ok())
+            .filter_map(|(id, _, _)| TaskId::parse(id).ok())
             .collect();
         let times =
             task_times(&mut conn, queue.keys(), &ids, &["created_at", "started_at"]).await?;
@@ -524,32 +528,37 @@ async fn fixed_rates(
             .iter()
             .filter_map(|row| Some((row.get(1).copied()?? - row.first().copied()??) as f64))
             .collect();
-        // The same wait to the microsecond, from above: from sending the POST (before the task
-        // existed) to the start the worker's `task_executed` line implies (its timestamp minus
-        // the execution's duration); same machine, same clock.
+        // The same wait to the microsecond, bracketed: the task was created after its POST was
+        // sent and before the answer arrived; it started when the worker's `task_executed` line
+        // says (its timestamp minus the execution's duration). Same machine, same clock.
         let starts = execution_starts(workers.iter().map(Service::log));
-        let upper: Vec<f64> = http
+        let millis_between = |from: SystemTime, to: SystemTime| match to.duration_since(from) {
+            Ok(d) => d.as_secs_f64() * 1000.0,
+            Err(e) => -e.duration().as_secs_f64() * 1000.0,
+        };
+        let (upper, lower): (Vec<f64>, Vec<f64>) = http
             .tasks
             .iter()
-            .filter_map(|(id, sent_at)| {
-                let start = starts.get(id)?;
-                Some(
-                    start
-                        .duration_since(*sent_at)
-                        .map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-                )
+            .filter_map(|(id, sent_at, answered_at)| {
+                let start = *starts.get(id)?;
+                Some((
+                    millis_between(*sent_at, start),
+                    millis_between(*answered_at, start),
+                ))
             })
-            .collect();
+            .unzip();
         mode.fixed_rate.push(FixedRateMeasurement {
             workers: workers.len(),
             enqueue_to_start: (!waits.is_empty()).then(|| summary(waits, 1.0)),
             send_to_start: (!upper.is_empty()).then(|| summary(upper, 0.001)),
+            answer_to_start: (!lower.is_empty()).then(|| summary(lower, 0.001)),
             cpu: cpu_use(&before, &after),
+            redis_stalls,
             http,
         });
-    }
-    for worker in &mut workers {
-        worker.stop(Duration::from_secs(10));
+        for worker in &mut workers {
+            worker.stop(Duration::from_secs(10));
+        }
     }
     redis.reset().await?;
     Ok(())

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::perf::open_loop::FixedRateResult;
 use crate::perf::redis_benchmark::RedisBenchResult;
-use crate::perf::redis_server::Fsync;
+use crate::perf::redis_server::{Fsync, LatencyEvent};
 use crate::perf::wrk::WrkResult;
 
 /// The whole run.
@@ -116,8 +116,13 @@ pub struct FixedRateMeasurement {
     /// From sending each POST to the start of its execution (microseconds, from the worker's
     /// `task_executed` line): enqueue-to-start plus the POST's way in, an upper bound.
     pub send_to_start: Option<LatencySummary>,
+    /// From the POST's answer to the start of its execution: a lower bound of enqueue-to-start
+    /// (negative when the task started before its answer arrived).
+    pub answer_to_start: Option<LatencySummary>,
     /// CPU accounting (server: orchestrator + workers).
     pub cpu: CpuUse,
+    /// Stalls Redis's latency monitor recorded during the measurement (1 ms and longer).
+    pub redis_stalls: Vec<LatencyEvent>,
 }
 
 /// Percentiles of a latency distribution, milliseconds.
@@ -213,6 +218,13 @@ pub struct TargetRow {
     pub met: Option<bool>,
     /// Which tool produced the figure.
     pub tool: String,
+    /// CPU share (percent of the 2 cores) that other processes used during the measurement.
+    pub other_load_percent: Option<f64>,
+}
+
+/// Share of the 2 cores that other processes used during a measurement, in percent.
+pub fn other_percent(cpu: &CpuUse) -> f64 {
+    100.0 * cpu.other_s / (2.0 * cpu.wall_s.max(1e-9))
 }
 
 fn kib_to_mb(kib: u64) -> f64 {
@@ -274,6 +286,7 @@ pub fn targets(report: &Report) -> Vec<TargetRow> {
                 ),
                 met: Some(post.wrk.rate_per_s >= rate_goal && post.wrk.errors == 0),
                 tool: "wrk".into(),
+                other_load_percent: Some(other_percent(&post.cpu)),
             });
             // The p99 at the target rate: the lowest among runs that reached it.
             let at_rate = mode
@@ -296,6 +309,7 @@ pub fn targets(report: &Report) -> Vec<TargetRow> {
                 ),
                 met: Some(at_rate.wrk.p99_ms <= 5.0 && at_rate.wrk.rate_per_s >= rate_goal),
                 tool: "wrk".into(),
+                other_load_percent: Some(other_percent(&at_rate.cpu)),
             });
         }
         for fixed in &mode.fixed_rate {
@@ -309,19 +323,25 @@ pub fn targets(report: &Report) -> Vec<TargetRow> {
                         http.p99_ms, http.p50_ms, http.max_ms, http.errors
                     ),
                     met: Some(http.p99_ms <= 2.0 && http.errors == 0),
-                    tool: "open-model generator (perf_report)".into(),
+                    tool: "open-model generator (cargo xtask bench)".into(),
+                    other_load_percent: Some(other_percent(&fixed.cpu)),
                 });
             }
             if http.rate_per_s == 1000
                 && let Some(e2s) = &fixed.enqueue_to_start
             {
                 let precise = fixed.send_to_start.as_ref();
-                let precise_text = precise.map_or(String::new(), |p| {
-                    format!(
-                        "; from the POST's sending, to the µs: p99 {:.2} ms, p50 {:.2}",
-                        p.p99_ms, p.p50_ms
-                    )
-                });
+                let precise_text = match (precise, fixed.answer_to_start.as_ref()) {
+                    (Some(upper), Some(lower)) => format!(
+                        "; to the µs, between the POST's answer and its sending: p99 {:.2}–{:.2} ms, p50 {:.2}–{:.2}",
+                        lower.p99_ms, upper.p99_ms, lower.p50_ms, upper.p50_ms
+                    ),
+                    (Some(upper), None) => format!(
+                        "; to the µs, from the POST's sending: p99 ≤ {:.2} ms, p50 ≤ {:.2}",
+                        upper.p99_ms, upper.p50_ms
+                    ),
+                    _ => String::new(),
+                };
                 rows.push(TargetRow {
                     name: format!("enqueue-to-start p99 at 1,000/s, {fsync}"),
                     target: "≤ 1.5 ms".into(),
@@ -329,9 +349,11 @@ pub fn targets(report: &Report) -> Vec<TargetRow> {
                         "records: p99 {:.0} ms, p50 {:.0}, mean {:.2} (1 ms resolution){precise_text}",
                         e2s.p99_ms, e2s.p50_ms, e2s.mean_ms
                     ),
-                    // The microsecond figure is an upper bound; without it, the records' p99.
+                    // Met only if the upper bound is within the goal (the records' p99 is
+                    // whole milliseconds); without it, the records' p99.
                     met: Some(precise.map_or(e2s.p99_ms, |p| p.p99_ms) <= 1.5),
                     tool: "open-model generator + task records + worker log".into(),
+                    other_load_percent: Some(other_percent(&fixed.cpu)),
                 });
             }
         }
@@ -360,6 +382,7 @@ pub fn targets(report: &Report) -> Vec<TargetRow> {
                 ),
                 met: Some(best.rate_per_s >= 50_000.0 && best.executions_logged >= best.tasks),
                 tool: "bulk enqueue + stats polling".into(),
+                other_load_percent: Some(other_percent(&best.cpu)),
             });
         }
     }
@@ -385,6 +408,7 @@ pub fn targets(report: &Report) -> Vec<TargetRow> {
             ),
             met: Some(worst <= 3000),
             tool: "SIGKILL + task records".into(),
+            other_load_percent: None,
         });
     }
     let rss = report
@@ -400,6 +424,7 @@ pub fn targets(report: &Report) -> Vec<TargetRow> {
             measured: format!("{:.1} MB (VmHWM)", kib_to_mb(rss)),
             met: Some(kib_to_mb(rss) <= 30.0),
             tool: "/proc/PID/status".into(),
+            other_load_percent: None,
         });
     }
     rows
@@ -467,17 +492,19 @@ pub fn render_markdown(report: &Report, kept: Option<&str>) -> String {
     let _ = writeln!(md, "## Targets (issue 6) against measured figures\n");
     let _ = writeln!(
         md,
-        "| target | goal | measured | met | tool |\n|---|---|---|---|---|"
+        "| target | goal | measured | met | tool | other load meanwhile |\n|---|---|---|---|---|---|"
     );
     for row in &report.targets {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             row.name,
             row.target,
             row.measured,
             mark(row.met),
-            row.tool
+            row.tool,
+            row.other_load_percent
+                .map_or("–".to_owned(), |p| format!("{p:.0} %"))
         );
     }
     let _ = writeln!(md);
@@ -554,7 +581,7 @@ pub fn render_markdown(report: &Report, kept: Option<&str>) -> String {
             );
             let _ = writeln!(
                 md,
-                "| rate | sent | errors | p50 | p90 | p99 | p99.9 | max | p99 from schedule | pacer p99 late | enqueue-to-start (records, 1 ms) p50 / p99 / max / mean | send-to-start (µs) p50 / p99 / max |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+                "| rate | sent | errors | p50 | p90 | p99 | p99.9 | max | p99 from schedule | pacer p99 late | enqueue-to-start (records, 1 ms) p50 / p99 / max / mean | start − POST sent / − answer received (µs): p50, p99 |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
             );
             for f in &mode.fixed_rate {
                 let h = &f.http;
@@ -564,9 +591,13 @@ pub fn render_markdown(report: &Report, kept: Option<&str>) -> String {
                         e.p50_ms, e.p99_ms, e.max_ms, e.mean_ms
                     )
                 });
-                let s2s = f.send_to_start.as_ref().map_or("–".to_owned(), |e| {
-                    format!("{:.2} / {:.2} / {:.1} ms", e.p50_ms, e.p99_ms, e.max_ms)
-                });
+                let s2s = match (f.send_to_start.as_ref(), f.answer_to_start.as_ref()) {
+                    (Some(u), Some(l)) => format!(
+                        "{:.2} / {:.2} ms, {:.2} / {:.2} ms",
+                        u.p50_ms, l.p50_ms, u.p99_ms, l.p99_ms
+                    ),
+                    _ => "–".to_owned(),
+                };
                 let _ = writeln!(
                     md,
                     "| {}/s | {} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} ms | {:.2} ms | {:.2} ms | {} | {} |",
@@ -586,9 +617,18 @@ pub fn render_markdown(report: &Report, kept: Option<&str>) -> String {
             }
             let _ = writeln!(md);
             for f in &mode.fixed_rate {
+                let stalls = if f.redis_stalls.is_empty() {
+                    "none".to_owned()
+                } else {
+                    f.redis_stalls
+                        .iter()
+                        .map(|e| format!("`{}` up to {} ms", e.event, e.max_ms))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
                 let _ = writeln!(
                     md,
-                    "- {}/s, {} workers: CPU {}.",
+                    "- {}/s, {} workers: CPU {}. Stalls Redis recorded (latency monitor, ≥ 1 ms): {stalls}.",
                     thousands(f64::from(f.http.rate_per_s)),
                     f.workers,
                     cpu_line(&f.cpu, f.http.sent, "orchestrator + workers", "generator")
@@ -680,18 +720,19 @@ const METHOD: &str = "\
   when the previous one is answered), the lightest generator at hand, with a Lua script for \
   the JSON body; one run per connection count, after a 2 s warm-up. Redis's own ceiling: \
   `redis-benchmark` with the enqueue script (`EVALSHA`, the same script text the services load) \
-  and plain `XADD`. The bare server is `loadtests/src/bin/bare_enqueue.rs`: one axum route that \
+  and plain `XADD`. The bare server is `cargo xtask bare-enqueue` (`xtask/src/perf/bare.rs`): one axum route that \
   runs the same enqueue script over one multiplexed connection, nothing else.
-- **Fixed rates: an open-model generator** in `perf_report` (`loadtests/src/perf/open_loop.rs`): \
+- **Fixed rates: an open-model generator** in `cargo xtask bench` (`xtask/src/perf/open_loop.rs`): \
   a pacer thread sends each request at its scheduled instant whatever earlier answers do \
   (wrk2 is not packaged in Debian; goose has no open model), on its own single-threaded \
   runtime. Latency runs from sending to the end of the answer; the pacer's lateness and the \
   latency counted from the scheduled instant are shown too. Two workers consume meanwhile.
 - **Enqueue-to-start** of the same tasks: `started_at − created_at` from the task records \
-  (Redis's clock, whole milliseconds, so a single figure is 0 or 1 ms off), and, to the \
-  microsecond, from sending the POST to the start implied by the worker's `task_executed` \
-  line (its timestamp minus its `duration_ms`): that includes the POST's way in, so it is an \
-  upper bound of enqueue-to-start.
+  (Redis's clock, whole milliseconds, so a single figure is up to 1 ms off; with requests \
+  evenly spaced the rounding can lean one way for a whole run), and, to the microsecond, \
+  bracketed: the start implied by the worker's `task_executed` line (its timestamp minus its \
+  `duration_ms`) minus the instant the POST was sent (an upper bound: the task did not exist \
+  yet) and minus the instant its answer arrived (a lower bound: the task existed by then).
 - **No-op drain:** tasks are enqueued in bulk first (taskq's `Queue::enqueue`, 1,024 in \
   flight), then the worker processes start (`WORKER_WORK_MS=0`, the `task_executed` line on, \
   stdout to a file); the drain ends when nothing is queued or in flight (polled every 20 ms). \

@@ -261,7 +261,7 @@ pub fn require_docker() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Command-line arguments of `harness images`.
+/// Command-line arguments of `cargo xtask images`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ImagesArgs {
     /// Rebuild every image even when its source digest is unchanged.
@@ -282,7 +282,7 @@ pub struct ImagesArgs {
     pub workspace_root: PathBuf,
 }
 
-/// Runs `harness images`: builds what is stale (or everything with `--force`) and prints a table.
+/// Runs `cargo xtask images`: builds what is stale (or everything with `--force`) and prints a table.
 pub fn run(args: &ImagesArgs) -> anyhow::Result<()> {
     let opts = ImageOptions {
         workspace_root: args.workspace_root.clone(),

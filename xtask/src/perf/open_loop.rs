@@ -41,6 +41,7 @@ struct Sample {
     lateness: Duration,
     task_id: Option<String>,
     sent_at: SystemTime,
+    answered_at: SystemTime,
     ok: bool,
 }
 
@@ -74,10 +75,10 @@ pub struct FixedRateResult {
     pub pacer_lateness_p99_ms: f64,
     /// CPU seconds this process (the generator) used during the run.
     pub generator_cpu_s: f64,
-    /// The tasks created by measured requests and when each request was sent (wall clock), for
-    /// enqueue-to-start.
+    /// The tasks created by measured requests, with when each request was sent and when its
+    /// answer arrived (wall clock), for enqueue-to-start.
     #[serde(skip)]
-    pub tasks: Vec<(String, SystemTime)>,
+    pub tasks: Vec<(String, SystemTime, SystemTime)>,
 }
 
 /// The value at quantile `q` (0..=1) of sorted `values`, nearest rank.
@@ -172,6 +173,7 @@ async fn run_on_this_thread(load: &FixedRate) -> anyhow::Result<FixedRateResult>
                         lateness: sent.saturating_duration_since(scheduled),
                         task_id,
                         sent_at,
+                        answered_at: SystemTime::now(),
                         ok,
                     });
                 }
@@ -211,7 +213,7 @@ async fn run_on_this_thread(load: &FixedRate) -> anyhow::Result<FixedRateResult>
         generator_cpu_s,
         tasks: samples
             .into_iter()
-            .filter_map(|s| Some((s.task_id?, s.sent_at)))
+            .filter_map(|s| Some((s.task_id?, s.sent_at, s.answered_at)))
             .collect(),
     })
 }

@@ -1,4 +1,4 @@
-//! The benchmark run behind `just bench` (binary `perf_report`): one command that starts local
+//! The benchmark run behind `just bench` (`cargo xtask bench`): one command that starts local
 //! systems, measures what issue 6 lists, and writes `docs/benchmarks.md` and its JSON twin.
 //!
 //! For each Redis persistence mode (`appendfsync everysec`, then `always`) it starts a fresh
@@ -52,14 +52,10 @@ pub enum Phase {
     Recovery,
 }
 
-/// Options of `perf_report`; the defaults are what `just bench` runs.
-#[derive(Debug, Clone, clap::Parser)]
-#[command(
-    name = "perf_report",
-    about = "Benchmarks a local Agent System and writes docs/benchmarks.md and .json"
-)]
+/// Options of `cargo xtask bench`; the defaults are what `just bench` runs.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// Directory holding release builds of `orchestrator`, `worker` and `bare_enqueue`.
+    /// Directory holding release builds of `orchestrator`, `worker` and `xtask` (for `bare-enqueue`).
     #[arg(long, default_value = "target/release")]
     pub bin_dir: PathBuf,
     /// Markdown report to write.
@@ -119,4 +115,40 @@ pub struct Options {
     /// Extra environment for the orchestrator, `KEY=VALUE` (repeatable).
     #[arg(long = "orchestrator-env")]
     pub orchestrator_env: Vec<String>,
+}
+
+/// Runs the benchmark and writes the Markdown and JSON reports, keeping the hand-written notes
+/// at the end of the previous Markdown report.
+pub fn bench(options: &Options) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let command = std::iter::once("xtask".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let report = runtime.block_on(run(options, command))?;
+    let previous = std::fs::read_to_string(&options.out_md).unwrap_or_default();
+    let kept = report::kept_notes(&previous);
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(&options.out_json, json + "\n")
+        .with_context(|| format!("writing {}", options.out_json.display()))?;
+    std::fs::write(&options.out_md, report::render_markdown(&report, kept))
+        .with_context(|| format!("writing {}", options.out_md.display()))?;
+    eprintln!(
+        "bench: wrote {} and {} in {:.0} s",
+        options.out_md.display(),
+        options.out_json.display(),
+        report.run_seconds
+    );
+    for row in &report.targets {
+        eprintln!(
+            "  {:<60} goal {:<12} measured {}",
+            row.name, row.target, row.measured
+        );
+    }
+    Ok(())
 }
