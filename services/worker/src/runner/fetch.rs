@@ -158,5 +158,4 @@ impl Runner {
             tokio::spawn(Arc::clone(self).execute(task, permit, finish_tx.clone()));
         }
     }
-
 }

@@ -35,7 +35,7 @@ mod fetch;
 mod finish;
 mod maintain;
 
-pub use execute::{classify, retry_delay};
+pub use execute::{classify, log_executed, retry_delay};
 
 /// Timing and sizing of the loop.
 #[derive(Debug, Clone)]
@@ -256,5 +256,4 @@ impl Runner {
             }
         }
     }
-
 }
