@@ -177,6 +177,11 @@ impl Action {
         )
     }
 
+    /// Whether this step injects a fault that a later step heals.
+    pub fn is_fault(self) -> bool {
+        self.healing_action().is_some()
+    }
+
     /// The step that undoes this fault, if one is needed.
     pub fn healing_action(self) -> Option<Action> {
         match self {
@@ -205,7 +210,8 @@ impl Action {
 
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        // `pad`, so width and alignment apply (the report summary's columns).
+        f.pad(self.as_str())
     }
 }
 
@@ -224,11 +230,12 @@ pub enum Target {
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad`, so width and alignment apply (the report summary's columns).
         match self {
-            Target::Redis => f.write_str("redis"),
-            Target::Orchestrator => f.write_str("orchestrator"),
-            Target::AllWorkers => f.write_str("worker"),
-            Target::Worker(n) => write!(f, "worker.{n}"),
+            Target::Redis => f.pad("redis"),
+            Target::Orchestrator => f.pad("orchestrator"),
+            Target::AllWorkers => f.pad("worker"),
+            Target::Worker(n) => f.pad(&format!("worker.{n}")),
         }
     }
 }

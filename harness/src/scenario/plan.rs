@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use super::{Action, ChaosSettings, Scenario, Target};
 
 impl Scenario {
@@ -72,8 +74,9 @@ pub struct PlannedStep {
     pub origin: StepOrigin,
 }
 
-/// Where a planned step came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a planned step came from; `file` or `chaos` in reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum StepOrigin {
     /// A `[[step]]` of the file.
     File,
