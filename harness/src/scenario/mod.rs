@@ -3,7 +3,7 @@
 //! A scenario is data: the cluster to start, the load to offer, the fault steps to inject at given
 //! offsets, and what must hold afterwards. Parsing is strict: an unknown key, action or target, a
 //! bad duration or an inconsistent step is an error that names the file, the line and the field
-//! (`scenarios/x.toml:14: field `step[2].at`: ...`). The format is documented in
+//! (``scenarios/x.toml:14: field `step[2].at`: ...``). The format is documented in
 //! `docs/scenarios.md`.
 //!
 //! [`Scenario::plan`] turns the file into the concrete, time-scaled list of steps a run executes,
