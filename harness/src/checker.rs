@@ -197,14 +197,12 @@ fn is_duplicated(runs: &[&Execution]) -> bool {
         return true;
     }
     let mut attempts = HashSet::new();
-    runs.iter()
-        .filter_map(|e| e.attempt)
-        .any(|attempt| !attempts.insert(attempt))
+    runs.iter().any(|e| !attempts.insert(e.attempt))
 }
 
 /// Some attempt n > 1 ran although attempt n - 1 never logged an execution.
 fn was_reclaimed(runs: &[&Execution]) -> bool {
-    let logged: HashSet<u32> = runs.iter().filter_map(|e| e.attempt).collect();
+    let logged: HashSet<u32> = runs.iter().map(|e| e.attempt).collect();
     logged.iter().any(|a| *a > 1 && !logged.contains(&(a - 1)))
 }
 
@@ -321,8 +319,8 @@ mod tests {
     fn run(id: &str, attempt: u32, outcome: ExecutionOutcome, unix_ms: u64) -> Execution {
         Execution {
             task_id: id.to_string(),
-            attempt: Some(attempt),
-            worker_id: Some("w".into()),
+            attempt,
+            worker_id: "w".into(),
             outcome,
             unix_ms: Some(unix_ms),
             source: "worker.1".into(),

@@ -11,7 +11,7 @@
 //! - [`checker`]: Jepsen total-queue analysis (lost, unexpected, duplicated, recovered), latency,
 //!   recovery time.
 //! - [`runner`]: runs one scenario end to end and produces a [`report::Report`].
-//! - [`report`]: the JSON report (DESIGN.md) and the human summary.
+//! - [`report`]: the JSON report (documented in `docs/scenarios.md`) and the human summary.
 //! - [`cleanup`]: labels, leftover sweep and the Ctrl-C handler, so nothing outlives a run.
 //! - `src/main.rs`: the `harness` command line (`run`, `list`, `up`, `sweep`).
 //!

@@ -1,13 +1,16 @@
-//! The run report: JSON for machines (fields as in DESIGN.md) and a summary for people.
+//! The run report: JSON for machines (fields as in docs/scenarios.md, "Reading a report") and
+//! a summary for people.
 
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
 use crate::checker::Latency;
+use crate::scenario::{Action, StepOrigin, Target};
 
-/// Everything known about one scenario run. Field names are the contract in DESIGN.md; extra
-/// fields (after `expectations`) add detail.
+/// Everything known about one scenario run, each field documented in docs/scenarios.md ("Reading
+/// a report"). The fields up to `expectations` are the contract README.md names ("Fault
+/// scenarios (the harness)"); the fields after it add detail.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Report {
     /// Scenario name.
@@ -102,17 +105,18 @@ pub struct StartupMs {
     pub workers: u64,
 }
 
-/// One executed step.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// One executed step. `action`, `target` and `origin` are written as in scenario files
+/// (`kill`, `worker.2`, `chaos`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StepReport {
     /// When the step started, ms after the load started.
     pub at_ms: u64,
     /// Planned offset, ms after the load started.
     pub planned_at_ms: u64,
     /// The action.
-    pub action: String,
+    pub action: Action,
     /// The target.
-    pub target: String,
+    pub target: Target,
     /// Whether the action (including its readiness wait) succeeded.
     pub ok: bool,
     /// What happened, or the error.
@@ -120,7 +124,7 @@ pub struct StepReport {
     /// How long the action took, ms.
     pub duration_ms: u64,
     /// `file` or `chaos`.
-    pub origin: String,
+    pub origin: StepOrigin,
     /// For healing steps: time until a submit was acknowledged and a task executed, ms.
     pub recovery_ms: Option<u64>,
     /// For healing steps: tasks acknowledged before the fault they heal and executed only after
@@ -247,7 +251,7 @@ pub fn secs(ms: u64) -> String {
     format!("{:.2}s", ms as f64 / 1000.0)
 }
 
-/// Writes one report as an object, several as an array (DESIGN.md).
+/// Writes one report as an object, several as an array (docs/scenarios.md, "Reading a report").
 pub fn to_json(reports: &[Report]) -> anyhow::Result<String> {
     Ok(match reports {
         [one] => serde_json::to_string_pretty(one)?,
@@ -260,7 +264,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_report_has_every_field_design_md_names() {
+    fn the_report_has_every_documented_field() {
         let value = serde_json::to_value(Report::default()).unwrap();
         for field in [
             "scenario",
@@ -286,6 +290,68 @@ mod tests {
         for field in ["p50", "p99", "max"] {
             assert!(value["submit_latency_ms"].get(field).is_some());
         }
+    }
+
+    fn step(action: Action, target: Target, origin: StepOrigin) -> StepReport {
+        StepReport {
+            at_ms: 1250,
+            planned_at_ms: 1000,
+            action,
+            target,
+            ok: true,
+            message: "done".into(),
+            duration_ms: 220,
+            origin,
+            recovery_ms: None,
+            carried_over: None,
+        }
+    }
+
+    #[test]
+    fn steps_are_written_with_the_words_of_scenario_files() {
+        let steps = vec![
+            step(Action::Kill, Target::Worker(2), StepOrigin::Chaos),
+            step(Action::Unpause, Target::Redis, StepOrigin::File),
+            step(Action::Scale, Target::AllWorkers, StepOrigin::File),
+            step(Action::Disconnect, Target::Orchestrator, StepOrigin::Chaos),
+        ];
+        let value = serde_json::to_value(&steps).unwrap();
+        let words: Vec<(&str, &str, &str)> = value
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["action"].as_str().unwrap(),
+                    s["target"].as_str().unwrap(),
+                    s["origin"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            words,
+            [
+                ("kill", "worker.2", "chaos"),
+                ("unpause", "redis", "file"),
+                ("scale", "worker", "file"),
+                ("disconnect", "orchestrator", "chaos"),
+            ]
+        );
+        let back: Vec<StepReport> = serde_json::from_value(value).unwrap();
+        assert_eq!(back, steps);
+    }
+
+    #[test]
+    fn the_summary_lines_up_steps_in_columns() {
+        let report = Report {
+            steps: vec![step(Action::Kill, Target::Worker(2), StepOrigin::Chaos)],
+            ..Report::default()
+        };
+        let summary = report.summary();
+        assert!(
+            summary.contains("\n       1.25s kill       worker.2      ok   (0.22s): done\n"),
+            "{summary}"
+        );
     }
 
     #[test]

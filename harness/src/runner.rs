@@ -25,7 +25,7 @@ use crate::{
     executions::Execution,
     load::{self, SubmitLoad, SubmitOutcome, SubmitRecord},
     report::{ExpectationReport, Report, StepReport, secs},
-    scenario::{Plan, RuntimeKind, Scenario, StepOrigin},
+    scenario::{Plan, RuntimeKind, Scenario},
 };
 
 /// How a run is done.
@@ -227,15 +227,12 @@ async fn drive(
             StepReport {
                 at_ms: at.as_millis() as u64,
                 planned_at_ms: step.at.as_millis() as u64,
-                action: step.action.to_string(),
-                target: step.target.to_string(),
+                action: step.action,
+                target: step.target,
                 ok,
                 message,
                 duration_ms: duration.as_millis() as u64,
-                origin: match step.origin {
-                    StepOrigin::File => "file".into(),
-                    StepOrigin::Chaos => "chaos".into(),
-                },
+                origin: step.origin,
                 recovery_ms: None,
                 carried_over: None,
             },
@@ -267,7 +264,7 @@ async fn drive(
     });
     for index in 0..steps.len() {
         let (step, healed_unix) = &steps[index];
-        if !(step.ok && step_is_healing(&step.action)) {
+        if !(step.ok && step.action.is_healing()) {
             continue;
         }
         let recovery = checker::recovery_ms(*healed_unix, &submits, &executions);
@@ -275,7 +272,7 @@ async fn drive(
         let fault_unix = steps[..index]
             .iter()
             .rev()
-            .find(|(fault, _)| fault.target == step.target && is_fault(&fault.action))
+            .find(|(fault, _)| fault.target == step.target && fault.action.is_fault())
             .map(|(_, at)| *at);
         let carried =
             fault_unix.map(|f| checker::carried_over(f, *healed_unix, &submits, &executions));
@@ -340,14 +337,6 @@ fn load_window_ms(submits: &[SubmitRecord]) -> Option<u64> {
     Some(last.saturating_sub(first).max(1))
 }
 
-fn is_fault(action: &str) -> bool {
-    matches!(action, "kill" | "stop" | "pause" | "disconnect")
-}
-
-fn step_is_healing(action: &str) -> bool {
-    matches!(action, "start" | "restart" | "unpause" | "connect")
-}
-
 fn fill_counts(report: &mut Report, analysis: &Analysis, load_ms: u64) {
     report.attempted = analysis.attempted;
     report.acknowledged = analysis.acknowledged;
@@ -375,7 +364,7 @@ fn fill_counts(report: &mut Report, analysis: &Analysis, load_ms: u64) {
     let healing: Vec<Option<u64>> = report
         .steps
         .iter()
-        .filter(|s| s.ok && step_is_healing(&s.action))
+        .filter(|s| s.ok && s.action.is_healing())
         .map(|s| s.recovery_ms)
         .collect();
     report.recovery_ms = if healing.is_empty() || healing.iter().any(Option::is_none) {
@@ -416,7 +405,7 @@ pub fn evaluate(scenario: &Scenario, report: &Report) -> Vec<ExpectationReport> 
         let healing: Vec<&StepReport> = report
             .steps
             .iter()
-            .filter(|s| step_is_healing(&s.action))
+            .filter(|s| s.action.is_healing())
             .collect();
         let never = healing.iter().filter(|s| s.recovery_ms.is_none()).count();
         out.push(ExpectationReport {

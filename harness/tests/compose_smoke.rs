@@ -311,14 +311,12 @@ fn executed_task_ids() -> BTreeSet<String> {
             .args(["logs", &container])
             .output()
             .expect("docker logs");
-        for line in text(&output).lines() {
-            if let Ok(event) = serde_json::from_str::<Value>(line)
-                && event["event"] == "task_executed"
-                && let Some(task_id) = event["task_id"].as_str()
-            {
-                ids.insert(task_id.to_owned());
-            }
-        }
+        ids.extend(
+            text(&output)
+                .lines()
+                .filter_map(taskq::event::TaskExecuted::from_log_line)
+                .map(|event| event.task_id),
+        );
     }
     ids
 }

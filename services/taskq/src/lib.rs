@@ -10,7 +10,10 @@
 //! - [`queue`]: the protocol itself: enqueue, claim, finish (ack, retry, dead-letter), cancel,
 //!   retry promotion, reclaim from dead workers, heartbeats and stats. Every state change is one
 //!   Lua script, so it is atomic and costs one round trip.
+//! - [`event`]: the structured log events other programs read back, such as the worker's
+//!   [`event::TaskExecuted`] line, and the execution [`event::Outcome`] vocabulary.
 
+pub mod event;
 pub mod keys;
 pub mod model;
 pub mod queue;
@@ -18,6 +21,7 @@ pub mod support;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use event::{Outcome, TaskExecuted};
 pub use keys::Keys;
 pub use model::{Description, Priority, Status, TaskId, TaskRecord, ValidationError};
 pub use queue::{

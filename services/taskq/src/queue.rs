@@ -16,6 +16,7 @@ use redis::aio::ConnectionLike;
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
 use time::OffsetDateTime;
 
+use crate::event::Outcome;
 use crate::keys::{CONSUMER_GROUP, Keys};
 use crate::model::{
     DecodeError, Description, Priority, RECORD_VERSION, Status, TaskId, TaskRecord,
@@ -148,7 +149,7 @@ pub enum ExecutionOutcome {
     /// Done; the handler's result is stored.
     Succeeded(serde_json::Value),
     /// Failed transiently; run again after `delay`.
-    Retry {
+    Retrying {
         /// Why it failed.
         error: String,
         /// When to run it again.
@@ -159,6 +160,17 @@ pub enum ExecutionOutcome {
         /// Why it failed.
         error: String,
     },
+}
+
+impl ExecutionOutcome {
+    /// Which outcome this is, without its payload.
+    pub fn kind(&self) -> Outcome {
+        match self {
+            ExecutionOutcome::Succeeded(_) => Outcome::Succeeded,
+            ExecutionOutcome::Retrying { .. } => Outcome::Retrying,
+            ExecutionOutcome::Dead { .. } => Outcome::Dead,
+        }
+    }
 }
 
 /// One execution's outcome, ready to be recorded.
@@ -577,19 +589,17 @@ impl Queue {
                 .arg(seconds(self.config.task_retention));
             for finish in chunk {
                 let delivery = &finish.task.delivery;
-                let (outcome, payload, delay) = match &finish.outcome {
-                    ExecutionOutcome::Succeeded(result) => ("succeeded", result.to_string(), 0),
-                    ExecutionOutcome::Retry { error, delay } => {
-                        ("retry", error.clone(), millis(*delay))
-                    }
-                    ExecutionOutcome::Dead { error } => ("dead", error.clone(), 0),
+                let (payload, delay) = match &finish.outcome {
+                    ExecutionOutcome::Succeeded(result) => (result.to_string(), 0),
+                    ExecutionOutcome::Retrying { error, delay } => (error.clone(), millis(*delay)),
+                    ExecutionOutcome::Dead { error } => (error.clone(), 0),
                 };
                 invocation
                     .arg(delivery.priority.get())
                     .arg(&delivery.entry_id)
                     .arg(&delivery.task_id)
                     .arg(finish.task.attempt)
-                    .arg(outcome)
+                    .arg(finish.outcome.kind().as_str())
                     .arg(payload)
                     .arg(delay);
             }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
+use taskq::event::{Logged, TaskExecuted};
 use taskq::queue::Queue;
 use taskq::{Description, EnqueueOutcome, Keys, Priority, QueueConfig, TaskId};
 
@@ -299,11 +300,12 @@ async fn bulk_enqueue(
         .collect()
 }
 
+/// The `task_executed` lines in a worker's log.
 fn count_executions(log: &Path) -> u64 {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
-        .filter(|l| l.contains("task_executed"))
+        .filter(|l| TaskExecuted::from_log_line(l).is_some())
         .count() as u64
 }
 
@@ -313,26 +315,17 @@ fn execution_starts<'a>(logs: impl Iterator<Item = &'a Path>) -> HashMap<String,
     let mut starts = HashMap::new();
     for log in logs {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        for line in text.lines().filter(|l| l.contains("task_executed")) {
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            let (Some(task_id), Some(timestamp), Some(duration_ms)) = (
-                event["task_id"].as_str(),
-                event["timestamp"].as_str(),
-                event["duration_ms"].as_f64(),
-            ) else {
-                continue;
-            };
-            let Ok(ended) = time::OffsetDateTime::parse(
-                timestamp,
-                &time::format_description::well_known::Rfc3339,
-            ) else {
+        for line in text.lines() {
+            let Some(Logged {
+                timestamp: Some(ended),
+                event,
+            }) = TaskExecuted::logged_from_line(line)
+            else {
                 continue;
             };
             let ended = SystemTime::from(ended);
-            let started = ended - Duration::from_secs_f64(duration_ms.max(0.0) / 1000.0);
-            starts.entry(task_id.to_owned()).or_insert(started);
+            let started = ended - Duration::from_secs_f64(event.duration_ms.max(0.0) / 1000.0);
+            starts.entry(event.task_id).or_insert(started);
         }
     }
     starts
@@ -931,4 +924,28 @@ pub async fn run(options: &Options, command: String) -> anyhow::Result<Report> {
     report.run_seconds = started.elapsed().as_secs_f64();
     report.targets = targets(&report);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executions_are_counted_and_timed_from_task_executed_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("worker.log");
+        let lines = [
+            r#"{"timestamp":"2025-01-02T03:04:05.500000Z","level":"INFO","fields":{"message":"worker started"},"target":"worker::runner"}"#,
+            r#"{"timestamp":"2025-01-02T03:04:05.678901Z","level":"INFO","event":"task_executed","task_id":"t1","attempt":1,"worker_id":"w","outcome":"retrying","duration_ms":100.0,"message":"task executed","target":"worker::runner"}"#,
+            r#"{"timestamp":"2025-01-02T03:04:06.000000Z","level":"INFO","event":"task_executed","task_id":"t1","attempt":2,"worker_id":"w","outcome":"succeeded","duration_ms":1.0,"message":"task executed","target":"worker::runner"}"#,
+            r#"{"timestamp":"2025-01-02T03:04:06.100000Z","level":"WARN","message":"no task_executed here","target":"worker::runner"}"#,
+        ];
+        std::fs::write(&log, lines.join("\n")).unwrap();
+
+        assert_eq!(count_executions(&log), 2);
+        let starts = execution_starts(std::iter::once(log.as_path()));
+        assert_eq!(starts.len(), 1);
+        let first_start = UNIX_EPOCH + Duration::from_nanos(1_735_787_045_578_901_000);
+        assert_eq!(starts["t1"], first_start, "the first execution's start");
+    }
 }

@@ -2,8 +2,8 @@
 -- one script call (and, with appendfsync always, one fsync) instead of one per execution.
 -- KEYS[1] retry schedule, KEYS[2] dead-letter stream, KEYS[3..12] priority streams (p1 first)
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] task key prefix, ARGV[4] retention (s), then seven
--- values per execution: priority, entry id, task id, attempt, outcome (succeeded | retry | dead),
--- result JSON or error, retry delay (ms).
+-- values per execution: priority, entry id, task id, attempt, outcome (succeeded | retrying |
+-- dead: taskq::event::Outcome), result JSON or error, retry delay (ms).
 -- Returns, per execution, 'ok', 'stale' (another execution owns the task now) or 'missing'.
 local group, consumer, prefix = ARGV[1], ARGV[2], ARGV[3]
 local retention = tonumber(ARGV[4])
@@ -54,7 +54,7 @@ local function finish(p, entry, task_id, attempt, outcome, payload, delay)
   end
   if outcome == 'succeeded' then
     succeed()
-  elseif outcome == 'retry' then
+  elseif outcome == 'retrying' then
     redis.call('HSET', key, 'status', 'retrying', 'error', payload)
     redis.call('ZADD', KEYS[1], now + tonumber(delay), task_id)
   else

@@ -1,0 +1,341 @@
+//! Scenario files (`scenarios/*.toml`): strict parsing, validation and the step plan.
+//!
+//! A scenario is data: the cluster to start, the load to offer, the fault steps to inject at given
+//! offsets, and what must hold afterwards. Parsing is strict: an unknown key, action or target, a
+//! bad duration or an inconsistent step is an error that names the file, the line and the field
+//! (``scenarios/x.toml:14: field `step[2].at`: ...``). The format is documented in
+//! `docs/scenarios.md`.
+//!
+//! [`Scenario::plan`] turns the file into the concrete, time-scaled list of steps a run executes,
+//! expanding the `[chaos]` section into seeded random faults.
+//!
+//! This module holds the model; [`parse`] reads and validates files ([`Scenario::from_file`],
+//! [`Scenario::parse`]) and locates their errors; [`plan`] builds the [`Plan`].
+
+use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
+
+use serde::{Deserialize, Deserializer};
+
+pub mod parse;
+pub mod plan;
+
+pub use parse::{ScenarioError, parse_duration};
+pub use plan::{Plan, PlannedStep, StepOrigin};
+
+/// Most worker replicas a scenario may ask for (the machine has two cores).
+pub const MAX_WORKERS: u32 = 16;
+
+/// A parsed, validated scenario file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    /// `name`: short identifier, shown in reports.
+    pub name: String,
+    /// `description`: one sentence on what the scenario proves.
+    pub description: String,
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// `[cluster]`: what to start.
+    pub cluster: ClusterSettings,
+    /// `[load]`: the submit load offered during the run.
+    pub load: LoadSettings,
+    /// `[[step]]`: fault and healing steps, sorted by `at`.
+    pub steps: Vec<Step>,
+    /// `[chaos]`: optional seeded random faults.
+    pub chaos: Option<ChaosSettings>,
+    /// `[expect]`: what must hold for the scenario to pass.
+    pub expect: Expectations,
+}
+
+/// The `[cluster]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterSettings {
+    /// Initial worker replicas.
+    pub workers: u32,
+    /// How Redis persists its data.
+    pub redis_persistence: Persistence,
+    /// Runtime the scenario asks for; `None` lets the harness choose.
+    pub runtime: Option<RuntimeKind>,
+    /// `WORKER_CONCURRENCY` of each worker.
+    pub worker_concurrency: u32,
+    /// `WORKER_WORK_MS`: simulated work per task.
+    pub work: Duration,
+}
+
+/// Redis durability setting (`redis_persistence`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Persistence {
+    /// `appendonly yes`, `appendfsync always`: a 201 survives a crash of Redis.
+    AofAlways,
+    /// `appendonly yes`, `appendfsync everysec`.
+    AofEverysec,
+    /// No AOF and no snapshots: a restart loses everything.
+    None,
+}
+
+impl Persistence {
+    /// `redis-server` arguments implementing this setting.
+    pub fn redis_args(self) -> Vec<String> {
+        let args: &[&str] = match self {
+            Persistence::AofAlways => &["--appendonly", "yes", "--appendfsync", "always"],
+            Persistence::AofEverysec => &["--appendonly", "yes", "--appendfsync", "everysec"],
+            Persistence::None => &["--appendonly", "no"],
+        };
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        // Snapshots are off in every mode so the AOF alone decides what survives.
+        args.extend(["--save".to_string(), String::new()]);
+        args
+    }
+}
+
+impl fmt::Display for Persistence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Persistence::AofAlways => "aof-always",
+            Persistence::AofEverysec => "aof-everysec",
+            Persistence::None => "none",
+        })
+    }
+}
+
+/// Where the services run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// Containers on a fresh Docker network; Redis through testcontainers.
+    Docker,
+    /// Local processes: `redis-server` and the built binaries.
+    Process,
+}
+
+impl fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RuntimeKind::Docker => "docker",
+            RuntimeKind::Process => "process",
+        })
+    }
+}
+
+impl FromStr for RuntimeKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "docker" => Ok(RuntimeKind::Docker),
+            "process" => Ok(RuntimeKind::Process),
+            other => Err(format!(
+                "unknown runtime `{other}`, expected `docker` or `process`"
+            )),
+        }
+    }
+}
+
+/// The `[load]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadSettings {
+    /// Tasks offered per second (open model).
+    pub rate: u32,
+    /// How long the load runs.
+    pub duration: Duration,
+    /// Concurrent virtual users of the load generator.
+    pub users: usize,
+    /// A submit not answered within this is `info` (indeterminate).
+    pub request_timeout: Duration,
+}
+
+/// What a step does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// SIGKILL.
+    Kill,
+    /// SIGTERM, then SIGKILL after a grace period.
+    Stop,
+    /// Start a killed or stopped service and wait until it is ready.
+    Start,
+    /// Stop then start, waiting for readiness.
+    Restart,
+    /// Freeze (cgroup freezer in Docker, SIGSTOP for processes).
+    Pause,
+    /// Thaw a paused service.
+    Unpause,
+    /// Set the number of worker replicas (`replicas`).
+    Scale,
+    /// Cut the service off the cluster network (docker runtime).
+    Disconnect,
+    /// Reconnect a disconnected service.
+    Connect,
+}
+
+impl Action {
+    /// Whether this step heals a fault; recovery time is measured after healing steps.
+    pub fn is_healing(self) -> bool {
+        matches!(
+            self,
+            Action::Start | Action::Restart | Action::Unpause | Action::Connect
+        )
+    }
+
+    /// Whether this step injects a fault that a later step heals.
+    pub fn is_fault(self) -> bool {
+        self.healing_action().is_some()
+    }
+
+    /// The step that undoes this fault, if one is needed.
+    pub fn healing_action(self) -> Option<Action> {
+        match self {
+            Action::Kill | Action::Stop => Some(Action::Start),
+            Action::Pause => Some(Action::Unpause),
+            Action::Disconnect => Some(Action::Connect),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name as written in scenario files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Kill => "kill",
+            Action::Stop => "stop",
+            Action::Start => "start",
+            Action::Restart => "restart",
+            Action::Pause => "pause",
+            Action::Unpause => "unpause",
+            Action::Scale => "scale",
+            Action::Disconnect => "disconnect",
+            Action::Connect => "connect",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad`, so width and alignment apply (the report summary's columns).
+        f.pad(self.as_str())
+    }
+}
+
+/// Which service a step acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// The Redis server.
+    Redis,
+    /// The orchestrator.
+    Orchestrator,
+    /// `worker`: every current worker replica.
+    AllWorkers,
+    /// `worker.N`: the N-th worker replica, counted from 1.
+    Worker(u32),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad`, so width and alignment apply (the report summary's columns).
+        match self {
+            Target::Redis => f.pad("redis"),
+            Target::Orchestrator => f.pad("orchestrator"),
+            Target::AllWorkers => f.pad("worker"),
+            Target::Worker(n) => f.pad(&format!("worker.{n}")),
+        }
+    }
+}
+
+impl FromStr for Target {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "redis" => Ok(Target::Redis),
+            "orchestrator" => Ok(Target::Orchestrator),
+            "worker" => Ok(Target::AllWorkers),
+            other => match other.strip_prefix("worker.").map(str::parse::<u32>) {
+                Some(Ok(n)) if n >= 1 => Ok(Target::Worker(n)),
+                _ => Err(format!(
+                    "unknown target `{other}`, expected `redis`, `orchestrator`, `worker` or `worker.N` (N >= 1)"
+                )),
+            },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        raw.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for Target {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// One `[[step]]` of a scenario file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// Offset from the start of the load.
+    pub at: Duration,
+    /// What to do.
+    pub action: Action,
+    /// To which service.
+    pub target: Target,
+    /// With `scale`: the wanted worker replicas.
+    pub replicas: Option<u32>,
+}
+
+/// The `[chaos]` section: random faults drawn from a seeded generator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChaosSettings {
+    /// Seed of the generator; `harness run --seed` overrides it.
+    pub seed: u64,
+    /// First fault after this offset.
+    pub start: Duration,
+    /// Quiet time between healing one fault and injecting the next.
+    pub interval: Duration,
+    /// How long a fault lasts before it is healed.
+    pub fault_duration: Duration,
+    /// Faults to draw from (`kill`, `stop`, `restart`, `pause`, `disconnect`).
+    pub actions: Vec<Action>,
+    /// Targets to draw from.
+    pub targets: Vec<Target>,
+    /// No fault is injected after this offset (default: the load duration), so the cluster heals
+    /// before the load ends.
+    pub until: Option<Duration>,
+}
+
+/// The `[expect]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expectations {
+    /// At most this many acknowledged tasks may never execute.
+    pub lost: u64,
+    /// At most this many executed tasks may never have been submitted.
+    pub unexpected: u64,
+    /// At most this many tasks may execute more than once; `None`: not checked.
+    pub max_duplicated: Option<u64>,
+    /// After the load stops, every acknowledged task reaches a final state within this.
+    pub drain_within: Duration,
+    /// After each healing step, a submit succeeds and a task executes within this.
+    pub recovery_within: Option<Duration>,
+    /// At least this many submits must be acknowledged (guards against a run that tested nothing).
+    pub min_acknowledged: u64,
+    /// At least this many tasks must have been reclaimed from a dead execution (proves a kill
+    /// hit in-flight work); `None`: not checked.
+    pub min_reclaimed: Option<u64>,
+    /// At least this many tasks acknowledged before a fault must run only after it was healed
+    /// (proves a backlog crossed the fault); `None`: not checked.
+    pub min_carried_over: Option<u64>,
+}
+
+impl Scenario {
+    /// Whether any step (or chaos fault) needs network partitions, which only Docker can do.
+    pub fn needs_network_control(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s.action, Action::Disconnect | Action::Connect))
+            || self
+                .chaos
+                .as_ref()
+                .is_some_and(|c| c.actions.contains(&Action::Disconnect))
+    }
+}

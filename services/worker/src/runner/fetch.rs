@@ -1,0 +1,161 @@
+//! The fetch loop: claims tasks (most urgent first) while execution slots are free, otherwise
+//! blocks on the priority streams over a dedicated connection, and starts one execution per
+//! claimed task. It is the only place that starts tasks; entries taken over from dead workers
+//! or recovered after a lost reply wait in [`Shared`]'s queue until it starts them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use taskq::queue::{ClaimedTask, Delivery, Finish, QueueError};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::{Backoff, Runner, Shared, entry_key, lock, record_redis_error};
+
+impl Runner {
+    pub(super) async fn handle_loop_error(
+        &self,
+        operation: &'static str,
+        err: QueueError,
+        backoff: &mut Backoff,
+    ) {
+        record_redis_error(operation, &err);
+        if err.is_missing_group() {
+            // Redis restarted without its data: recreate the groups and carry on.
+            let mut conn = self.conn.clone();
+            match self.queue.ensure_groups(&mut conn).await {
+                Ok(()) => {
+                    tracing::warn!("consumer group was missing and has been recreated");
+                    return;
+                }
+                Err(err) => record_redis_error("ensure_groups", &err),
+            }
+        }
+        metrics::counter!("agent_redis_reconnects_total").increment(1);
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+
+    pub(super) async fn fetch_loop(
+        self: Arc<Self>,
+        shared: Arc<Shared>,
+        slots: Arc<Semaphore>,
+        finish_tx: mpsc::UnboundedSender<Finish>,
+        shutdown: &CancellationToken,
+    ) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut conn = self.conn.clone();
+        let mut blocking_conn = self.blocking_conn.clone();
+        // At start (a restarted worker keeps its WORKER_ID) and after any failed call, Redis may
+        // have delivered entries whose reply never arrived; look for them before claiming more.
+        shared.flag_own_pending();
+        while !shutdown.is_cancelled() {
+            if shared.take_own_pending_flag()
+                && let Err(err) = self.recover_own_pending(&mut conn, &shared).await
+            {
+                shared.flag_own_pending();
+                self.handle_loop_error("own_pending", err, &mut backoff)
+                    .await;
+                continue;
+            }
+            let free = slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    permit = Arc::clone(&slots).acquire_owned() => drop(permit),
+                    () = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            let delivered: Vec<Delivery> = {
+                let mut reclaimed = lock(&shared.reclaimed);
+                let n = reclaimed.len().min(free);
+                reclaimed.drain(..n).collect()
+            };
+            let fresh = free - delivered.len();
+            let claimed = match self
+                .queue
+                .claim(&mut conn, &self.worker_id, fresh, &delivered)
+                .await
+            {
+                Ok(claimed) => {
+                    backoff.reset();
+                    claimed
+                }
+                Err(err) => {
+                    {
+                        let mut reclaimed = lock(&shared.reclaimed);
+                        for delivery in delivered.into_iter().rev() {
+                            reclaimed.push_front(delivery);
+                        }
+                    }
+                    shared.flag_own_pending();
+                    self.handle_loop_error("claim", err, &mut backoff).await;
+                    continue;
+                }
+            };
+            if !claimed.is_empty() || !delivered.is_empty() {
+                self.spawn_executions(claimed, &shared, &slots, &finish_tx)
+                    .await;
+                continue;
+            }
+            // Nothing queued. Block on the streams; never cancel this wait midway, or entries
+            // Redis already delivered to this consumer would be dropped on the floor.
+            let waited = self
+                .queue
+                .wait_for_entries(
+                    &mut blocking_conn,
+                    &self.worker_id,
+                    free,
+                    self.settings.block,
+                )
+                .await;
+            match waited {
+                // COUNT applies per stream: keep what does not fit for later, most urgent first.
+                Ok(deliveries) => {
+                    shared.queue_for_start(deliveries);
+                }
+                Err(err) => {
+                    shared.flag_own_pending();
+                    self.handle_loop_error("wait", err, &mut backoff).await;
+                }
+            }
+        }
+    }
+
+    /// Queues for starting every entry pending for this worker that it neither executes nor has
+    /// queued already.
+    pub(super) async fn recover_own_pending(
+        &self,
+        conn: &mut ConnectionManager,
+        shared: &Shared,
+    ) -> Result<(), QueueError> {
+        let pending = self.queue.own_pending(conn, &self.worker_id, 1000).await?;
+        let n_recovered = shared.queue_for_start(pending);
+        if n_recovered > 0 {
+            tracing::info!(
+                n_entries = n_recovered,
+                "recovered entries delivered to this worker by a lost reply"
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) async fn spawn_executions(
+        self: &Arc<Self>,
+        claimed: Vec<ClaimedTask>,
+        shared: &Arc<Shared>,
+        slots: &Arc<Semaphore>,
+        finish_tx: &mpsc::UnboundedSender<Finish>,
+    ) {
+        for task in claimed {
+            let Ok(permit) = Arc::clone(slots).acquire_owned().await else {
+                return; // the semaphore is never closed
+            };
+            lock(&shared.in_flight).insert(
+                entry_key(&task.delivery),
+                (task.delivery.clone(), Instant::now()),
+            );
+            tokio::spawn(Arc::clone(self).execute(task, permit, finish_tx.clone()));
+        }
+    }
+}

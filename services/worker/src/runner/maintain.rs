@@ -1,0 +1,110 @@
+//! The maintenance loop: heartbeats, renews the lease of long tasks, promotes due retries and
+//! takes over the entries of workers whose heartbeat stopped.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use redis::aio::ConnectionManager;
+use taskq::queue::Delivery;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::{Runner, Shared, entry_key, lock, record_redis_error};
+
+impl Runner {
+    pub(super) async fn maintenance(
+        self: Arc<Self>,
+        shared: Arc<Shared>,
+        slots: Arc<Semaphore>,
+        shutdown: CancellationToken,
+        stop: CancellationToken,
+    ) {
+        let mut conn = self.conn.clone();
+        let mut ticker = tokio::time::interval(self.settings.heartbeat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Since when this worker's heartbeats have succeeded without a gap. After an outage every
+        // worker looks dead to every other; only one that has been seen alive for `dead_after`
+        // itself may judge others dead, or the first worker back would take over everyone's tasks.
+        let mut healthy_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            if let Err(err) = self.queue.heartbeat(&mut conn, &self.worker_id).await {
+                record_redis_error("heartbeat", &err);
+                healthy_since = None;
+                continue;
+            }
+            let alive_for = healthy_since.get_or_insert_with(Instant::now).elapsed();
+            self.renew_leases(&mut conn, &shared).await;
+            if shutdown.is_cancelled() {
+                continue; // keep heartbeating while draining, but take on nothing new
+            }
+            if let Err(err) = self.queue.promote_due_retries(&mut conn, 1000).await {
+                record_redis_error("promote", &err);
+            }
+            // Take over only what this worker can start soon; a busier worker leaves the rest to
+            // its peers.
+            let waiting = lock(&shared.reclaimed).len();
+            let budget = slots.available_permits().saturating_sub(waiting);
+            if budget == 0 || alive_for < self.settings.dead_after {
+                continue;
+            }
+            match self
+                .queue
+                .reclaim(
+                    &mut conn,
+                    &self.worker_id,
+                    self.settings.dead_after,
+                    self.settings.lease,
+                    budget,
+                )
+                .await
+            {
+                Ok(reclaimed) if !reclaimed.is_empty() => {
+                    metrics::counter!("agent_tasks_reclaimed_total")
+                        .increment(reclaimed.len() as u64);
+                    tracing::info!(
+                        n_entries = reclaimed.len(),
+                        "took over tasks of a dead worker"
+                    );
+                    shared.queue_for_start(reclaimed);
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    // The reply may be lost after Redis moved entries to this worker.
+                    shared.flag_own_pending();
+                    record_redis_error("reclaim", &err);
+                }
+            }
+        }
+    }
+
+    /// Renews the lease of entries held longer than a third of it: executing, waiting to be
+    /// recorded, or waiting for a slot.
+    pub(super) async fn renew_leases(&self, conn: &mut ConnectionManager, shared: &Shared) {
+        let renew_after = self.settings.lease / 3;
+        let mut stale: Vec<Delivery> = lock(&shared.in_flight)
+            .values()
+            .filter(|(_, since)| since.elapsed() >= renew_after)
+            .map(|(delivery, _)| delivery.clone())
+            .collect();
+        stale.extend(lock(&shared.reclaimed).iter().cloned());
+        if stale.is_empty() {
+            return;
+        }
+        match self.queue.renew_leases(conn, &self.worker_id, &stale).await {
+            Ok(()) => {
+                let now = Instant::now();
+                let mut in_flight = lock(&shared.in_flight);
+                for delivery in &stale {
+                    if let Some(entry) = in_flight.get_mut(&entry_key(delivery)) {
+                        entry.1 = now;
+                    }
+                }
+            }
+            Err(err) => record_redis_error("renew", &err),
+        }
+    }
+}
