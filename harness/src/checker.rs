@@ -1,47 +1,32 @@
-//! The checker: Jepsen's total-queue analysis of one run's history.
+//! The checker: Jepsen's total-queue analysis of one run's [history](crate::history).
 //!
-//! Inputs are every submit attempt (`ok` with the task id, `fail`, or `info` = outcome unknown),
-//! the task ids that Redis's idempotency keys map the non-`ok` attempts to (read after the run),
-//! and every execution from the workers' logs. Counts are per task:
+//! A pure function of the history: [`analyze`] reads the submits (ok / fail / info), the
+//! executions the workers logged and the `final` state reconciliation read after the drain, and
+//! counts per task:
 //!
 //! | count | meaning |
 //! |---|---|
-//! | `lost` | acknowledged (`ok`) but never executed |
-//! | `unexpected` | executed but never attempted (no `ok` id, no idempotency key maps to it) |
-//! | `duplicated` | executed to completion more than once, or the same attempt executed twice |
-//! | `recovered` | `info` attempt whose task was executed anyway |
-//! | `unfinished` | acknowledged or recovered, but no execution reached a final outcome |
+//! | `lost` | an `ok` submit, no execution, and a final state that is not waiting, running or cancelled (`missing` included) |
+//! | `stuck` | an `ok` (or recovered) task whose final state is still `queued`, `scheduled`, `retrying` or `running` |
+//! | `wrong_status` | final `succeeded` without a succeeded execution; `dead` although one succeeded; `cancelled` or `missing` with an execution |
+//! | `duplicated` | two or more succeeded executions of one task |
+//! | `unexpected` | an executed task that no `ok` submit returned and no `info` submit's key maps to |
+//! | `recovered` | an `info` submit whose key maps to an executed task |
+//! | `unplanned_exits` | services that ended without a step causing it |
 //!
-//! Planned retries (`outcome = "retrying"` followed by another attempt) are not duplicates.
-//! `reclaimed` counts tasks executed at attempt n > 1 with no logged execution of attempt n - 1:
+//! `reclaimed` counts tasks executed at attempt n > 1 with no logged execution of attempt n − 1:
 //! an earlier execution died without logging (its worker was killed mid-task) and the task was
-//! handed to another worker. A scenario can require it to prove its fault really hit in-flight work.
-//!
-//! A `fail` attempt whose task executed anyway is reported as `failed_but_executed`: the
-//! orchestrator claimed a definite failure that was not one.
+//! taken over. A scenario can require it to prove its fault hit in-flight work.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
+use taskq::event::Outcome;
 
-use crate::{
-    executions::Execution,
-    load::{SubmitOutcome, SubmitRecord},
-};
+use crate::history::{Event, Execution, FinalStatus, OpOutcome};
 
 /// How many ids of each anomaly a report lists.
 pub const SAMPLE_IDS: usize = 20;
-
-/// Everything the checker looks at.
-#[derive(Debug, Clone, Default)]
-pub struct History {
-    /// Every submit attempt.
-    pub submits: Vec<SubmitRecord>,
-    /// Idempotency key → task id, from Redis, for attempts that were not `ok`.
-    pub resolved: HashMap<String, String>,
-    /// Every execution logged by a worker.
-    pub executions: Vec<Execution>,
-}
 
 /// Submit latency percentiles in milliseconds (over acknowledged submits).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
@@ -67,140 +52,164 @@ pub struct Analysis {
     pub indeterminate: u64,
     /// Distinct tasks executed at least once.
     pub executed: u64,
-    /// Execution log lines.
+    /// Executions logged.
     pub executions: u64,
-    /// Acknowledged, never executed.
+    /// See the module docs.
     pub lost: u64,
-    /// Executed, never attempted.
-    pub unexpected: u64,
-    /// Executed more than once (not counting planned retries).
+    /// See the module docs.
+    pub stuck: u64,
+    /// See the module docs.
+    pub wrong_status: u64,
+    /// See the module docs.
     pub duplicated: u64,
-    /// `info`, executed anyway.
+    /// See the module docs.
+    pub unexpected: u64,
+    /// See the module docs.
     pub recovered: u64,
-    /// Acknowledged or recovered, no final execution.
-    pub unfinished: u64,
-    /// `fail`, executed anyway.
-    pub failed_but_executed: u64,
+    /// See the module docs.
+    pub unplanned_exits: u64,
     /// Executed again after an execution that died without logging (see the module docs).
     pub reclaimed: u64,
     /// Submit latency of acknowledged attempts.
     pub submit_latency_ms: Latency,
-    /// Up to [`SAMPLE_IDS`] lost task ids.
-    pub lost_ids: Vec<String>,
-    /// Up to [`SAMPLE_IDS`] duplicated task ids.
-    pub duplicated_ids: Vec<String>,
-    /// Up to [`SAMPLE_IDS`] unexpected task ids.
-    pub unexpected_ids: Vec<String>,
+    /// Up to [`SAMPLE_IDS`] ids per anomaly, by count name.
+    pub sample_ids: BTreeMap<String, Vec<String>>,
 }
 
-/// Runs the total-queue analysis.
-pub fn analyze(history: &History) -> Analysis {
-    let mut analysis = Analysis {
-        attempted: history.submits.len() as u64,
-        executions: history.executions.len() as u64,
-        ..Analysis::default()
-    };
+/// Runs the total-queue analysis over a history.
+pub fn analyze(events: &[Event]) -> Analysis {
+    let mut analysis = Analysis::default();
 
-    let mut per_task: HashMap<&str, Vec<&Execution>> = HashMap::new();
-    for execution in &history.executions {
-        per_task
-            .entry(execution.task_id.as_str())
-            .or_default()
-            .push(execution);
-    }
-    let finished: HashSet<&str> = per_task
-        .iter()
-        .filter(|(_, runs)| runs.iter().any(|e| e.outcome.is_final()))
-        .map(|(id, _)| *id)
-        .collect();
-
-    // Tasks the client may legitimately have created, and tasks that must finish.
-    let mut attempted_ids: HashSet<&str> = HashSet::new();
-    let mut must_finish: Vec<&str> = Vec::new();
-    let mut lost_ids: Vec<&str> = Vec::new();
-    let mut latencies: Vec<f64> = Vec::new();
-    for submit in &history.submits {
-        let resolved = history
-            .resolved
-            .get(&submit.idempotency_key)
-            .map(String::as_str);
-        if let Some(id) = resolved {
-            attempted_ids.insert(id);
+    let mut runs: BTreeMap<&str, Vec<&Execution>> = BTreeMap::new();
+    let mut finals: HashMap<&str, FinalStatus> = HashMap::new();
+    let mut key_to_id: HashMap<&str, &str> = HashMap::new();
+    for event in events {
+        match event {
+            Event::Execution(e) => runs.entry(e.id.as_str()).or_default().push(e),
+            Event::Final(f) => {
+                // A lookup by key that found nothing names no task.
+                if f.status != FinalStatus::Missing || f.key.is_none() {
+                    finals.insert(f.id.as_str(), f.status);
+                }
+                if let Some(key) = &f.key
+                    && f.status != FinalStatus::Missing
+                {
+                    key_to_id.insert(key.as_str(), f.id.as_str());
+                }
+            }
+            Event::Exit(e) if !e.planned => analysis.unplanned_exits += 1,
+            _ => {}
         }
-        match &submit.outcome {
-            SubmitOutcome::Ok { task_id } => {
+    }
+    analysis.executions = runs.values().map(Vec::len).sum::<usize>() as u64;
+    analysis.executed = runs.len() as u64;
+
+    let mut acknowledged: BTreeSet<&str> = BTreeSet::new();
+    let mut recovered: BTreeSet<&str> = BTreeSet::new();
+    let mut latencies = Vec::new();
+    for event in events {
+        let Event::Submit(submit) = event else {
+            continue;
+        };
+        analysis.attempted += 1;
+        match submit.outcome {
+            OpOutcome::Ok => {
                 analysis.acknowledged += 1;
-                latencies.push(submit.latency_ms);
-                attempted_ids.insert(task_id);
-                must_finish.push(task_id);
-                if !per_task.contains_key(task_id.as_str()) {
-                    analysis.lost += 1;
-                    lost_ids.push(task_id);
+                latencies.push(submit.end_ms - submit.t_ms);
+                if let Some(id) = &submit.id {
+                    acknowledged.insert(id.as_str());
                 }
             }
-            SubmitOutcome::Fail { .. } => {
-                analysis.failed += 1;
-                if resolved.is_some_and(|id| per_task.contains_key(id)) {
-                    analysis.failed_but_executed += 1;
-                }
-            }
-            SubmitOutcome::Info { .. } => {
+            OpOutcome::Fail => analysis.failed += 1,
+            OpOutcome::Info => {
                 analysis.indeterminate += 1;
-                if let Some(id) = resolved.filter(|id| per_task.contains_key(id)) {
-                    analysis.recovered += 1;
-                    must_finish.push(id);
+                let id = submit
+                    .id
+                    .as_deref()
+                    .or_else(|| key_to_id.get(submit.key.as_deref()?).copied());
+                if let Some(id) = id.filter(|id| runs.contains_key(id)) {
+                    recovered.insert(id);
                 }
             }
         }
     }
-    analysis.unfinished = must_finish
-        .iter()
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .filter(|id| !finished.contains(**id))
-        .count() as u64;
+    recovered.retain(|id| !acknowledged.contains(id));
+    analysis.recovered = recovered.len() as u64;
 
-    // Sorted for stable reports.
-    let ordered: BTreeMap<&str, &Vec<&Execution>> =
-        per_task.iter().map(|(id, runs)| (*id, runs)).collect();
-    let mut duplicated_ids = Vec::new();
-    let mut unexpected_ids = Vec::new();
-    for (id, runs) in ordered {
-        if !attempted_ids.contains(id) {
-            unexpected_ids.push(id);
+    let mut samples: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+    let mut note = |count: &'static str, id: &str| {
+        let ids = samples.entry(count).or_default();
+        if ids.len() < SAMPLE_IDS {
+            ids.push(id.to_owned());
         }
-        if is_duplicated(runs) {
-            duplicated_ids.push(id);
+    };
+    let succeeded = |id: &str| {
+        runs.get(id)
+            .is_some_and(|r| r.iter().any(|e| e.outcome == Outcome::Succeeded))
+    };
+
+    for id in &acknowledged {
+        let status = finals.get(id).copied();
+        if !runs.contains_key(id)
+            && !status.is_some_and(|s| s.is_pending() || s == FinalStatus::Cancelled)
+        {
+            analysis.lost += 1;
+            note("lost", id);
         }
     }
-    analysis.reclaimed = per_task.values().filter(|runs| was_reclaimed(runs)).count() as u64;
-    analysis.executed = per_task.len() as u64;
-    analysis.unexpected = unexpected_ids.len() as u64;
-    analysis.duplicated = duplicated_ids.len() as u64;
+    for id in acknowledged.iter().chain(recovered.iter()) {
+        if finals.get(id).is_some_and(|s| s.is_pending()) {
+            analysis.stuck += 1;
+            note("stuck", id);
+        }
+    }
+    let mut judged: Vec<(&str, FinalStatus)> = finals.iter().map(|(id, s)| (*id, *s)).collect();
+    judged.sort_unstable();
+    for (id, status) in judged {
+        let executed = runs.contains_key(id);
+        let wrong = match status {
+            FinalStatus::Succeeded => !succeeded(id),
+            FinalStatus::Dead => succeeded(id),
+            FinalStatus::Cancelled | FinalStatus::Missing => executed,
+            _ => false,
+        };
+        if wrong {
+            analysis.wrong_status += 1;
+            note("wrong_status", id);
+        }
+    }
+
+    let submitted: HashSet<&str> = acknowledged
+        .iter()
+        .chain(recovered.iter())
+        .copied()
+        .collect();
+    for (id, executions) in &runs {
+        let successes = executions
+            .iter()
+            .filter(|e| e.outcome == Outcome::Succeeded)
+            .count();
+        if successes >= 2 {
+            analysis.duplicated += 1;
+            note("duplicated", id);
+        }
+        if !submitted.contains(id) {
+            analysis.unexpected += 1;
+            note("unexpected", id);
+        }
+        if was_reclaimed(executions) {
+            analysis.reclaimed += 1;
+        }
+    }
     analysis.submit_latency_ms = latency(&mut latencies);
-    let sample = |ids: Vec<&str>| -> Vec<String> {
-        ids.into_iter()
-            .take(SAMPLE_IDS)
-            .map(str::to_string)
-            .collect()
-    };
-    lost_ids.sort_unstable();
-    analysis.lost_ids = sample(lost_ids);
-    analysis.duplicated_ids = sample(duplicated_ids);
-    analysis.unexpected_ids = sample(unexpected_ids);
+    analysis.sample_ids = samples
+        .into_iter()
+        .map(|(count, ids)| (count.to_owned(), ids))
+        .collect();
     analysis
 }
 
-/// More than one final execution, or one attempt number executed twice.
-fn is_duplicated(runs: &[&Execution]) -> bool {
-    if runs.iter().filter(|e| e.outcome.is_final()).count() > 1 {
-        return true;
-    }
-    let mut attempts = HashSet::new();
-    runs.iter().any(|e| !attempts.insert(e.attempt))
-}
-
-/// Some attempt n > 1 ran although attempt n - 1 never logged an execution.
+/// Some attempt n > 1 ran although attempt n − 1 never logged an execution.
 fn was_reclaimed(runs: &[&Execution]) -> bool {
     let logged: HashSet<u32> = runs.iter().map(|e| e.attempt).collect();
     logged.iter().any(|a| *a > 1 && !logged.contains(&(a - 1)))
@@ -227,223 +236,377 @@ fn round2(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
 }
 
-/// Time from `healed_at_unix_ms` until the system works again: the later of the first
-/// acknowledged submit completing after that instant and the first execution logged after it.
-/// `None` when either never happened.
-pub fn recovery_ms(
-    healed_at_unix_ms: u64,
-    submits: &[SubmitRecord],
-    executions: &[Execution],
-) -> Option<u64> {
-    let first_ack = submits
+/// Time from `healed_ms` until the system works again: the later of the first acknowledged
+/// submit answered after that instant and the first execution started after it. `None` when
+/// either never happened.
+pub fn recovery_ms(healed_ms: f64, events: &[Event]) -> Option<f64> {
+    let first_ack = events
         .iter()
-        .filter(|s| matches!(s.outcome, SubmitOutcome::Ok { .. }))
-        .map(|s| s.started_unix_ms + s.latency_ms.ceil() as u64)
-        .filter(|done| *done >= healed_at_unix_ms)
-        .min()?;
-    let first_execution = executions
+        .filter_map(|e| match e {
+            Event::Submit(s) if s.outcome == OpOutcome::Ok && s.end_ms >= healed_ms => {
+                Some(s.end_ms)
+            }
+            _ => None,
+        })
+        .min_by(f64::total_cmp)?;
+    let first_execution = events
         .iter()
-        .filter_map(|e| e.unix_ms)
-        .filter(|t| *t >= healed_at_unix_ms)
-        .min()?;
-    Some(first_ack.max(first_execution) - healed_at_unix_ms)
+        .filter_map(|e| match e {
+            Event::Execution(x) if x.t_ms >= healed_ms => Some(x.t_ms),
+            _ => None,
+        })
+        .min_by(f64::total_cmp)?;
+    Some(first_ack.max(first_execution) - healed_ms)
 }
 
-/// Tasks acknowledged before `fault_unix_ms` whose first execution came after `healed_unix_ms`:
-/// the queue carried them across the fault (after a Redis kill, only the AOF can do that).
-pub fn carried_over(
-    fault_unix_ms: u64,
-    healed_unix_ms: u64,
-    submits: &[SubmitRecord],
-    executions: &[Execution],
-) -> u64 {
-    let mut first_run: HashMap<&str, u64> = HashMap::new();
-    for execution in executions {
-        if let Some(at) = execution.unix_ms {
-            let entry = first_run.entry(execution.task_id.as_str()).or_insert(at);
-            *entry = (*entry).min(at);
+/// Tasks acknowledged before `fault_ms` whose first execution started after `healed_ms`: the
+/// queue carried them across the fault (after a Redis kill, only its persistence can).
+pub fn carried_over(fault_ms: f64, healed_ms: f64, events: &[Event]) -> u64 {
+    let mut first_run: HashMap<&str, f64> = HashMap::new();
+    for event in events {
+        if let Event::Execution(e) = event {
+            let entry = first_run.entry(e.id.as_str()).or_insert(e.t_ms);
+            *entry = entry.min(e.t_ms);
         }
     }
-    submits
+    events
         .iter()
-        .filter(|s| s.started_unix_ms + (s.latency_ms.ceil() as u64) < fault_unix_ms)
-        .filter_map(|s| s.outcome.task_id())
-        .filter(|id| first_run.get(id).is_some_and(|at| *at >= healed_unix_ms))
+        .filter_map(|e| match e {
+            Event::Submit(s) if s.outcome == OpOutcome::Ok && s.end_ms < fault_ms => {
+                s.id.as_deref()
+            }
+            _ => None,
+        })
+        .filter(|id| first_run.get(id).is_some_and(|at| *at >= healed_ms))
         .count() as u64
+}
+
+/// From the first submit sent to the last one answered, milliseconds: the load as the server saw
+/// it. `None` without submits.
+pub fn load_window(events: &[Event]) -> Option<(f64, f64)> {
+    let submits = events.iter().filter_map(|e| match e {
+        Event::Submit(s) => Some(s),
+        _ => None,
+    });
+    submits.fold(None, |window, s| match window {
+        None => Some((s.t_ms, s.end_ms)),
+        Some((from, to)) => Some((f64::min(from, s.t_ms), f64::max(to, s.end_ms))),
+    })
+}
+
+/// From the end of the load until every task that had to finish (acknowledged and not
+/// cancelled, or recovered) had a final execution, milliseconds (0 when all finished during
+/// the load). `None` when one never did.
+pub fn drain_ms(events: &[Event]) -> Option<f64> {
+    let (_, load_end) = load_window(events)?;
+    let mut finished_at: HashMap<&str, f64> = HashMap::new();
+    let mut cancelled: HashSet<&str> = HashSet::new();
+    let mut key_to_id: HashMap<&str, &str> = HashMap::new();
+    for event in events {
+        match event {
+            Event::Execution(e) if e.outcome.is_final() => {
+                let end = e.end_ms.unwrap_or(e.t_ms);
+                let at = finished_at.entry(e.id.as_str()).or_insert(end);
+                *at = at.min(end);
+            }
+            Event::Final(f) if f.status == FinalStatus::Cancelled => {
+                cancelled.insert(f.id.as_str());
+            }
+            Event::Final(f) if f.status != FinalStatus::Missing => {
+                if let Some(key) = &f.key {
+                    key_to_id.insert(key.as_str(), f.id.as_str());
+                }
+            }
+            _ => {}
+        }
+    }
+    let executed: HashSet<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Execution(x) => Some(x.id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut latest = load_end;
+    for event in events {
+        let Event::Submit(s) = event else { continue };
+        let id = match s.outcome {
+            OpOutcome::Ok => s.id.as_deref(),
+            OpOutcome::Info => s
+                .key
+                .as_deref()
+                .and_then(|k| key_to_id.get(k).copied())
+                .filter(|id| executed.contains(id)),
+            OpOutcome::Fail => None,
+        };
+        let Some(id) = id.filter(|id| !cancelled.contains(id)) else {
+            continue;
+        };
+        latest = latest.max(*finished_at.get(id)?);
+    }
+    Some(latest - load_end)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::executions::ExecutionOutcome;
+    use crate::history::{Exit, Final, Submit};
 
-    fn submit(op: u64, outcome: SubmitOutcome) -> SubmitRecord {
-        SubmitRecord {
-            op,
-            idempotency_key: format!("run-{op}"),
-            started_unix_ms: 1_000 + op * 10,
-            latency_ms: op as f64,
-            priority: 5,
+    fn submit(outcome: OpOutcome, id: Option<&str>, key: &str) -> Event {
+        Event::Submit(Submit {
+            t_ms: 0.0,
+            end_ms: 2.0,
             outcome,
-        }
-    }
-
-    fn ok(op: u64, id: &str) -> SubmitRecord {
-        submit(
-            op,
-            SubmitOutcome::Ok {
-                task_id: id.to_string(),
+            status: match outcome {
+                OpOutcome::Ok => Some(201),
+                OpOutcome::Fail => Some(422),
+                OpOutcome::Info => None,
             },
-        )
+            id: id.map(str::to_owned),
+            key: Some(key.to_owned()),
+            priority: Some(5),
+        })
     }
 
-    fn info(op: u64) -> SubmitRecord {
-        submit(
-            op,
-            SubmitOutcome::Info {
-                message: "timed out".into(),
-            },
-        )
+    fn ok(id: &str) -> Event {
+        submit(OpOutcome::Ok, Some(id), &format!("k-{id}"))
     }
 
-    fn fail(op: u64) -> SubmitRecord {
-        submit(
-            op,
-            SubmitOutcome::Fail {
-                status: Some(503),
-                message: "redis unavailable".into(),
-            },
-        )
+    fn info(key: &str) -> Event {
+        submit(OpOutcome::Info, None, key)
     }
 
-    fn run(id: &str, attempt: u32, outcome: ExecutionOutcome, unix_ms: u64) -> Execution {
-        Execution {
-            task_id: id.to_string(),
+    fn run(id: &str, attempt: u32, outcome: Outcome) -> Event {
+        Event::Execution(Execution {
+            t_ms: 10.0 * f64::from(attempt),
+            id: id.to_owned(),
             attempt,
-            worker_id: "w".into(),
+            worker: "w1".into(),
             outcome,
-            unix_ms: Some(unix_ms),
-            source: "worker.1".into(),
-        }
+            end_ms: Some(10.0 * f64::from(attempt) + 1.0),
+        })
     }
 
-    use ExecutionOutcome::{Retrying, Succeeded};
+    fn fin(id: &str, status: FinalStatus) -> Event {
+        Event::Final(Final {
+            id: id.to_owned(),
+            key: None,
+            status,
+            attempts: Some(1),
+        })
+    }
+
+    fn fin_by_key(id: &str, key: &str, status: FinalStatus) -> Event {
+        Event::Final(Final {
+            id: id.to_owned(),
+            key: Some(key.to_owned()),
+            status,
+            attempts: Some(1),
+        })
+    }
 
     #[test]
-    fn a_hand_made_history_gets_exactly_its_anomalies() {
-        let history = History {
-            submits: vec![
-                ok(1, "fine"),
-                ok(2, "lost"),
-                ok(3, "twice"),
-                ok(4, "retried"),
-                ok(8, "reclaimed"),
-                info(5),
-                info(6),
-                fail(7),
-            ],
-            // op 5's task was created and ran; op 6's never reached Redis; op 7 really failed.
-            resolved: HashMap::from([("run-5".to_string(), "recovered".to_string())]),
-            executions: vec![
-                run("fine", 1, Succeeded, 2_000),
-                run("twice", 1, Succeeded, 2_000),
-                run("twice", 2, Succeeded, 2_100),
-                run("retried", 1, Retrying, 2_000),
-                run("retried", 2, Succeeded, 2_500),
-                run("recovered", 1, Succeeded, 2_000),
-                run("stranger", 1, Succeeded, 2_000),
-                // Attempt 1 died with its worker (no line), attempt 2 ran elsewhere.
-                run("reclaimed", 2, Succeeded, 2_600),
-            ],
-        };
-
-        let analysis = analyze(&history);
-
-        assert_eq!(analysis.attempted, 8);
-        assert_eq!(analysis.acknowledged, 5);
-        assert_eq!(analysis.failed, 1);
-        assert_eq!(analysis.indeterminate, 2);
+    fn a_clean_history_has_no_anomaly() {
+        let a = analyze(&[
+            ok("a"),
+            run("a", 1, Outcome::Retrying),
+            run("a", 2, Outcome::Succeeded),
+            fin("a", FinalStatus::Succeeded),
+        ]);
+        assert_eq!((a.acknowledged, a.executed, a.executions), (1, 1, 2));
         assert_eq!(
-            analysis.lost, 1,
-            "only `lost` was acknowledged and never ran"
-        );
-        assert_eq!(analysis.lost_ids, vec!["lost"]);
-        assert_eq!(analysis.duplicated, 1, "a planned retry is no duplicate");
-        assert_eq!(analysis.duplicated_ids, vec!["twice"]);
-        assert_eq!(analysis.unexpected, 1);
-        assert_eq!(analysis.unexpected_ids, vec!["stranger"]);
-        assert_eq!(analysis.recovered, 1);
-        assert_eq!(analysis.executed, 6);
-        assert_eq!(analysis.executions, 8);
-        assert_eq!(analysis.reclaimed, 1, "only `reclaimed` skipped an attempt");
-        assert_eq!(analysis.unfinished, 1, "the lost task never finished");
-        assert_eq!(analysis.failed_but_executed, 0);
-    }
-
-    #[test]
-    fn a_failed_attempt_that_ran_anyway_is_flagged_but_not_unexpected() {
-        let history = History {
-            submits: vec![fail(1)],
-            resolved: HashMap::from([("run-1".to_string(), "t".to_string())]),
-            executions: vec![run("t", 1, Succeeded, 5)],
-        };
-        let analysis = analyze(&history);
-        assert_eq!(analysis.failed_but_executed, 1);
-        assert_eq!(analysis.unexpected, 0);
-    }
-
-    #[test]
-    fn the_same_attempt_executed_twice_is_a_duplicate() {
-        let history = History {
-            submits: vec![ok(1, "t")],
-            resolved: HashMap::new(),
-            executions: vec![run("t", 1, Retrying, 1), run("t", 1, Retrying, 2)],
-        };
-        assert_eq!(analyze(&history).duplicated, 1);
-    }
-
-    #[test]
-    fn latency_percentiles_use_nearest_rank_over_acknowledged_submits() {
-        let mut submits: Vec<_> = (1..=100).map(|op| ok(op, &format!("t{op}"))).collect();
-        submits.push(info(1_000));
-        let analysis = analyze(&History {
-            submits,
-            ..History::default()
-        });
-        assert_eq!(
-            analysis.submit_latency_ms,
-            Latency {
-                p50: 50.0,
-                p99: 99.0,
-                max: 100.0
-            }
+            (a.lost, a.stuck, a.wrong_status, a.duplicated, a.unexpected),
+            (0, 0, 0, 0, 0),
+            "{a:?}"
         );
     }
 
     #[test]
-    fn only_tasks_acknowledged_before_the_fault_and_run_after_the_heal_are_carried_over() {
-        // ok(op) completes at 1000 + 11 * op: op 10 at 1110, op 20 at 1220, op 30 at 1330.
-        let submits = vec![
-            ok(10, "before-run-after"),
-            ok(20, "before-run-during"),
-            ok(30, "after"),
-        ];
-        let executions = vec![
-            run("before-run-after", 1, Succeeded, 2_000),
-            run("before-run-during", 1, Succeeded, 1_400),
-            run("after", 1, Succeeded, 2_000),
-        ];
-        // Fault at 1300, healed at 1500.
-        assert_eq!(carried_over(1_300, 1_500, &submits, &executions), 1);
+    fn an_acknowledged_task_with_no_execution_and_no_record_is_lost() {
+        let a = analyze(&[ok("a"), fin("a", FinalStatus::Missing)]);
+        assert_eq!(a.lost, 1, "{a:?}");
+        assert_eq!(a.sample_ids["lost"], vec!["a".to_owned()]);
     }
 
     #[test]
-    fn recovery_waits_for_both_a_submit_and_an_execution() {
-        // ok(op) completes at 1000 + 10*op + op.
-        let submits = vec![ok(10, "a"), ok(20, "b")];
-        let executions = vec![run("x", 1, Succeeded, 1_050), run("a", 1, Succeeded, 1_300)];
-        // Healed at 1100: first ack completes at 1110 (op 10), first execution at 1300.
-        assert_eq!(recovery_ms(1_100, &submits, &executions), Some(200));
-        assert_eq!(recovery_ms(1_400, &submits, &executions), None);
+    fn an_acknowledged_task_never_reconciled_and_never_run_is_lost() {
+        assert_eq!(analyze(&[ok("a")]).lost, 1);
+    }
+
+    #[test]
+    fn a_task_still_queued_after_the_drain_is_stuck_not_lost() {
+        let a = analyze(&[ok("a"), fin("a", FinalStatus::Queued)]);
+        assert_eq!((a.lost, a.stuck), (0, 1), "{a:?}");
+    }
+
+    #[test]
+    fn a_task_running_after_an_execution_is_stuck() {
+        let a = analyze(&[
+            ok("a"),
+            run("a", 1, Outcome::Retrying),
+            fin("a", FinalStatus::Running),
+        ]);
+        assert_eq!((a.lost, a.stuck), (0, 1), "{a:?}");
+    }
+
+    #[test]
+    fn a_cancelled_task_that_never_ran_is_neither_lost_nor_wrong() {
+        let a = analyze(&[ok("a"), fin("a", FinalStatus::Cancelled)]);
+        assert_eq!((a.lost, a.stuck, a.wrong_status), (0, 0, 0), "{a:?}");
+    }
+
+    #[test]
+    fn a_cancelled_task_that_ran_has_the_wrong_status() {
+        let a = analyze(&[
+            ok("a"),
+            run("a", 1, Outcome::Succeeded),
+            fin("a", FinalStatus::Cancelled),
+        ]);
+        assert_eq!(a.wrong_status, 1, "{a:?}");
+    }
+
+    #[test]
+    fn dead_after_a_success_has_the_wrong_status() {
+        let a = analyze(&[
+            ok("a"),
+            run("a", 1, Outcome::Succeeded),
+            fin("a", FinalStatus::Dead),
+        ]);
+        assert_eq!(a.wrong_status, 1, "{a:?}");
+    }
+
+    #[test]
+    fn succeeded_without_a_successful_execution_has_the_wrong_status() {
+        let a = analyze(&[
+            ok("a"),
+            run("a", 1, Outcome::Retrying),
+            fin("a", FinalStatus::Succeeded),
+        ]);
+        assert_eq!(a.wrong_status, 1, "{a:?}");
+    }
+
+    #[test]
+    fn a_missing_record_after_an_execution_has_the_wrong_status_and_is_not_lost() {
+        let a = analyze(&[
+            ok("a"),
+            run("a", 1, Outcome::Succeeded),
+            fin("a", FinalStatus::Missing),
+        ]);
+        assert_eq!((a.wrong_status, a.lost), (1, 0), "{a:?}");
+    }
+
+    #[test]
+    fn two_successes_are_a_duplicate_but_a_retry_is_not() {
+        let a = analyze(&[
+            ok("a"),
+            run("a", 1, Outcome::Succeeded),
+            run("a", 2, Outcome::Succeeded),
+            ok("b"),
+            run("b", 1, Outcome::Retrying),
+            run("b", 2, Outcome::Succeeded),
+        ]);
+        assert_eq!(a.duplicated, 1, "{a:?}");
+        assert_eq!(a.sample_ids["duplicated"], vec!["a".to_owned()]);
+    }
+
+    #[test]
+    fn an_info_submit_that_executed_is_recovered_not_unexpected() {
+        let a = analyze(&[
+            info("k9"),
+            run("x", 1, Outcome::Succeeded),
+            fin_by_key("x", "k9", FinalStatus::Succeeded),
+        ]);
+        assert_eq!(
+            (a.recovered, a.unexpected, a.indeterminate),
+            (1, 0, 1),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn a_recovered_task_left_waiting_is_stuck() {
+        let a = analyze(&[
+            info("k9"),
+            run("x", 1, Outcome::Retrying),
+            fin_by_key("x", "k9", FinalStatus::Retrying),
+        ]);
+        assert_eq!((a.recovered, a.stuck), (1, 1), "{a:?}");
+    }
+
+    #[test]
+    fn an_execution_no_submit_explains_is_unexpected() {
+        let a = analyze(&[
+            ok("a"),
+            run("a", 1, Outcome::Succeeded),
+            run("zzz", 1, Outcome::Succeeded),
+        ]);
+        assert_eq!(a.unexpected, 1, "{a:?}");
+        assert_eq!(a.sample_ids["unexpected"], vec!["zzz".to_owned()]);
+    }
+
+    #[test]
+    fn a_failed_submit_whose_key_maps_to_an_executed_task_is_unexpected() {
+        let a = analyze(&[
+            submit(OpOutcome::Fail, None, "k1"),
+            run("x", 1, Outcome::Succeeded),
+            fin_by_key("x", "k1", FinalStatus::Succeeded),
+        ]);
+        assert_eq!((a.unexpected, a.recovered), (1, 0), "{a:?}");
+    }
+
+    #[test]
+    fn only_unplanned_exits_count() {
+        let exit = |planned| {
+            Event::Exit(Exit {
+                t_ms: 1.0,
+                service: "worker.1".into(),
+                code: Some(9),
+                planned,
+            })
+        };
+        assert_eq!(analyze(&[exit(true), exit(false)]).unplanned_exits, 1);
+    }
+
+    #[test]
+    fn an_attempt_after_one_that_never_logged_was_reclaimed() {
+        let a = analyze(&[ok("a"), run("a", 2, Outcome::Succeeded)]);
+        assert_eq!(a.reclaimed, 1, "{a:?}");
+    }
+
+    #[test]
+    fn carried_over_counts_tasks_acknowledged_before_and_run_after_the_fault() {
+        let events = [
+            ok("a"),
+            run("a", 1, Outcome::Succeeded),
+            ok("b"),
+            Event::Execution(Execution {
+                t_ms: 500.0,
+                id: "b".into(),
+                attempt: 1,
+                worker: "w".into(),
+                outcome: Outcome::Succeeded,
+                end_ms: None,
+            }),
+        ];
+        assert_eq!(carried_over(100.0, 200.0, &events), 1);
+        assert_eq!(
+            recovery_ms(200.0, &events),
+            None,
+            "no submit after the heal"
+        );
+    }
+
+    #[test]
+    fn the_drain_ends_with_the_last_final_execution_of_a_task_that_had_to_finish() {
+        let events = [
+            ok("a"),
+            run("a", 1, Outcome::Retrying),
+            run("a", 2, Outcome::Succeeded),
+            ok("c"),
+            fin("c", FinalStatus::Cancelled),
+        ];
+        // The load ends at 2 ms; a's final execution ends at 21 ms; c was cancelled.
+        assert_eq!(drain_ms(&events), Some(19.0));
+        assert_eq!(drain_ms(&[ok("a"), run("a", 1, Outcome::Retrying)]), None);
     }
 }

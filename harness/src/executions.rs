@@ -14,7 +14,7 @@ use taskq::event::{Logged, TaskExecuted};
 pub use taskq::event::Outcome as ExecutionOutcome;
 
 /// One execution of one task by one worker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Execution {
     /// The task's id.
     pub task_id: String,
@@ -24,8 +24,10 @@ pub struct Execution {
     pub worker_id: String,
     /// How it ended.
     pub outcome: ExecutionOutcome,
-    /// When it was logged, milliseconds since the Unix epoch.
+    /// When it was logged (its end), milliseconds since the Unix epoch.
     pub unix_ms: Option<u64>,
+    /// How long the handler ran, milliseconds.
+    pub duration_ms: f64,
     /// Which service's log it came from (`worker.2`).
     pub source: String,
 }
@@ -38,6 +40,7 @@ pub fn parse_execution_line(line: &str, source: &str) -> Option<Execution> {
         attempt: event.attempt,
         worker_id: event.worker_id,
         outcome: event.outcome,
+        duration_ms: event.duration_ms,
         unix_ms: timestamp.and_then(|t| u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()),
         source: source.to_string(),
     })

@@ -8,8 +8,11 @@
 //!   network per run) and [`cluster::process`] (local `redis-server` and the built binaries).
 //! - [`load`]: the adapter over the `loadtests` crate's goose submit load.
 //! - [`executions`]: `task_executed` lines from the workers' logs.
-//! - [`checker`]: Jepsen total-queue analysis (lost, unexpected, duplicated, recovered), latency,
-//!   recovery time.
+//! - [`history`]: the run as JSON Lines events (submits, executions, faults, exits, final
+//!   states), written with `--history` and read back by `harness check`.
+//! - [`checker`]: Jepsen total-queue analysis of a history (lost, stuck, wrong status,
+//!   duplicated, unexpected, recovered, unplanned exits), latency, recovery time.
+//! - [`plot`]: the run's timelines as inline SVG in an HTML page beside the report.
 //! - [`runner`]: runs one scenario end to end and produces a [`report::Report`].
 //! - [`report`]: the JSON report (documented in `docs/scenarios.md`) and the human summary.
 //! - [`cleanup`]: labels, leftover sweep and the Ctrl-C handler, so nothing outlives a run.
@@ -22,7 +25,9 @@ pub mod checker;
 pub mod cleanup;
 pub mod cluster;
 pub mod executions;
+pub mod history;
 pub mod load;
+pub mod plot;
 pub mod report;
 pub mod runner;
 pub mod scenario;

@@ -6,6 +6,7 @@
 //! harness list                               # the shipped scenarios
 //! harness up [--workers 2]                   # a cluster to poke at; Ctrl-C removes it
 //! harness sweep                              # remove leftovers of crashed runs
+//! harness check run.history.jsonl [--scenario kill-redis] [--report r.json]   # judge a history again
 //! ```
 //!
 //! Exit status: 0 when every expectation of every scenario held, 1 when one failed, 2 on a usage
@@ -47,6 +48,21 @@ enum Command {
     Up(UpArgs),
     /// Remove containers, networks, volumes and run directories left by crashed runs.
     Sweep,
+    /// Judge a saved history again: exit 0 when every expectation holds, 1 when one fails, 2
+    /// when the input cannot be read.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// The history (`harness run --history FILE`, or the `.history.jsonl` beside a report).
+    history: PathBuf,
+    /// Take the expectations from this scenario file or name (default: no anomaly allowed).
+    #[arg(long)]
+    scenario: Option<String>,
+    /// Write the JSON report (and the pictures beside it) here.
+    #[arg(long)]
+    report: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -57,9 +73,13 @@ struct RunArgs {
     /// Runtime to use (default: HARNESS_RUNTIME, the scenario's, or docker when an engine answers).
     #[arg(long)]
     runtime: Option<RuntimeKind>,
-    /// Write the JSON report here (an object for one scenario, an array for several).
+    /// Write the JSON report here (an object for one scenario, an array for several); the
+    /// history and the pictures (`.history.jsonl`, `.html`) go beside it.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Write the run's history here as JSON Lines (several scenarios: `FILE.NAME.jsonl`).
+    #[arg(long)]
+    history: Option<PathBuf>,
     /// Seed for chaos faults (overrides the file's).
     #[arg(long)]
     seed: Option<u64>,
@@ -134,6 +154,7 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run(args).await,
+        Command::Check(args) => check(&args),
         Command::List { dir } => list(&dir),
         Command::Up(args) => up(args).await,
         Command::Sweep => {
@@ -190,6 +211,16 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     for scenario in &scenarios {
         let report = harness::run_scenario(scenario, &options).await;
         println!("{}", report.summary());
+        let paths = report::artifact_paths(
+            &scenario.name,
+            scenarios.len(),
+            args.report.as_deref(),
+            args.history.as_deref(),
+        );
+        report::write_artifacts(&report, &paths)?;
+        for path in paths.histories.iter().chain(paths.html.iter()) {
+            println!("written: {}", path.display());
+        }
         reports.push(report);
     }
     if let Some(path) = &args.report {
@@ -200,6 +231,58 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let passed = reports.iter().filter(|r| r.passed).count();
     println!("{passed} passed, {} failed", reports.len() - passed);
     Ok(if passed == reports.len() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `harness check`: the run's judgement again, from its history alone.
+fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
+    let events = match harness::history::read(&args.history) {
+        Ok(events) => events,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let (name, expect) = match &args.scenario {
+        Some(file) => {
+            let scenario = Scenario::from_file(resolve_scenario_path(file))?;
+            (scenario.name, scenario.expect)
+        }
+        None => (
+            args.history.display().to_string(),
+            harness::scenario::Expectations::default(),
+        ),
+    };
+    let mut report = harness::Report {
+        scenario: name.clone(),
+        file: args.history.display().to_string(),
+        ..harness::Report::default()
+    };
+    match harness::runner::steps_from_history(&events) {
+        Ok(steps) => report.steps = steps,
+        Err(e) => {
+            eprintln!("error: {}: {e}", args.history.display());
+            return Ok(ExitCode::from(2));
+        }
+    }
+    harness::runner::judge(&mut report, &expect, events);
+    println!("{}", report.summary());
+    if let Some(path) = &args.report {
+        std::fs::write(path, report::to_json(std::slice::from_ref(&report))?)
+            .with_context(|| format!("writing the report to {}", path.display()))?;
+        let paths = report::artifact_paths(&name, 1, Some(path), None);
+        report::write_artifacts(
+            &report,
+            &report::ArtifactPaths {
+                histories: Vec::new(),
+                html: paths.html,
+            },
+        )?;
+    }
+    Ok(if report.passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -29,11 +29,20 @@ pub struct Report {
     pub indeterminate: u64,
     /// Distinct tasks executed at least once.
     pub executed: u64,
-    /// Acknowledged, never executed.
+    /// Acknowledged, never executed, and no record left waiting or running.
     pub lost: u64,
+    /// Acknowledged (or recovered) tasks still waiting or running after the drain.
+    #[serde(default)]
+    pub stuck: u64,
+    /// Tasks whose final status their executions contradict.
+    #[serde(default)]
+    pub wrong_status: u64,
+    /// Services that exited without a step causing it.
+    #[serde(default)]
+    pub unplanned_exits: u64,
     /// Executed, never attempted.
     pub unexpected: u64,
-    /// Executed more than once (planned retries excluded).
+    /// Executed successfully more than once.
     pub duplicated: u64,
     /// Indeterminate, executed anyway.
     pub recovered: u64,
@@ -61,10 +70,6 @@ pub struct Report {
     pub rate_per_s: u32,
     /// Execution log lines.
     pub executions: u64,
-    /// Acknowledged or recovered tasks that never reached a final state.
-    pub unfinished: u64,
-    /// `fail` attempts whose task ran anyway.
-    pub failed_but_executed: u64,
     /// Tasks executed again after an execution died without logging (worker killed mid-task).
     pub reclaimed: u64,
     /// Sum of the steps' `carried_over`.
@@ -82,14 +87,15 @@ pub struct Report {
     pub drain_ms: Option<u64>,
     /// Whole run including cluster start and teardown, ms.
     pub wall_ms: u64,
-    /// Up to 20 lost task ids.
-    pub lost_ids: Vec<String>,
-    /// Up to 20 duplicated task ids.
-    pub duplicated_ids: Vec<String>,
-    /// Up to 20 unexpected task ids.
-    pub unexpected_ids: Vec<String>,
+    /// Up to 20 task ids per anomaly (`lost`, `stuck`, `wrong_status`, `duplicated`,
+    /// `unexpected`).
+    #[serde(default)]
+    pub sample_ids: std::collections::BTreeMap<String, Vec<String>>,
     /// Harness error that prevented a complete run (cluster did not start, ...).
     pub error: Option<String>,
+    /// The run's history (written with `--history`, and beside `--report`).
+    #[serde(skip)]
+    pub history: Vec<crate::history::Event>,
 }
 
 /// Cluster start per phase, ms (see `cluster::StartupTimes`).
@@ -181,15 +187,17 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "   tasks: {} executed ({} executions) | lost {} | unexpected {} | duplicated {} | recovered {} | unfinished {} | reclaimed {}",
+            "   tasks: {} executed ({} executions) | lost {} | stuck {} | wrong status {} | unexpected {} | duplicated {} | recovered {} | reclaimed {} | unplanned exits {}",
             self.executed,
             self.executions,
             self.lost,
+            self.stuck,
+            self.wrong_status,
             self.unexpected,
             self.duplicated,
             self.recovered,
-            self.unfinished,
-            self.reclaimed
+            self.reclaimed,
+            self.unplanned_exits
         );
         let _ = writeln!(
             out,
@@ -234,12 +242,12 @@ impl Report {
                 );
             }
         }
-        if !self.lost_ids.is_empty() {
+        for (count, ids) in &self.sample_ids {
             let _ = writeln!(
                 out,
-                "   lost ids (first {}): {}",
-                self.lost_ids.len(),
-                self.lost_ids.join(", ")
+                "   {count} ids (first {}): {}",
+                ids.len(),
+                ids.join(", ")
             );
         }
         out
@@ -360,5 +368,131 @@ mod tests {
         assert!(one.trim_start().starts_with('{'));
         let two = to_json(&[Report::default(), Report::default()]).unwrap();
         assert!(two.trim_start().starts_with('['));
+    }
+}
+
+/// Where one scenario's files go: `--history` as given (or, with several scenarios, with the
+/// scenario's name inserted), and beside `--report r.json` a history `r.history.jsonl` and the
+/// pictures `r.html` (`r.NAME.history.jsonl`, `r.NAME.html` with several scenarios).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactPaths {
+    /// JSON Lines history files to write.
+    pub histories: Vec<std::path::PathBuf>,
+    /// HTML page, when a report is written.
+    pub html: Option<std::path::PathBuf>,
+}
+
+fn with_suffix(path: &std::path::Path, insert: Option<&str>, suffix: &str) -> std::path::PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match insert {
+        Some(name) => format!("{stem}.{name}{suffix}"),
+        None => format!("{stem}{suffix}"),
+    };
+    path.with_file_name(name)
+}
+
+/// The files for scenario `name` (one of `count` in the run).
+pub fn artifact_paths(
+    name: &str,
+    count: usize,
+    report: Option<&std::path::Path>,
+    history: Option<&std::path::Path>,
+) -> ArtifactPaths {
+    let insert = (count > 1).then_some(name);
+    let mut histories = Vec::new();
+    if let Some(history) = history {
+        let extension = history
+            .extension()
+            .map(|e| format!(".{}", e.to_string_lossy()))
+            .unwrap_or_default();
+        histories.push(match insert {
+            Some(_) => with_suffix(history, insert, &extension),
+            None => history.to_path_buf(),
+        });
+    }
+    if let Some(report) = report {
+        histories.push(with_suffix(report, insert, ".history.jsonl"));
+    }
+    histories.dedup();
+    ArtifactPaths {
+        histories,
+        html: report.map(|r| with_suffix(r, insert, ".html")),
+    }
+}
+
+/// Writes a report's history and pictures where [`artifact_paths`] says.
+pub fn write_artifacts(report: &Report, paths: &ArtifactPaths) -> anyhow::Result<()> {
+    for path in &paths.histories {
+        crate::history::write(path, &report.history)?;
+    }
+    if let Some(html) = &paths.html {
+        let rows: Vec<(String, String)> = [
+            ("passed", report.passed.to_string()),
+            ("acknowledged", report.acknowledged.to_string()),
+            ("lost", report.lost.to_string()),
+            ("stuck", report.stuck.to_string()),
+            ("wrong_status", report.wrong_status.to_string()),
+            ("duplicated", report.duplicated.to_string()),
+            ("unexpected", report.unexpected.to_string()),
+            ("recovered", report.recovered.to_string()),
+            ("unplanned_exits", report.unplanned_exits.to_string()),
+            (
+                "submit latency p50 / p99 / max ms",
+                format!(
+                    "{} / {} / {}",
+                    report.submit_latency_ms.p50,
+                    report.submit_latency_ms.p99,
+                    report.submit_latency_ms.max
+                ),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .chain(report.expectations.iter().map(|e| {
+            (
+                format!("expect {}", e.name),
+                format!(
+                    "{} {} (actual {})",
+                    if e.passed { "pass" } else { "FAIL" },
+                    e.expected,
+                    e.actual
+                ),
+            )
+        }))
+        .collect();
+        let page = crate::plot::render_html(&report.scenario, &rows, &report.history)?;
+        std::fs::write(html, page)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", html.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod artifact_tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    #[test]
+    fn one_scenario_writes_beside_the_report_and_several_carry_their_names() {
+        let one = artifact_paths("kill-redis", 1, Some(Path::new("out/r.json")), None);
+        assert_eq!(one.histories, vec![PathBuf::from("out/r.history.jsonl")]);
+        assert_eq!(one.html, Some(PathBuf::from("out/r.html")));
+        let many = artifact_paths(
+            "kill-redis",
+            2,
+            Some(Path::new("r.json")),
+            Some(Path::new("h.jsonl")),
+        );
+        assert_eq!(
+            many.histories,
+            vec![
+                PathBuf::from("h.kill-redis.jsonl"),
+                PathBuf::from("r.kill-redis.history.jsonl")
+            ]
+        );
+        assert_eq!(many.html, Some(PathBuf::from("r.kill-redis.html")));
     }
 }

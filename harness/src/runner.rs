@@ -6,10 +6,12 @@
 //! ```
 //!
 //! Offsets count from the load's first request (seen as its idempotency key appearing in Redis),
-//! not from launching goose, which takes seconds to start its users. After the load, the `info`
-//! attempts are resolved
-//! through Redis's idempotency keys, then the runner waits up to `drain_within` until every
-//! acknowledged task has a final execution, and hands the history to the [`crate::checker`].
+//! not from launching goose, which takes seconds to start its users. After the load the runner
+//! waits up to `drain_within` until every acknowledged task has a final execution, then until
+//! the queue is quiet, and reconciles: it reads the final state of every task any submit may
+//! have created (by id, and by idempotency key for the others). Submits, steps, executions and
+//! final states make the [history](crate::history) that [`judge`] hands to the
+//! [`crate::checker`]; `harness check` judges a saved history the same way.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -20,12 +22,13 @@ use std::{
 use anyhow::Context;
 
 use crate::{
-    checker::{self, Analysis, History},
+    checker::{self, Analysis},
     cluster::{self, Cluster, ClusterSpec, Service},
     executions::Execution,
+    history::{Event, Execution as HistoryExecution, Fault, Final, FinalStatus, OpOutcome, Submit},
     load::{self, SubmitLoad, SubmitOutcome, SubmitRecord},
     report::{ExpectationReport, Report, StepReport, secs},
-    scenario::{Plan, RuntimeKind, Scenario},
+    scenario::{Expectations, Plan, RuntimeKind, Scenario},
 };
 
 /// How a run is done.
@@ -247,40 +250,35 @@ async fn drive(
         .map(|s| s.started_unix_ms)
         .min()
         .map(|first| first.saturating_sub(spawned_unix));
-    report.load_ms =
-        load_window_ms(&submits).unwrap_or_else(|| (load_ended - load_started).as_millis() as u64);
 
     let resolved = resolve_idempotency_keys(cluster, &submits).await;
     let drain_deadline = load_ended + scenario.expect.drain_within;
-    let (drained_at, executions) =
-        wait_for_drain(cluster, &submits, &resolved, drain_deadline).await?;
-    report.drain_ms =
-        drained_at.map(|at| at.saturating_duration_since(load_ended).as_millis() as u64);
+    let (_, executions) = wait_for_drain(cluster, &submits, &resolved, drain_deadline).await?;
+    // Reconciliation: once the queue is quiet, the state of every task any submit may have
+    // created is read back, so a task stuck in `running` or marked `dead` after a success shows.
+    wait_quiet(cluster, drain_deadline).await;
+    let executions = cluster.executions().await.unwrap_or(executions);
+    let origin_unix = submits
+        .iter()
+        .map(|s| s.started_unix_ms)
+        .min()
+        .unwrap_or(spawned_unix);
+    let mut events = submit_events(&submits, origin_unix);
+    events.extend(steps.iter().map(|(step, at_unix)| {
+        Event::Fault(Fault {
+            t_ms: *at_unix as f64 - origin_unix as f64,
+            action: step.action.to_string(),
+            target: Some(step.target.to_string()),
+            between: None,
+            ok: step.ok,
+        })
+    }));
+    events.extend(execution_events(&executions, origin_unix));
+    events.extend(reconcile(cluster, &submits, &executions).await?);
 
-    let analysis = checker::analyze(&History {
-        submits: submits.clone(),
-        resolved,
-        executions: executions.clone(),
-    });
-    for index in 0..steps.len() {
-        let (step, healed_unix) = &steps[index];
-        if !(step.ok && step.action.is_healing()) {
-            continue;
-        }
-        let recovery = checker::recovery_ms(*healed_unix, &submits, &executions);
-        // The fault this step heals: the latest earlier fault on the same target.
-        let fault_unix = steps[..index]
-            .iter()
-            .rev()
-            .find(|(fault, _)| fault.target == step.target && fault.action.is_fault())
-            .map(|(_, at)| *at);
-        let carried =
-            fault_unix.map(|f| checker::carried_over(f, *healed_unix, &submits, &executions));
-        let step = &mut steps[index].0;
-        step.recovery_ms = recovery;
-        step.carried_over = carried;
-    }
-    let load_ms = report.load_ms;
+    let load_ms = checker::load_window(&events)
+        .map(|(from, to)| (to - from).max(1.0) as u64)
+        .unwrap_or_else(|| (load_ended - load_started).as_millis() as u64);
     report.steps = steps
         .into_iter()
         .map(|(mut step, _)| {
@@ -291,10 +289,226 @@ async fn drive(
             step
         })
         .collect();
-    fill_counts(report, &analysis, report.load_ms);
-    report.expectations = evaluate(scenario, report);
-    report.passed = report.expectations.iter().all(|e| e.passed);
+    judge(report, &scenario.expect, events);
     Ok(())
+}
+
+/// Fills `report` from a history (counts, latency, drain, recovery per healing step) and checks
+/// the expectations: the one judgement for `harness run` and `harness check`. `report.steps[i]`
+/// must be the i-th `fault` event of the history.
+pub fn judge(report: &mut Report, expect: &Expectations, events: Vec<Event>) {
+    let analysis = checker::analyze(&events);
+    let faults: Vec<&Fault> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Fault(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    for index in 0..report.steps.len().min(faults.len()) {
+        let step = &report.steps[index];
+        if !(step.ok && step.action.is_healing()) {
+            continue;
+        }
+        let healed_ms = faults[index].t_ms;
+        let recovery = checker::recovery_ms(healed_ms, &events);
+        // The fault this step heals: the latest earlier fault on the same target.
+        let fault_ms = (0..index)
+            .rev()
+            .find(|i| report.steps[*i].target == step.target && report.steps[*i].action.is_fault())
+            .map(|i| faults[i].t_ms);
+        let carried = fault_ms.map(|f| checker::carried_over(f, healed_ms, &events));
+        let step = &mut report.steps[index];
+        step.recovery_ms = recovery.map(|ms| ms.max(0.0).ceil() as u64);
+        step.carried_over = carried;
+    }
+    report.load_ms = checker::load_window(&events)
+        .map(|(from, to)| (to - from).max(1.0) as u64)
+        .unwrap_or(report.load_ms);
+    report.drain_ms = checker::drain_ms(&events).map(|ms| ms.max(0.0).ceil() as u64);
+    fill_counts(report, &analysis, report.load_ms);
+    report.expectations = evaluate(expect, report);
+    report.passed = report.error.is_none() && report.expectations.iter().all(|e| e.passed);
+    report.history = events;
+}
+
+/// The steps a history's `fault` events record (for `harness check`, which has no run).
+pub fn steps_from_history(events: &[Event]) -> Result<Vec<StepReport>, String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Fault(f) => Some(f),
+            _ => None,
+        })
+        .map(|fault| {
+            let action: crate::scenario::Action =
+                serde_json::from_value(serde_json::Value::String(fault.action.clone()))
+                    .map_err(|_| format!("unknown action `{}` in a fault event", fault.action))?;
+            let target = match &fault.target {
+                Some(target) => target.parse()?,
+                None => {
+                    return Err(format!(
+                        "a `{}` fault without a target: link faults are not judged by this harness",
+                        fault.action
+                    ));
+                }
+            };
+            let at_ms = fault.t_ms.max(0.0) as u64;
+            Ok(StepReport {
+                at_ms,
+                planned_at_ms: at_ms,
+                action,
+                target,
+                ok: fault.ok,
+                message: String::new(),
+                duration_ms: 0,
+                origin: crate::scenario::StepOrigin::File,
+                recovery_ms: None,
+                carried_over: None,
+            })
+        })
+        .collect()
+}
+
+/// The submits as history events, times relative to `origin_unix`.
+fn submit_events(submits: &[SubmitRecord], origin_unix: u64) -> Vec<Event> {
+    submits
+        .iter()
+        .map(|s| {
+            let t_ms = s.started_unix_ms as f64 - origin_unix as f64;
+            let (outcome, status, id) = match &s.outcome {
+                SubmitOutcome::Ok { task_id } => (OpOutcome::Ok, None, Some(task_id.clone())),
+                SubmitOutcome::Fail { status, .. } => (OpOutcome::Fail, *status, None),
+                SubmitOutcome::Info { .. } => (OpOutcome::Info, None, None),
+            };
+            Event::Submit(Submit {
+                t_ms,
+                end_ms: t_ms + s.latency_ms,
+                outcome,
+                status,
+                id,
+                key: Some(s.idempotency_key.clone()),
+                priority: Some(s.priority),
+            })
+        })
+        .collect()
+}
+
+/// The executions as history events: each starts at its line's time minus its duration.
+fn execution_events(executions: &[Execution], origin_unix: u64) -> Vec<Event> {
+    executions
+        .iter()
+        .map(|e| {
+            let end_ms = e
+                .unix_ms
+                .map(|at| at as f64 - origin_unix as f64)
+                .unwrap_or(f64::NAN);
+            Event::Execution(HistoryExecution {
+                t_ms: end_ms - e.duration_ms,
+                id: e.task_id.clone(),
+                attempt: e.attempt,
+                worker: e.worker_id.clone(),
+                outcome: e.outcome,
+                end_ms: Some(end_ms),
+            })
+        })
+        .collect()
+}
+
+/// Longest wait for the queue to become quiet after the drain.
+const QUIET_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until nothing is waiting, running or scheduled for a retry (every priority stream and
+/// the retry schedule empty), or until `deadline` (at least [`QUIET_TIMEOUT`] from now).
+async fn wait_quiet(cluster: &Cluster, deadline: Instant) {
+    let keys = taskq::Keys::new(cluster.spec().key_prefix.clone());
+    let deadline = deadline.max(Instant::now() + QUIET_TIMEOUT);
+    let Ok(client) = redis::Client::open(cluster.redis_url()) else {
+        return;
+    };
+    while Instant::now() < deadline {
+        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+            let mut pipe = redis::pipe();
+            for stream in keys.streams() {
+                pipe.cmd("XLEN").arg(stream);
+            }
+            pipe.cmd("ZCARD").arg(keys.retry_schedule());
+            let counts: Result<Vec<u64>, _> = pipe.query_async(&mut conn).await;
+            if counts.is_ok_and(|counts| counts.iter().all(|n| *n == 0)) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tracing::warn!("the queue was not quiet by the deadline; reconciling anyway");
+}
+
+/// Reads the final state of every task a submit may have created: by id for acknowledged
+/// submits and executed tasks, by idempotency key for the others. Reads Redis directly (the
+/// orchestrator may be the service a scenario left down).
+async fn reconcile(
+    cluster: &Cluster,
+    submits: &[SubmitRecord],
+    executions: &[Execution],
+) -> anyhow::Result<Vec<Event>> {
+    let resolved = resolve_idempotency_keys(cluster, submits).await;
+    let keys = taskq::Keys::new(cluster.spec().key_prefix.clone());
+    let mut lookups: Vec<(String, Option<String>)> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    for submit in submits {
+        let (id, key) = match &submit.outcome {
+            SubmitOutcome::Ok { task_id } => (Some(task_id.clone()), None),
+            _ => (
+                resolved.get(&submit.idempotency_key).cloned(),
+                Some(submit.idempotency_key.clone()),
+            ),
+        };
+        if let Some(id) = id
+            && (key.is_some() || seen.insert(id.clone()))
+        {
+            lookups.push((id, key));
+        }
+    }
+    for execution in executions {
+        if seen.insert(execution.task_id.clone()) {
+            lookups.push((execution.task_id.clone(), None));
+        }
+    }
+    let client = redis::Client::open(cluster.redis_url())?;
+    let read = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut finals = Vec::with_capacity(lookups.len());
+        for chunk in lookups.chunks(500) {
+            let mut pipe = redis::pipe();
+            for (id, _) in chunk {
+                let key = match taskq::TaskId::parse(id) {
+                    Ok(task_id) => keys.task(&task_id),
+                    // Not an id this system makes: no record can exist under it.
+                    Err(_) => format!("{}:task:{id}", keys.prefix()),
+                };
+                pipe.cmd("HMGET").arg(key).arg("status").arg("attempts");
+            }
+            let rows: Vec<(Option<String>, Option<u32>)> = pipe.query_async(&mut conn).await?;
+            for ((id, key), (status, attempts)) in chunk.iter().zip(rows) {
+                let status = match status.as_deref() {
+                    None => FinalStatus::Missing,
+                    Some(raw) => serde_json::from_value(serde_json::Value::String(raw.into()))
+                        .with_context(|| format!("task {id} has an unknown status {raw:?}"))?,
+                };
+                finals.push(Event::Final(Final {
+                    id: id.clone(),
+                    key: key.clone(),
+                    status,
+                    attempts,
+                }));
+            }
+        }
+        anyhow::Ok(finals)
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .context("reading the final task states timed out")?
+        .context("reading the final task states from Redis")
 }
 
 /// How long to wait for the load's first request to reach Redis.
@@ -327,16 +541,6 @@ async fn wait_for_traffic(cluster: &Cluster, run_id: &str, timeout: Duration) ->
     None
 }
 
-/// From the first submit sent to the last one answered: the load as the server saw it.
-fn load_window_ms(submits: &[SubmitRecord]) -> Option<u64> {
-    let first = submits.iter().map(|s| s.started_unix_ms).min()?;
-    let last = submits
-        .iter()
-        .map(|s| s.started_unix_ms + s.latency_ms.ceil() as u64)
-        .max()?;
-    Some(last.saturating_sub(first).max(1))
-}
-
 fn fill_counts(report: &mut Report, analysis: &Analysis, load_ms: u64) {
     report.attempted = analysis.attempted;
     report.acknowledged = analysis.acknowledged;
@@ -348,8 +552,9 @@ fn fill_counts(report: &mut Report, analysis: &Analysis, load_ms: u64) {
     report.unexpected = analysis.unexpected;
     report.duplicated = analysis.duplicated;
     report.recovered = analysis.recovered;
-    report.unfinished = analysis.unfinished;
-    report.failed_but_executed = analysis.failed_but_executed;
+    report.stuck = analysis.stuck;
+    report.wrong_status = analysis.wrong_status;
+    report.unplanned_exits = analysis.unplanned_exits;
     report.reclaimed = analysis.reclaimed;
     report.carried_over = report.steps.iter().filter_map(|s| s.carried_over).sum();
     report.submit_latency_ms = analysis.submit_latency_ms;
@@ -358,9 +563,7 @@ fn fill_counts(report: &mut Report, analysis: &Analysis, load_ms: u64) {
     } else {
         ((analysis.acknowledged as f64 / (load_ms as f64 / 1000.0)) * 10.0).round() / 10.0
     };
-    report.lost_ids = analysis.lost_ids.clone();
-    report.duplicated_ids = analysis.duplicated_ids.clone();
-    report.unexpected_ids = analysis.unexpected_ids.clone();
+    report.sample_ids = analysis.sample_ids.clone();
     let healing: Vec<Option<u64>> = report
         .steps
         .iter()
@@ -375,8 +578,7 @@ fn fill_counts(report: &mut Report, analysis: &Analysis, load_ms: u64) {
 }
 
 /// Checks the `[expect]` section (plus: every step succeeded) against the counts.
-pub fn evaluate(scenario: &Scenario, report: &Report) -> Vec<ExpectationReport> {
-    let expect = &scenario.expect;
+pub fn evaluate(expect: &Expectations, report: &Report) -> Vec<ExpectationReport> {
     let at_most = |name: &str, limit: u64, actual: u64| ExpectationReport {
         name: name.to_string(),
         expected: format!("<= {limit}"),
@@ -385,7 +587,14 @@ pub fn evaluate(scenario: &Scenario, report: &Report) -> Vec<ExpectationReport> 
     };
     let mut out = vec![
         at_most("lost", expect.lost, report.lost),
+        at_most("stuck", expect.stuck, report.stuck),
+        at_most("wrong_status", expect.wrong_status, report.wrong_status),
         at_most("unexpected", expect.unexpected, report.unexpected),
+        at_most(
+            "unplanned_exits",
+            expect.unplanned_exits,
+            report.unplanned_exits,
+        ),
     ];
     if let Some(limit) = expect.max_duplicated {
         out.push(at_most("max_duplicated", limit, report.duplicated));
@@ -396,7 +605,7 @@ pub fn evaluate(scenario: &Scenario, report: &Report) -> Vec<ExpectationReport> 
         expected: format!("<= {}", secs(drain_limit)),
         actual: match report.drain_ms {
             Some(ms) => secs(ms),
-            None => format!("not drained ({} unfinished)", report.unfinished),
+            None => "not drained: a task that had to finish has no final execution".into(),
         },
         passed: report.drain_ms.is_some_and(|ms| ms <= drain_limit),
     });

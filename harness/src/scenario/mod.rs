@@ -307,8 +307,14 @@ pub struct ChaosSettings {
 /// The `[expect]` section.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Expectations {
-    /// At most this many acknowledged tasks may never execute.
+    /// At most this many acknowledged tasks may never execute (and have no waiting record).
     pub lost: u64,
+    /// At most this many acknowledged tasks may still wait or run after the drain.
+    pub stuck: u64,
+    /// At most this many tasks may end in a status their executions contradict.
+    pub wrong_status: u64,
+    /// At most this many services may exit without a step causing it.
+    pub unplanned_exits: u64,
     /// At most this many executed tasks may never have been submitted.
     pub unexpected: u64,
     /// At most this many tasks may execute more than once; `None`: not checked.

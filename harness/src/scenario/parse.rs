@@ -154,6 +154,12 @@ struct RawExpect {
     #[serde(default)]
     lost: u64,
     #[serde(default)]
+    stuck: u64,
+    #[serde(default)]
+    wrong_status: u64,
+    #[serde(default)]
+    unplanned_exits: u64,
+    #[serde(default)]
     unexpected: u64,
     max_duplicated: Option<u64>,
     #[serde(default = "default_drain_within", deserialize_with = "de_duration")]
@@ -170,6 +176,9 @@ impl Default for RawExpect {
     fn default() -> Self {
         Self {
             lost: 0,
+            stuck: 0,
+            wrong_status: 0,
+            unplanned_exits: 0,
             unexpected: 0,
             max_duplicated: None,
             drain_within: default_drain_within(),
@@ -177,6 +186,26 @@ impl Default for RawExpect {
             min_acknowledged: default_min_acknowledged(),
             min_reclaimed: None,
             min_carried_over: None,
+        }
+    }
+}
+
+impl Default for Expectations {
+    /// What a scenario without an `[expect]` section expects: no anomaly at all.
+    fn default() -> Self {
+        let raw = RawExpect::default();
+        Expectations {
+            lost: raw.lost,
+            stuck: raw.stuck,
+            wrong_status: raw.wrong_status,
+            unplanned_exits: raw.unplanned_exits,
+            unexpected: raw.unexpected,
+            max_duplicated: raw.max_duplicated,
+            drain_within: raw.drain_within,
+            recovery_within: raw.recovery_within,
+            min_acknowledged: raw.min_acknowledged,
+            min_reclaimed: raw.min_reclaimed,
+            min_carried_over: raw.min_carried_over,
         }
     }
 }
@@ -408,6 +437,9 @@ impl Scenario {
             chaos,
             expect: Expectations {
                 lost: raw.expect.lost,
+                stuck: raw.expect.stuck,
+                wrong_status: raw.expect.wrong_status,
+                unplanned_exits: raw.expect.unplanned_exits,
                 unexpected: raw.expect.unexpected,
                 max_duplicated: raw.expect.max_duplicated,
                 drain_within: raw.expect.drain_within,
