@@ -14,7 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> ExitCode {
     let (config, deprecated) = Config::load();
     let result = match config.command {
-        Some(Command::Healthcheck) => orchestrator::healthcheck(&config).await,
+        Some(Command::Healthcheck) => healthcheck::check(config.listen_addr.port()).await,
         None => {
             taskq::support::init_tracing(config.redis.log_format);
             taskq::support::warn_deprecated(&deprecated);

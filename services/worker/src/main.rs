@@ -8,7 +8,7 @@ use worker::config::{Command, Config};
 async fn main() -> ExitCode {
     let (config, deprecated) = Config::load();
     let result = match config.command {
-        Some(Command::Healthcheck) => worker::healthcheck(&config).await,
+        Some(Command::Healthcheck) => healthcheck::check(config.metrics_addr.port()).await,
         None => {
             taskq::support::init_tracing(config.redis.log_format);
             taskq::support::warn_deprecated(&deprecated);
