@@ -2,6 +2,9 @@
 //!
 //! Both describe the same three services, so the names, images, ports, environment variables
 //! (names and default values), the Redis persistence flags and the grace periods must match.
+//! Every variable they give the orchestrator and the worker is a setting the binary declares
+//! under its current name (no deprecated `*_MS` spelling), and its value parses with the
+//! binary's own parser.
 //! The KEDA triggers must name the streams and consumer group the `taskq` crate really uses.
 //!
 //! Redis authentication: in both, Redis loads the ACL file rendered from
@@ -14,6 +17,7 @@
 //! Needs no cluster and no Docker: the files are read as YAML; `just` must be on PATH.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -433,6 +437,94 @@ fn environment_names_and_defaults_agree_per_service() {
     }
 }
 
+/// Checks one deployment's environment for a service: every variable (but `RUST_LOG`, read by
+/// the log filter) is a setting of `command` under its current name, not one of the `renamed`
+/// old spellings, and `load` accepts the values (those from secrets left out) as flags.
+fn check_settings<C>(
+    what: &str,
+    env: &BTreeMap<String, String>,
+    renamed: &[taskq::support::Renamed<C>],
+    load: impl Fn(Vec<String>) -> Result<Vec<taskq::support::Deprecated>, String>,
+) where
+    C: clap::CommandFactory,
+{
+    let command = C::command();
+    let mut args = vec![what.to_owned()];
+    for (name, value) in env {
+        assert!(
+            !renamed.iter().any(|r| r.old_env == name),
+            "{what}: {name} is a deprecated name"
+        );
+        if name == "RUST_LOG" {
+            continue;
+        }
+        let arg = command
+            .get_arguments()
+            .find(|arg| arg.get_env() == Some(OsStr::new(name)))
+            .unwrap_or_else(|| panic!("{what}: {name} is not a setting of the binary"));
+        if value != FROM_SECRET {
+            args.push(format!(
+                "--{}",
+                arg.get_long().expect("every setting has a flag")
+            ));
+            args.push(value.clone());
+        }
+    }
+    let deprecated = load(args).unwrap_or_else(|err| panic!("{what}: {err}"));
+    assert!(deprecated.is_empty(), "{what}: {deprecated:?}");
+}
+
+#[test]
+fn every_variable_is_a_current_setting_and_its_value_parses() {
+    let objects = manifests();
+
+    let orchestrator = |args: Vec<String>| {
+        orchestrator::config::Config::try_load_from(args)
+            .map(|(_, deprecated)| deprecated)
+            .map_err(|err| err.to_string())
+    };
+    let worker = |args: Vec<String>| {
+        let (config, deprecated) =
+            worker::config::Config::try_load_from(args).map_err(|err| err.to_string())?;
+        config.validate().map_err(|err| err.to_string())?;
+        Ok(deprecated)
+    };
+    let k8s = |name| k8s_env(&objects, container(&objects, "Deployment", name));
+    check_settings(
+        "compose orchestrator",
+        &compose_env("orchestrator"),
+        orchestrator::config::RENAMED,
+        orchestrator,
+    );
+    check_settings(
+        "k8s orchestrator",
+        &k8s("agent-orchestrator"),
+        orchestrator::config::RENAMED,
+        orchestrator,
+    );
+    check_settings(
+        "compose worker",
+        &compose_env("worker"),
+        worker::config::RENAMED,
+        worker,
+    );
+    check_settings(
+        "k8s worker",
+        &k8s("agent-worker"),
+        worker::config::RENAMED,
+        worker,
+    );
+    // The ConfigMap holds no deprecated name either, read or not.
+    let config = &object(&objects, "ConfigMap", "agent-config")["data"];
+    for (key, _) in config.as_mapping().expect("ConfigMap data") {
+        let key = scalar(key);
+        assert!(
+            !key.ends_with("_MS"),
+            "ConfigMap agent-config: {key} is a deprecated name"
+        );
+    }
+}
+
 #[test]
 fn redis_runs_with_aof_always_on_persistent_storage_in_both() {
     let objects = manifests();
@@ -536,26 +628,25 @@ fn health_checks_use_healthz_and_readyz() {
 fn grace_periods_outlast_the_worker_drain() {
     let objects = manifests();
 
-    let compose_drain_ms: u64 = compose_env("worker")["WORKER_SHUTDOWN_GRACE_MS"]
-        .parse()
-        .expect("numeric WORKER_SHUTDOWN_GRACE_MS");
+    let compose_drain = humantime::parse_duration(&compose_env("worker")["SHUTDOWN_GRACE"])
+        .expect("SHUTDOWN_GRACE is a humantime duration");
     let compose_grace = compose_duration("worker", "stop_grace_period");
     assert!(
-        compose_grace > Duration::from_millis(compose_drain_ms),
-        "compose stop_grace_period {compose_grace:?} must exceed the drain of {compose_drain_ms} ms"
+        compose_grace > compose_drain,
+        "compose stop_grace_period {compose_grace:?} must exceed the drain of {compose_drain:?}"
     );
 
     let worker = object(&objects, "Deployment", "agent-worker");
     let k8s_grace_s = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         .as_u64()
         .expect("worker terminationGracePeriodSeconds");
-    let k8s_drain_ms: u64 = k8s_env(&objects, container(&objects, "Deployment", "agent-worker"))
-        ["WORKER_SHUTDOWN_GRACE_MS"]
-        .parse()
-        .expect("numeric drain");
+    let k8s_drain = humantime::parse_duration(
+        &k8s_env(&objects, container(&objects, "Deployment", "agent-worker"))["SHUTDOWN_GRACE"],
+    )
+    .expect("SHUTDOWN_GRACE is a humantime duration");
     assert!(
-        k8s_grace_s * 1000 > k8s_drain_ms,
-        "terminationGracePeriodSeconds {k8s_grace_s} must exceed the drain of {k8s_drain_ms} ms"
+        Duration::from_secs(k8s_grace_s) > k8s_drain,
+        "terminationGracePeriodSeconds {k8s_grace_s} must exceed the drain of {k8s_drain:?}"
     );
     assert_eq!(Duration::from_secs(k8s_grace_s), compose_grace);
 

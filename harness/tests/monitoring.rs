@@ -603,7 +603,7 @@ impl System {
                 .env("RUST_LOG", "info")
                 .env("REDIS_TIMEOUT", "500ms")
                 .env("MAX_ATTEMPTS", "2")
-                .env("WORKER_DEAD_AFTER_MS", "1000")
+                .env("WORKER_DEAD_AFTER", "1s")
                 .env("AUTH_TOKENS", format!("{BURST_TOKEN},{LOAD_TOKEN}"))
                 .env("METRICS_TOKEN", METRICS_TOKEN)
                 .env("RATE_LIMIT_PER_S", "50")
@@ -618,11 +618,11 @@ impl System {
                 .env("WORKER_ID", name)
                 .env("LOG_FORMAT", "json")
                 .env("RUST_LOG", "info")
-                .env("WORKER_HEARTBEAT_MS", "250")
-                .env("WORKER_DEAD_AFTER_MS", "1000")
-                .env("REDIS_TIMEOUT_MS", "500")
-                .env("RETRY_BASE_MS", "50")
-                .env("RETRY_MAX_MS", "200")
+                .env("WORKER_HEARTBEAT", "250ms")
+                .env("WORKER_DEAD_AFTER", "1s")
+                .env("REDIS_TIMEOUT", "500ms")
+                .env("RETRY_BASE", "50ms")
+                .env("RETRY_MAX", "200ms")
                 .envs(extra.iter().copied());
             Process::spawn(name, dir.path(), &mut command)
         };
@@ -632,7 +632,7 @@ impl System {
             steady_port,
             &[
                 ("WORKER_CONCURRENCY", "8"),
-                ("WORKER_WORK_MS", "10"),
+                ("WORKER_WORK", "10ms"),
                 ("WORKER_FAIL_RATE", "0.5"),
                 ("WORKER_PERMANENT_FAIL_RATE", "0.05"),
             ],
@@ -640,7 +640,7 @@ impl System {
         let doomed = worker(
             "doomed",
             doomed_port,
-            &[("WORKER_CONCURRENCY", "4"), ("WORKER_WORK_MS", "5000")],
+            &[("WORKER_CONCURRENCY", "4"), ("WORKER_WORK", "5s")],
         );
         let system = System {
             dir,

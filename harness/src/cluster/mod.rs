@@ -47,7 +47,7 @@ pub struct ClusterSpec {
     pub persistence: Persistence,
     /// `WORKER_CONCURRENCY`.
     pub worker_concurrency: u32,
-    /// `WORKER_WORK_MS`.
+    /// `WORKER_WORK`.
     pub work: Duration,
     /// `KEY_PREFIX` of orchestrator and workers.
     pub key_prefix: String,
@@ -112,10 +112,13 @@ impl ClusterSpec {
                 "WORKER_CONCURRENCY".into(),
                 self.worker_concurrency.to_string(),
             ),
-            ("WORKER_WORK_MS".into(), self.work.as_millis().to_string()),
             (
-                "WORKER_SHUTDOWN_GRACE_MS".into(),
-                (STOP_GRACE.as_millis() * 3 / 4).to_string(),
+                "WORKER_WORK".into(),
+                humantime::format_duration(self.work).to_string(),
+            ),
+            (
+                "SHUTDOWN_GRACE".into(),
+                humantime::format_duration(STOP_GRACE * 3 / 4).to_string(),
             ),
         ]);
         env
@@ -695,6 +698,18 @@ mod tests {
         assert!(
             format!("{err:#}").contains("HARNESS_RUNTIME=dokcer"),
             "{err:#}"
+        );
+    }
+
+    #[test]
+    fn workers_get_humantime_durations_under_the_current_names() {
+        let env: std::collections::BTreeMap<String, String> =
+            ClusterSpec::new("t", 1).worker_env().into_iter().collect();
+        assert_eq!(env["WORKER_WORK"], "20ms");
+        assert_eq!(env["SHUTDOWN_GRACE"], "6s", "three quarters of STOP_GRACE");
+        assert!(
+            env.keys().all(|name| !name.ends_with("_MS")),
+            "deprecated names: {env:?}"
         );
     }
 

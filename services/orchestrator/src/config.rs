@@ -1,34 +1,31 @@
-//! Configuration: command-line flags with environment fallbacks (names as in DESIGN.md).
+//! Configuration: command-line flags with environment fallbacks (names as in the README's
+//! configuration table). The Redis settings and `WORKER_DEAD_AFTER` are the groups shared with
+//! the worker ([`taskq::support`]); durations are humantime (`1s`, `500ms`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use taskq::support::{LogFormat, RedisSettings};
+use secrecy::SecretString;
+use taskq::support::{Deprecated, LivenessArgs, RedisArgs, Renamed};
 use taskq::{Keys, QueueConfig};
 
-/// Orchestrator settings.
-#[derive(Clone, clap::Parser)]
+/// Orchestrator settings. `Debug` shows no secret: the Redis URL and the tokens are
+/// [`SecretString`]s.
+#[derive(Debug, Clone, clap::Parser)]
 #[command(name = "orchestrator", version, about = "Agent System HTTP API")]
 pub struct Config {
     /// Optional subcommand; without one the server runs.
     #[command(subcommand)]
     pub command: Option<Command>,
 
-    /// Redis URL, `redis://[user:password@]host:port[/db]`.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
+    /// `REDIS_URL`, `KEY_PREFIX`, `REDIS_TIMEOUT` (here: longest Redis call before a 503,
+    /// default 1s) and `LOG_FORMAT`.
+    #[command(flatten)]
+    pub redis: RedisArgs,
 
     /// Address to listen on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8000")]
     pub listen_addr: SocketAddr,
-
-    /// Prefix of every Redis key (isolates systems sharing one Redis).
-    #[arg(long, env = "KEY_PREFIX", default_value = "agent")]
-    pub key_prefix: String,
-
-    /// Longest time one Redis call may take before the request gets 503.
-    #[arg(long, env = "REDIS_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub redis_timeout: Duration,
 
     /// Longest time one request may take.
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -50,21 +47,17 @@ pub struct Config {
     #[arg(long, env = "IDEMPOTENCY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub idempotency_ttl: Duration,
 
-    /// A worker whose heartbeat is older than this counts as gone in `/stats`.
-    #[arg(long = "worker-dead-after-ms", env = "WORKER_DEAD_AFTER_MS", default_value = "3000", value_parser = taskq::support::parse_millis)]
-    pub worker_dead_after: Duration,
+    /// `WORKER_DEAD_AFTER`: a worker whose heartbeat is older counts as gone in `/stats`.
+    #[command(flatten)]
+    pub liveness: LivenessArgs,
 
     /// How long in-flight requests may finish after SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
-    pub log_format: LogFormat,
-
     /// Bearer tokens for the task routes, comma-separated (none: no authentication).
     #[arg(long, env = "AUTH_TOKENS", hide_env_values = true)]
-    pub auth_tokens: Option<String>,
+    pub auth_tokens: Option<SecretString>,
 
     /// File with one bearer token per line, added to `AUTH_TOKENS`.
     #[arg(long, env = "AUTH_TOKENS_FILE")]
@@ -72,7 +65,7 @@ pub struct Config {
 
     /// Bearer token required by `/metrics` (none: open).
     #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
-    pub metrics_token: Option<String>,
+    pub metrics_token: Option<SecretString>,
 
     /// `POST /tasks` allowed per client and second (0: no limit).
     #[arg(long, env = "RATE_LIMIT_PER_S", default_value_t = 0)]
@@ -87,22 +80,16 @@ pub struct Config {
     pub max_concurrent_requests: usize,
 }
 
-impl std::fmt::Debug for Config {
-    // By hand: the Redis URL may hold a password and the tokens are secrets.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("redis_url", &taskq::support::redact_url(&self.redis_url))
-            .field("listen_addr", &self.listen_addr)
-            .field("key_prefix", &self.key_prefix)
-            .field(
-                "auth",
-                &(self.auth_tokens.is_some() || self.auth_tokens_file.is_some()),
-            )
-            .field("metrics_token", &self.metrics_token.is_some())
-            .field("rate_limit_per_s", &self.rate_limit_per_s)
-            .finish_non_exhaustive()
-    }
-}
+/// The orchestrator's default `REDIS_TIMEOUT`: a request waits at most this for Redis, then 503.
+pub const REDIS_TIMEOUT_DEFAULT: &str = "1s";
+
+/// Settings renamed from a `*_MS` spelling that still work, with a warning, for one release.
+pub const RENAMED: &[Renamed<Config>] = &[Renamed {
+    id: "worker_dead_after",
+    old_env: "WORKER_DEAD_AFTER_MS",
+    old_flags: &["worker-dead-after-ms"],
+    field: |c| &mut c.liveness.worker_dead_after,
+}];
 
 /// Subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -112,12 +99,29 @@ pub enum Command {
 }
 
 impl Config {
+    /// The settings from the command line and the environment; on an error (or `--help`) prints
+    /// it and exits, like `clap::Parser::parse`. Also returns the deprecated names that were
+    /// used, for [`taskq::support::warn_deprecated`] once logging is set up.
+    pub fn load() -> (Self, Vec<Deprecated>) {
+        Self::try_load_from(std::env::args_os()).unwrap_or_else(|err| err.exit())
+    }
+
+    /// [`Config::load`] from `args` (the first is the program name) and the environment.
+    pub fn try_load_from(
+        args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>,
+    ) -> Result<(Self, Vec<Deprecated>), clap::Error> {
+        taskq::support::parse_config(
+            args,
+            |command| RedisArgs::with_timeout_default(command, REDIS_TIMEOUT_DEFAULT),
+            RENAMED,
+        )
+    }
+
     /// Defaults for tests: listen on an ephemeral loopback port.
     pub fn for_tests(redis_url: &str, key_prefix: &str) -> Self {
-        use clap::Parser;
-        let mut config = Self::parse_from(["orchestrator"]);
-        config.redis_url = redis_url.to_owned();
-        config.key_prefix = key_prefix.to_owned();
+        let (mut config, _) = Self::try_load_from(["orchestrator"]).expect("the defaults parse");
+        config.redis.redis_url = redis_url.into();
+        config.redis.key_prefix = key_prefix.to_owned();
         config.listen_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config
     }
@@ -125,19 +129,67 @@ impl Config {
     /// The queue settings.
     pub fn queue_config(&self) -> QueueConfig {
         QueueConfig {
-            keys: Keys::new(self.key_prefix.clone()),
+            keys: Keys::new(self.redis.key_prefix.clone()),
             task_retention: self.task_retention,
             idempotency_ttl: self.idempotency_ttl,
             max_attempts: self.max_attempts,
         }
     }
+}
 
-    /// The Redis connection settings.
-    pub fn redis_settings(&self) -> RedisSettings {
-        RedisSettings {
-            url: self.redis_url.clone(),
-            connect_timeout: self.redis_timeout,
-            response_timeout: self.redis_timeout,
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn load(args: &[&str]) -> Result<(Config, Vec<Deprecated>), clap::Error> {
+        Config::try_load_from(std::iter::once("orchestrator").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_unchanged() {
+        let (config, deprecated) = load(&[]).expect("defaults parse");
+        assert!(deprecated.is_empty());
+        assert_eq!(config.redis.redis_timeout, Duration::from_secs(1));
+        assert_eq!(config.liveness.worker_dead_after, Duration::from_secs(3));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(config.redis.key_prefix, "agent");
+    }
+
+    #[test]
+    fn every_old_ms_spelling_still_works_with_a_warning() {
+        for renamed in RENAMED {
+            let flag = format!("--{}", renamed.old_flags[0]);
+            let (mut config, deprecated) = load(&[&flag, "1234"]).expect("old spelling parses");
+            assert_eq!(*(renamed.field)(&mut config), Duration::from_millis(1234));
+            assert_eq!(deprecated.len(), 1);
+            assert_eq!(deprecated[0].old, renamed.old_env);
+            assert_eq!(
+                format!("{}_MS", deprecated[0].new),
+                renamed.old_env,
+                "the new name is the old one without _MS"
+            );
+        }
+        let err = load(&[
+            "--worker-dead-after",
+            "3s",
+            "--worker-dead-after-ms",
+            "3000",
+        ])
+        .expect_err("both spellings");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn debug_output_carries_no_secret() {
+        let (mut config, _) = load(&[]).expect("defaults parse");
+        config.redis.redis_url = "redis://agent:hunter2@redis:6379".into();
+        config.auth_tokens = Some("api-token-secret".into());
+        config.metrics_token = Some("metrics-token-secret".into());
+        let debug = format!("{config:?}");
+        for secret in ["hunter2", "api-token-secret", "metrics-token-secret"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
         }
     }
 }

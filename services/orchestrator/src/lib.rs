@@ -7,6 +7,8 @@
 //!   JSON error body and never leaks internals.
 //! - [`guard`]: bearer-token authentication and per-client rate limiting.
 //! - [`telemetry`]: HTTP metrics.
+//!
+//! The binary's `healthcheck` subcommand is the `healthcheck` crate, shared with the worker.
 
 pub mod config;
 pub mod error;
@@ -14,24 +16,3 @@ pub mod guard;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;
-
-use anyhow::Context;
-
-/// Exit status for container health checks: GETs this process's own `/healthz`.
-pub async fn healthcheck(config: &config::Config) -> anyhow::Result<()> {
-    let url = format!("http://127.0.0.1:{}/healthz", config.listen_addr.port());
-    let response = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(2))
-        .build()
-        .context("building http client")?
-        .get(&url)
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?;
-    anyhow::ensure!(
-        response.status().is_success(),
-        "GET {url}: {}",
-        response.status()
-    );
-    Ok(())
-}

@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use orchestrator::config::{Command, Config};
 
 /// mimalloc instead of glibc's malloc: a request allocates and frees many small buffers across
@@ -13,11 +12,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
+    let (config, deprecated) = Config::load();
     let result = match config.command {
-        Some(Command::Healthcheck) => orchestrator::healthcheck(&config).await,
+        Some(Command::Healthcheck) => healthcheck::check(config.listen_addr.port()).await,
         None => {
-            taskq::support::init_tracing(config.log_format);
+            taskq::support::init_tracing(config.redis.log_format);
+            taskq::support::warn_deprecated(&deprecated);
             orchestrator::startup::run_until_stopped(config).await
         }
     };

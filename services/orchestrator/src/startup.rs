@@ -12,8 +12,8 @@ use axum::routing::{get, post};
 use axum::{BoxError, Router, middleware};
 use metrics_exporter_prometheus::PrometheusHandle;
 use redis::aio::ConnectionManager;
+use secrecy::ExposeSecret;
 use taskq::queue::Queue;
-use taskq::support::redact_url;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -64,15 +64,21 @@ impl AppState {
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         Ok(Self(Arc::new(SharedState {
             queue: Queue::new(config.queue_config()),
-            redis: config.redis_settings().connection_manager()?,
-            redis_timeout: config.redis_timeout,
-            worker_dead_after: config.worker_dead_after,
+            redis: config.redis.settings().connection_manager()?,
+            redis_timeout: config.redis.redis_timeout,
+            worker_dead_after: config.liveness.worker_dead_after,
             metrics: taskq::support::metrics_handle(),
             tokens: Tokens::load(
-                config.auth_tokens.as_deref(),
+                config.auth_tokens.as_ref().map(ExposeSecret::expose_secret),
                 config.auth_tokens_file.as_deref(),
             )?,
-            metrics_tokens: Tokens::load(config.metrics_token.as_deref(), None)?,
+            metrics_tokens: Tokens::load(
+                config
+                    .metrics_token
+                    .as_ref()
+                    .map(ExposeSecret::expose_secret),
+                None,
+            )?,
             submit_limiter: SubmitLimiter::new(
                 config.rate_limit_per_s,
                 config.rate_limit_burst,
@@ -215,8 +221,8 @@ pub async fn run_until_stopped(config: Config) -> anyhow::Result<()> {
     let listener = bind(config.listen_addr).await?;
     tracing::info!(
         listen_addr = %listener.local_addr()?,
-        redis_url = %redact_url(&config.redis_url),
-        key_prefix = %config.key_prefix,
+        redis_url = %config.redis.redacted_url(),
+        key_prefix = %config.redis.key_prefix,
         "orchestrator listening"
     );
     serve(

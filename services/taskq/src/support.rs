@@ -1,17 +1,216 @@
-//! Process support shared by the services: logging set-up, the Prometheus recorder and Redis
+//! Process support shared by the services: the settings both take ([`RedisArgs`],
+//! [`LivenessArgs`], renamed settings), logging set-up, the Prometheus recorder and Redis
 //! connection settings.
 //!
-//! Not part of the protocol, but both binaries need the same behaviour here (log format, URL
-//! redaction, reconnect policy), so it lives in one place.
+//! Not part of the protocol, but both binaries need the same behaviour here (setting names, log
+//! format, URL redaction, reconnect policy), so it lives in one place.
 
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use clap::parser::ValueSource;
+use clap::{Arg, ArgAction, ArgMatches, Command};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use secrecy::{ExposeSecret, SecretString};
 use tracing_subscriber::EnvFilter;
+
+/// The Redis settings of both services, flattened into each one's `Config`
+/// (`#[command(flatten)]`): one declaration, so the names and their parsing cannot drift apart.
+///
+/// `REDIS_TIMEOUT` has no default here because the services differ (the orchestrator answers 503
+/// after 1 s, a worker waits 2 s): each sets its own with [`RedisArgs::with_timeout_default`], and
+/// one that forgets fails to parse instead of silently taking the other's.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RedisArgs {
+    /// Redis URL, `redis://[user:password@]host:port[/db]`; never printed, it may hold a password.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: SecretString,
+
+    /// Prefix of every Redis key (isolates systems sharing one Redis; the same in every service).
+    #[arg(long, env = "KEY_PREFIX", default_value = "agent")]
+    pub key_prefix: String,
+
+    /// Longest wait for one Redis connection or reply, e.g. `500ms`, `2s`.
+    #[arg(long, env = "REDIS_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+}
+
+impl RedisArgs {
+    /// `command` (a service's, with these arguments flattened in) with `default` as the default
+    /// of `REDIS_TIMEOUT`, in humantime form (`1s`).
+    pub fn with_timeout_default(command: Command, default: &'static str) -> Command {
+        // Required (no default) as derived; a default makes it optional.
+        command.mut_arg("redis_timeout", |arg| {
+            arg.default_value(default).required(false)
+        })
+    }
+
+    /// The connection settings: `REDIS_TIMEOUT` bounds both connecting and each reply.
+    pub fn settings(&self) -> RedisSettings {
+        RedisSettings {
+            url: self.redis_url.clone(),
+            connect_timeout: self.redis_timeout,
+            response_timeout: self.redis_timeout,
+        }
+    }
+
+    /// The URL with any password replaced by `***`, for logs.
+    pub fn redacted_url(&self) -> String {
+        redact_url(self.redis_url.expose_secret())
+    }
+}
+
+/// Worker liveness as both services judge it (flattened into both `Config`s): a worker takes
+/// over the tasks of dead workers, the orchestrator's `/stats` stops counting them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LivenessArgs {
+    /// A worker whose heartbeat is older than this is dead: its tasks are taken over and
+    /// `/stats` no longer counts it.
+    #[arg(
+        long,
+        env = "WORKER_DEAD_AFTER",
+        default_value = "3s",
+        value_parser = humantime::parse_duration
+    )]
+    pub worker_dead_after: Duration,
+}
+
+/// A duration setting renamed from its `*_MS` spelling (whole milliseconds) to a humantime one:
+/// `WORKER_HEARTBEAT_MS=1000` became `WORKER_HEARTBEAT=1s`.
+///
+/// The old spelling keeps working for one release: [`parse_config`] adds a hidden argument for
+/// it, moves its value to the new setting and reports it (see [`warn_deprecated`]). Giving both
+/// spellings is an error.
+pub struct Renamed<C> {
+    /// Id of the new argument: the name of its field (`heartbeat`).
+    pub id: &'static str,
+    /// The old environment variable (`WORKER_HEARTBEAT_MS`).
+    pub old_env: &'static str,
+    /// The old long flags, also in milliseconds: the first is the hidden argument's own, the
+    /// others its aliases (flags that took milliseconds before the rename).
+    pub old_flags: &'static [&'static str],
+    /// The field the value lands in.
+    pub field: fn(&mut C) -> &mut Duration,
+}
+
+impl<C> Renamed<C> {
+    /// The hidden argument that reads the old spelling.
+    fn arg(&self) -> Arg {
+        let (long, aliases) = self
+            .old_flags
+            .split_first()
+            .expect("a renamed setting names its old flag");
+        Arg::new(self.old_env)
+            .long(*long)
+            .aliases(aliases.iter().copied())
+            .env(self.old_env)
+            .hide(true)
+            .action(ArgAction::Set)
+            .value_parser(parse_millis)
+    }
+}
+
+/// A deprecated setting name that was used; log it with [`warn_deprecated`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deprecated {
+    /// The old name (`WORKER_HEARTBEAT_MS`).
+    pub old: &'static str,
+    /// The name to use instead (`WORKER_HEARTBEAT`).
+    pub new: String,
+    /// The value it set.
+    pub value: Duration,
+}
+
+impl std::fmt::Display for Deprecated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} is deprecated, use {}={}",
+            self.old,
+            self.new,
+            humantime::format_duration(self.value)
+        )
+    }
+}
+
+/// Parses a service's settings from `args` and the environment: `adjust` changes the command
+/// first (defaults of shared settings, [`RedisArgs::with_timeout_default`]), then the `renamed`
+/// settings' old spellings are resolved, here and nowhere else. Returns the settings and the
+/// deprecated names that were used, to be logged once tracing is up.
+pub fn parse_config<C: clap::Parser>(
+    args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
+    adjust: impl FnOnce(Command) -> Command,
+    renamed: &[Renamed<C>],
+) -> Result<(C, Vec<Deprecated>), clap::Error> {
+    let mut command = renamed
+        .iter()
+        .fold(adjust(C::command()), |command, r| command.arg(r.arg()));
+    let matches = command.try_get_matches_from_mut(args)?;
+    let mut config = C::from_arg_matches(&matches).map_err(|err| err.format(&mut command))?;
+    let mut used = Vec::new();
+    for r in renamed {
+        if let Some(deprecated) = resolve_renamed(&command, &matches, r, &mut config)? {
+            used.push(deprecated);
+        }
+    }
+    Ok((config, used))
+}
+
+/// Moves the value of `r`'s old spelling, if given, to its new setting.
+fn resolve_renamed<C>(
+    command: &Command,
+    matches: &ArgMatches,
+    r: &Renamed<C>,
+    config: &mut C,
+) -> Result<Option<Deprecated>, clap::Error> {
+    let Some(&value) = matches.get_one::<Duration>(r.old_env) else {
+        return Ok(None);
+    };
+    let new = command
+        .get_arguments()
+        .find(|arg| arg.get_id() == r.id)
+        .and_then(Arg::get_env)
+        .unwrap_or_else(|| panic!("renamed setting {}: no argument with an env name", r.id))
+        .to_string_lossy()
+        .into_owned();
+    if matches
+        .value_source(r.id)
+        .is_some_and(|source| source != ValueSource::DefaultValue)
+    {
+        return Err(command.clone().error(
+            clap::error::ErrorKind::ArgumentConflict,
+            format!(
+                "both {new} and the deprecated {} are set; keep only {new}",
+                r.old_env
+            ),
+        ));
+    }
+    *(r.field)(config) = value;
+    Ok(Some(Deprecated {
+        old: r.old_env,
+        new,
+        value,
+    }))
+}
+
+/// Logs one warning per deprecated setting name that was used (once, at start-up).
+pub fn warn_deprecated(deprecated: &[Deprecated]) {
+    for d in deprecated {
+        tracing::warn!(deprecated = d.old, replacement = %d.new, "{d}");
+    }
+}
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -79,8 +278,8 @@ pub struct InvalidRedisUrl {
 /// How the services talk to Redis.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://[user:password@]host:port[/db]`.
-    pub url: String,
+    /// `redis://[user:password@]host:port[/db]`; its `Debug` shows no password.
+    pub url: SecretString,
     /// Longest wait for a connection.
     pub connect_timeout: Duration,
     /// Longest wait for a reply.
@@ -90,9 +289,10 @@ pub struct RedisSettings {
 impl RedisSettings {
     /// A client for the URL, or an error that names it (redacted).
     pub fn client(&self) -> Result<redis::Client, InvalidRedisUrl> {
-        redis::Client::open(self.url.as_str()).map_err(|err| InvalidRedisUrl {
-            url: redact_url(&self.url),
-            reason: err.to_string().replace(&self.url, &redact_url(&self.url)),
+        let url = self.url.expose_secret();
+        redis::Client::open(url).map_err(|err| InvalidRedisUrl {
+            url: redact_url(url),
+            reason: err.to_string().replace(url, &redact_url(url)),
         })
     }
 
@@ -107,7 +307,7 @@ impl RedisSettings {
             .set_max_delay(Duration::from_millis(500));
         let client = self.client()?;
         ConnectionManager::new_lazy_with_config(client, config).map_err(|err| InvalidRedisUrl {
-            url: redact_url(&self.url),
+            url: redact_url(self.url.expose_secret()),
             reason: err.to_string(),
         })
     }
@@ -147,7 +347,7 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Parses a whole number of milliseconds (for `*_MS` settings).
+/// Parses a whole number of milliseconds (the deprecated `*_MS` spellings, [`Renamed`]).
 pub fn parse_millis(raw: &str) -> Result<Duration, String> {
     raw.parse::<u64>()
         .map(Duration::from_millis)
@@ -172,6 +372,154 @@ mod tests {
         assert_eq!(
             redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
+        );
+    }
+
+    /// A service's settings in miniature: the shared groups and one renamed setting.
+    #[derive(Debug, clap::Parser)]
+    struct Settings {
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[command(flatten)]
+        liveness: LivenessArgs,
+        /// Heartbeat period.
+        #[arg(long = "worker-heartbeat", env = "WORKER_HEARTBEAT", default_value = "1s", value_parser = humantime::parse_duration)]
+        heartbeat: Duration,
+    }
+
+    const RENAMED: &[Renamed<Settings>] = &[
+        Renamed {
+            id: "heartbeat",
+            old_env: "WORKER_HEARTBEAT_MS",
+            old_flags: &["worker-heartbeat-ms", "heartbeat"],
+            field: |s| &mut s.heartbeat,
+        },
+        Renamed {
+            id: "worker_dead_after",
+            old_env: "WORKER_DEAD_AFTER_MS",
+            old_flags: &["worker-dead-after-ms"],
+            field: |s| &mut s.liveness.worker_dead_after,
+        },
+    ];
+
+    fn parse(args: &[&str]) -> Result<(Settings, Vec<Deprecated>), clap::Error> {
+        parse_config(
+            std::iter::once("service").chain(args.iter().copied()),
+            |command| RedisArgs::with_timeout_default(command, "2s"),
+            RENAMED,
+        )
+    }
+
+    #[test]
+    fn defaults_come_from_the_shared_groups_and_the_service() {
+        let (settings, deprecated) = parse(&[]).expect("defaults parse");
+        assert!(deprecated.is_empty());
+        assert_eq!(settings.redis.redis_timeout, Duration::from_secs(2));
+        assert_eq!(settings.redis.key_prefix, "agent");
+        assert_eq!(settings.redis.log_format, LogFormat::Auto);
+        assert_eq!(
+            settings.redis.redis_url.expose_secret(),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(settings.liveness.worker_dead_after, Duration::from_secs(3));
+        assert_eq!(settings.heartbeat, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn durations_are_humantime() {
+        let (settings, deprecated) = parse(&[
+            "--redis-timeout",
+            "500ms",
+            "--worker-dead-after",
+            "1s",
+            "--worker-heartbeat",
+            "250ms",
+        ])
+        .expect("parses");
+        assert!(deprecated.is_empty());
+        assert_eq!(settings.redis.redis_timeout, Duration::from_millis(500));
+        assert_eq!(
+            settings.liveness.worker_dead_after,
+            Duration::from_millis(1000)
+        );
+        assert_eq!(settings.heartbeat, Duration::from_millis(250));
+        let err = parse(&["--redis-timeout", "500"]).expect_err("a bare number has no unit");
+        assert!(err.to_string().contains("time unit needed"), "{err}");
+    }
+
+    #[test]
+    fn a_shared_setting_without_its_service_default_is_an_error() {
+        let err = parse_config(["service"], |command| command, RENAMED)
+            .expect_err("REDIS_TIMEOUT has no shared default");
+        assert_eq!(
+            err.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_old_ms_spelling_sets_the_new_setting_and_is_reported() {
+        for flag in ["--worker-heartbeat-ms", "--heartbeat"] {
+            let (settings, deprecated) = parse(&[flag, "250"]).expect("parses");
+            assert_eq!(settings.heartbeat, Duration::from_millis(250), "{flag}");
+            assert_eq!(
+                deprecated,
+                [Deprecated {
+                    old: "WORKER_HEARTBEAT_MS",
+                    new: "WORKER_HEARTBEAT".into(),
+                    value: Duration::from_millis(250),
+                }],
+                "{flag}"
+            );
+            assert_eq!(
+                deprecated[0].to_string(),
+                "WORKER_HEARTBEAT_MS is deprecated, use WORKER_HEARTBEAT=250ms"
+            );
+        }
+        let (settings, deprecated) = parse(&["--worker-dead-after-ms", "3000"]).expect("parses");
+        assert_eq!(settings.liveness.worker_dead_after, Duration::from_secs(3));
+        assert_eq!(
+            deprecated[0].to_string(),
+            "WORKER_DEAD_AFTER_MS is deprecated, use WORKER_DEAD_AFTER=3s"
+        );
+    }
+
+    #[test]
+    fn old_spellings_stay_in_milliseconds_and_out_of_the_help() {
+        let err = parse(&["--worker-heartbeat-ms", "1s"]).expect_err("whole milliseconds");
+        assert!(err.to_string().contains("milliseconds"), "{err}");
+        let mut command = RENAMED
+            .iter()
+            .fold(<Settings as clap::CommandFactory>::command(), |c, r| {
+                c.arg(r.arg())
+            });
+        let help = command.render_long_help().to_string();
+        assert!(help.contains("WORKER_HEARTBEAT"), "{help}");
+        assert!(!help.contains("_MS"), "{help}");
+    }
+
+    #[test]
+    fn old_and_new_spelling_together_is_an_error_naming_both() {
+        let err = parse(&["--worker-heartbeat", "1s", "--worker-heartbeat-ms", "250"])
+            .expect_err("both spellings");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let message = err.to_string();
+        assert!(
+            message.contains("WORKER_HEARTBEAT ") && message.contains("WORKER_HEARTBEAT_MS"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_redis_url_never_shows_in_debug_output() {
+        let (mut settings, _) = parse(&[]).expect("defaults parse");
+        settings.redis.redis_url = "redis://agent:hunter2@redis:6379".into();
+        let debug = format!("{settings:?} {:?}", settings.redis.settings());
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert_eq!(
+            settings.redis.redacted_url(),
+            "redis://agent:***@redis:6379"
         );
     }
 

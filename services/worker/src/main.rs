@@ -2,16 +2,16 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use worker::config::{Command, Config};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
+    let (config, deprecated) = Config::load();
     let result = match config.command {
-        Some(Command::Healthcheck) => worker::healthcheck(&config).await,
+        Some(Command::Healthcheck) => healthcheck::check(config.metrics_addr.port()).await,
         None => {
-            taskq::support::init_tracing(config.log_format);
+            taskq::support::init_tracing(config.redis.log_format);
+            taskq::support::warn_deprecated(&deprecated);
             worker::startup::run_until_stopped(config).await
         }
     };

@@ -10,7 +10,6 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use taskq::queue::Queue;
-use taskq::support::redact_url;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -44,7 +43,7 @@ impl Worker {
             )?),
         };
         let block = Duration::from_millis(500);
-        let redis = config.redis_settings();
+        let redis = config.redis.settings();
         let mut blocking = redis.clone();
         blocking.response_timeout = redis.response_timeout + block;
         let metrics_listener = TcpListener::bind(config.metrics_addr)
@@ -66,7 +65,7 @@ impl Worker {
                 retry_base: config.retry_base,
                 retry_max: config.retry_max,
                 heartbeat: config.heartbeat,
-                dead_after: config.dead_after,
+                dead_after: config.liveness.worker_dead_after,
                 lease: config.lease,
                 shutdown_grace: config.shutdown_grace,
                 block,
@@ -131,9 +130,9 @@ pub async fn run_until_stopped(config: Config) -> anyhow::Result<()> {
     let worker = Worker::build(&config).await?;
     tracing::info!(
         worker_id = %worker.worker_id(),
-        redis_url = %redact_url(&config.redis_url),
+        redis_url = %config.redis.redacted_url(),
         metrics_addr = %worker.metrics_addr()?,
-        key_prefix = %config.key_prefix,
+        key_prefix = %config.redis.key_prefix,
         "worker configured"
     );
     let shutdown = CancellationToken::new();

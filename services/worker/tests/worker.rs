@@ -25,7 +25,7 @@ impl Api {
     async fn start(redis_url: &str, max_attempts: u32) -> Self {
         let mut config = orchestrator::config::Config::for_tests(redis_url, PREFIX);
         config.max_attempts = max_attempts;
-        config.redis_timeout = Duration::from_millis(500);
+        config.redis.redis_timeout = Duration::from_millis(500);
         let state = orchestrator::startup::AppState::new(&config).expect("orchestrator config");
         let router = orchestrator::startup::app(state, &config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -146,9 +146,9 @@ impl WorkerProcess {
             .env("REDIS_URL", redis_url)
             .env("KEY_PREFIX", PREFIX)
             .env("WORKER_ID", id)
-            .env("WORKER_WORK_MS", work_ms.to_string())
-            .env("WORKER_HEARTBEAT_MS", "250")
-            .env("WORKER_DEAD_AFTER_MS", "1000")
+            .env("WORKER_WORK", format!("{work_ms}ms"))
+            .env("WORKER_HEARTBEAT", "250ms")
+            .env("WORKER_DEAD_AFTER", "1s")
             .env("METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
             .env("LOG_FORMAT", "json")
             .stdout(Stdio::null())

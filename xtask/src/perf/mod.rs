@@ -10,7 +10,7 @@
 //! - **fixed rates** (1,000 and 5,000/s): the orchestrator under an open-model generator
 //!   ([`open_loop`]) with two workers consuming, and the enqueue-to-start latency of the same
 //!   tasks from their records (`started_at − created_at`, Redis's clock, 1 ms resolution);
-//! - **no-op drain** with 1, 2 and 4 worker processes (`WORKER_WORK_MS=0`, the `task_executed`
+//! - **no-op drain** with 1, 2 and 4 worker processes (`WORKER_WORK=0ms`, the `task_executed`
 //!   line on): tasks enqueued in bulk first, then the time until the queue is empty;
 //! - **peak RSS** (`VmHWM`) of the orchestrator and the workers.
 //!

@@ -141,7 +141,7 @@ impl Ctx<'_> {
             ("REDIS_URL", redis.url()),
             ("KEY_PREFIX", prefix.to_owned()),
             ("WORKER_ID", worker_id.to_owned()),
-            ("WORKER_WORK_MS", work_ms.to_string()),
+            ("WORKER_WORK", format!("{work_ms}ms")),
             ("METRICS_ADDR", "127.0.0.1:0".to_owned()),
             ("LOG_FORMAT", "json".to_owned()),
             ("RUST_LOG", "info".to_owned()),
@@ -829,7 +829,7 @@ pub async fn run(options: &Options, command: String) -> anyhow::Result<Report> {
     let background = background_busy_percent(Duration::from_secs(2));
     let mut settings = vec![
         "orchestrator and workers: release builds, defaults unless listed, `LOG_FORMAT=json` and `RUST_LOG=info` with stdout to a file".to_owned(),
-        "workers: `WORKER_WORK_MS=0` (no-op), so each execution costs its claim, its `task_executed` line and its finish; drains also set `WORKER_CONCURRENCY` as shown; recovery runs use `WORKER_WORK_MS=2000`".to_owned(),
+        "workers: `WORKER_WORK=0ms` (no-op), so each execution costs its claim, its `task_executed` line and its finish; drains also set `WORKER_CONCURRENCY` as shown; recovery runs use `WORKER_WORK=2s`".to_owned(),
         format!(
             "wrk: {} thread(s), {} connections, {} s measured after a {} s warm-up; fixed rates: {} s measured after {} s",
             options.wrk_threads,

@@ -201,7 +201,7 @@ pub struct RecoveryResult {
     pub restarted_ms: i64,
     /// From SIGKILL until every held task succeeded, ms.
     pub completed_ms: i64,
-    /// `WORKER_WORK_MS` of both workers.
+    /// `WORKER_WORK` of both workers, in milliseconds.
     pub work_ms: u64,
 }
 
@@ -734,10 +734,10 @@ const METHOD: &str = "\
   `duration_ms`) minus the instant the POST was sent (an upper bound: the task did not exist \
   yet) and minus the instant its answer arrived (a lower bound: the task existed by then).
 - **No-op drain:** tasks are enqueued in bulk first (taskq's `Queue::enqueue`, 1,024 in \
-  flight), then the worker processes start (`WORKER_WORK_MS=0`, the `task_executed` line on, \
+  flight), then the worker processes start (`WORKER_WORK=0ms`, the `task_executed` line on, \
   stdout to a file); the drain ends when nothing is queued or in flight (polled every 20 ms). \
   The count of `task_executed` lines is checked against the tasks.
-- **Recovery:** a worker holds running tasks (`WORKER_WORK_MS=2000`), a second worker is \
+- **Recovery:** a worker holds running tasks (`WORKER_WORK=2s`), a second worker is \
   live, the first is SIGKILLed at a point spread over the heartbeat period; the figure is the \
   time until every held task has been started again by the live worker (Redis's clock against \
   the kill instant, same machine).
@@ -869,8 +869,8 @@ fn bounds(report: &Report) -> String {
         let _ = writeln!(
             md,
             "- **Worker-kill recovery** took {:.2}–{:.2} s. With the defaults it cannot be shorter \
-             than `WORKER_DEAD_AFTER_MS` (3 s) minus the age of the victim's last heartbeat (sent \
-             every `WORKER_HEARTBEAT_MS`, 1 s), and a live worker looks for dead ones once per \
+             than `WORKER_DEAD_AFTER` (3 s) minus the age of the victim's last heartbeat (sent \
+             every `WORKER_HEARTBEAT`, 1 s), and a live worker looks for dead ones once per \
              heartbeat: kill → restart lies between about 2 and 4 s, and ≤ 3 s holds only when the \
              victim's last heartbeat was older than the wait for the live worker's next pass.",
             lo as f64 / 1000.0,
