@@ -349,6 +349,73 @@ async fn bad_input_gets_the_right_status_and_a_json_error() {
 }
 
 #[tokio::test]
+async fn item_13_a_blank_description_is_422() {
+    let redis = RedisServer::start();
+    let router = router_for(&redis.url());
+
+    for blank in [" ", "   ", "\t\n", "\r\n \u{a0}\u{3000}\u{2028}"] {
+        let reply = send(&router, post_json(json!({ "description": blank }).to_string())).await;
+        assert_error(&reply, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    }
+    assert_eq!(
+        send(&router, get("/stats")).await.body["queued_total"],
+        0,
+        "a blank description enqueues nothing"
+    );
+    let padded = send(&router, post_json(r#"{"description":"  x  "}"#)).await;
+
+    assert_eq!(padded.status, StatusCode::CREATED, "{:?}", padded.body);
+    assert_eq!(
+        padded.body["description"], "  x  ",
+        "text with whitespace around it is kept as sent"
+    );
+}
+
+/// The characters of a `[^...]` class made of `\uXXXX` escapes and `a-b` ranges.
+fn negated_class_chars(pattern: &str) -> Vec<u32> {
+    let inner = pattern
+        .strip_prefix("[^")
+        .and_then(|p| p.strip_suffix(']'))
+        .unwrap_or_else(|| panic!("{pattern:?} is not a negated class"));
+    let mut points = Vec::new();
+    let mut rest = inner;
+    while !rest.is_empty() {
+        let hex = |text: &str| {
+            let digits = text.strip_prefix("\\u").expect("\\uXXXX escapes only");
+            u32::from_str_radix(&digits[..4], 16).expect("four hex digits")
+        };
+        let start = hex(rest);
+        rest = &rest[6..];
+        let end = match rest.strip_prefix('-') {
+            Some(range_end) => {
+                rest = &range_end[6..];
+                hex(range_end)
+            }
+            None => start,
+        };
+        points.extend(start..=end);
+    }
+    points
+}
+
+#[tokio::test]
+async fn item_13_openapi_calls_blank_what_the_server_calls_blank() {
+    let router = router_for(&format!("redis://127.0.0.1:{}", free_port()));
+    let openapi = send(&router, get("/openapi.json")).await;
+    let pattern = openapi.body["components"]["schemas"]["NewTask"]["properties"]["description"]
+        ["pattern"]
+        .as_str()
+        .expect("the description has a pattern");
+
+    let whitespace: Vec<u32> = (0..=0x10FFFF)
+        .filter_map(char::from_u32)
+        .filter(|c| c.is_whitespace())
+        .map(u32::from)
+        .collect();
+    assert_eq!(negated_class_chars(pattern), whitespace);
+}
+
+#[tokio::test]
 async fn while_redis_is_unreachable_requests_get_a_quick_503_with_retry_after() {
     let router = router_for(&format!("redis://127.0.0.1:{}", free_port()));
     let started = Instant::now();
@@ -626,8 +693,8 @@ mod hostile_input {
                     body["priority"] = json!(priority);
                 }
                 let reply = runtime.block_on(send(router, post_json(body.to_string())));
-                let valid =
-                    !description.is_empty() && priority.is_none_or(|p| (1..=10).contains(&p));
+                let valid = !description.trim().is_empty()
+                    && priority.is_none_or(|p| (1..=10).contains(&p));
                 if valid {
                     prop_assert_eq!(reply.status, StatusCode::CREATED);
                     prop_assert_eq!(

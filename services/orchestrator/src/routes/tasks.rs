@@ -25,7 +25,7 @@ pub struct AppPath<T>(pub T);
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTaskRequest {
-    /// What to do: 1–10,000 characters.
+    /// What to do: 1–10,000 characters, not all whitespace.
     pub description: String,
     /// 1 (most urgent) to 10; 5 when absent. An explicit `null` is a type error, not "absent".
     #[serde(default, deserialize_with = "present_integer")]
