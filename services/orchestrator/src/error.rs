@@ -41,7 +41,8 @@ pub enum AppError {
     /// The task cannot change this way in its current state (409).
     #[error("{0}")]
     Conflict(String),
-    /// Redis is unreachable or too slow (503 with `Retry-After`).
+    /// Redis is unreachable, too slow, or refuses for now (`BUSY`, `OOM`, `READONLY`, ...: not
+    /// the client's fault) (503 with `Retry-After`).
     #[error("the task store is unavailable; retry shortly")]
     Unavailable,
     /// Redis did not answer an enqueue in time: the task may or may not exist (503 with

@@ -726,3 +726,235 @@ mod hostile_input {
         });
     }
 }
+
+mod redis_refusals {
+    //! Item 10: every Redis refusal that is not the client's fault is a 503 `store_unavailable`
+    //! with `Retry-After`, never a 500, and a refused enqueue leaves nothing behind. Each test
+    //! puts a real redis-server into the refusing state.
+
+    use super::*;
+
+    async fn admin(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(redis.url())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("admin connection")
+    }
+
+    async fn run(conn: &mut redis::aio::MultiplexedConnection, args: &[&str]) {
+        redis::cmd(args[0])
+            .arg(&args[1..])
+            .query_async::<redis::Value>(conn)
+            .await
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    }
+
+    /// Every key and the length of every priority stream: what an enqueue would change.
+    async fn contents(conn: &mut redis::aio::MultiplexedConnection) -> (Vec<String>, Vec<u64>) {
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(conn)
+            .await
+            .expect("KEYS");
+        keys.sort();
+        let mut lengths = Vec::new();
+        for stream in taskq::Keys::new("api-test").streams() {
+            let len: u64 = redis::cmd("XLEN")
+                .arg(&stream)
+                .query_async(conn)
+                .await
+                .expect("XLEN");
+            lengths.push(len);
+        }
+        (keys, lengths)
+    }
+
+    fn post_with_key(key: &str) -> Request<Body> {
+        Request::post("/tasks")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(r#"{"description":"refused"}"#))
+            .expect("request")
+    }
+
+    fn assert_refused(reply: &Reply, what: &str) {
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{what}: {:?}",
+            reply.body
+        );
+        assert_error(reply, StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
+        assert_eq!(reply.headers[header::RETRY_AFTER], "1", "{what}");
+    }
+
+    /// An existing task's URI, after a first request that also opens the router's connection.
+    async fn existing_task(router: &Router) -> String {
+        let created = send(router, post_json(r#"{"description":"before"}"#)).await;
+        assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+        format!("/tasks/{}", created.body["id"].as_str().expect("id"))
+    }
+
+    /// Enqueues (with and without an idempotency key) are refused with 503 and change nothing;
+    /// reads go on.
+    async fn assert_enqueues_refused(
+        router: &Router,
+        conn: &mut redis::aio::MultiplexedConnection,
+        uri: &str,
+        what: &str,
+    ) {
+        let before = contents(conn).await;
+        assert_refused(&send(router, post_json(r#"{"description":"x"}"#)).await, what);
+        assert_refused(&send(router, post_with_key("k-1")).await, what);
+        assert_eq!(
+            contents(conn).await,
+            before,
+            "{what}: a refused enqueue must leave no task hash, stream entry or key"
+        );
+        assert_eq!(send(router, get(uri)).await.status, StatusCode::OK, "{what}");
+    }
+
+    /// A cancel is refused with 503 and changes nothing.
+    async fn assert_cancel_refused(
+        router: &Router,
+        conn: &mut redis::aio::MultiplexedConnection,
+        uri: &str,
+        what: &str,
+    ) {
+        let before = contents(conn).await;
+        assert_refused(&send(router, delete(uri)).await, what);
+        assert_eq!(contents(conn).await, before, "{what}: a refused cancel");
+        assert_eq!(send(router, get(uri)).await.body["status"], "queued");
+    }
+
+    #[tokio::test]
+    async fn item_10_an_oom_refusal_is_a_503_and_writes_nothing() {
+        let redis = RedisServer::start();
+        let router = router_for(&redis.url());
+        let uri = existing_task(&router).await;
+        let mut conn = admin(&redis).await;
+
+        run(&mut conn, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]).await;
+        run(&mut conn, &["CONFIG", "SET", "maxmemory", "1"]).await;
+        assert_enqueues_refused(&router, &mut conn, &uri, "OOM").await;
+        // A cancel frees memory: its first writes (XACK, XDEL) are ones Redis allows under OOM,
+        // and once a script has written Redis lets it finish.
+        let cancelled = send(&router, delete(&uri)).await;
+        run(&mut conn, &["CONFIG", "SET", "maxmemory", "0"]).await;
+
+        assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
+
+        let after = send(&router, post_with_key("k-1")).await;
+        assert_eq!(after.status, StatusCode::CREATED, "{:?}", after.body);
+    }
+
+    #[tokio::test]
+    async fn item_10_a_read_only_replica_is_a_503_and_writes_nothing() {
+        let redis = RedisServer::start();
+        let router = router_for(&redis.url());
+        let uri = existing_task(&router).await;
+        let mut conn = admin(&redis).await;
+
+        run(&mut conn, &["CONFIG", "SET", "replica-serve-stale-data", "yes"]).await;
+        let no_master = free_port().to_string();
+        run(&mut conn, &["REPLICAOF", "127.0.0.1", &no_master]).await;
+        assert_enqueues_refused(&router, &mut conn, &uri, "READONLY").await;
+        assert_cancel_refused(&router, &mut conn, &uri, "READONLY").await;
+        run(&mut conn, &["REPLICAOF", "NO", "ONE"]).await;
+
+        let after = send(&router, post_with_key("k-1")).await;
+        assert_eq!(after.status, StatusCode::CREATED, "{:?}", after.body);
+    }
+
+    #[tokio::test]
+    async fn item_10_an_acl_refusal_is_a_503_and_writes_nothing() {
+        let redis = RedisServer::start();
+        let owner = router_for(&redis.url());
+        let uri = existing_task(&owner).await;
+        let mut conn = admin(&redis).await;
+        // One user may run the scripts but not the writes of the enqueue script (Redis refuses
+        // its first write); the other may not run scripts at all (NOPERM). The first one's
+        // cancel is not tried: cancel.lua's XDEL would pass and its HSET be refused, a partial
+        // write that only a wrong ACL causes (the ACL template is checked to grant every command
+        // the scripts send, harness/tests/k8s_manifests.rs).
+        run(
+            &mut conn,
+            &[
+                "ACL", "SETUSER", "nowrite", "on", ">pw-nowrite", "~*", "+@all", "-xadd", "-hset",
+                "-set",
+            ],
+        )
+        .await;
+        run(
+            &mut conn,
+            &[
+                "ACL",
+                "SETUSER",
+                "noscript",
+                "on",
+                ">pw-noscript",
+                "~*",
+                "+@all",
+                "-evalsha",
+                "-eval",
+            ],
+        )
+        .await;
+
+        for user in ["nowrite", "noscript"] {
+            let url = format!("redis://{user}:pw-{user}@127.0.0.1:{}", redis.port());
+            let router = router_for(&url);
+            assert_eq!(
+                send(&router, get(&uri)).await.status,
+                StatusCode::OK,
+                "{user} may read"
+            );
+            assert_enqueues_refused(&router, &mut conn, &uri, user).await;
+            if user == "noscript" {
+                assert_cancel_refused(&router, &mut conn, &uri, user).await;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn item_10_a_redis_busy_with_a_script_is_a_503() {
+        let redis = RedisServer::start();
+        let router = router_for(&redis.url());
+        let uri = existing_task(&router).await;
+        let client = redis::Client::open(redis.url()).expect("url");
+        // Both connections are made before Redis is busy: a new connection's handshake would
+        // be refused too.
+        let mut busy = client.get_connection().expect("connection");
+        let mut killer = client.get_connection().expect("connection");
+        redis::cmd("CONFIG")
+            .arg(&["SET", "busy-reply-threshold", "50"][..])
+            .query::<()>(&mut killer)
+            .expect("CONFIG SET");
+        let looping = std::thread::spawn(move || {
+            redis::cmd("EVAL")
+                .arg(&["while true do end", "0"][..])
+                .query::<redis::Value>(&mut busy)
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let create = send(&router, post_json(r#"{"description":"x"}"#)).await;
+        let read = send(&router, get(&uri)).await;
+        redis::cmd("SCRIPT")
+            .arg("KILL")
+            .query::<()>(&mut killer)
+            .expect("SCRIPT KILL");
+        let killed = looping.join().expect("thread");
+
+        assert!(killed.is_err(), "the busy script was killed: {killed:?}");
+        assert_refused(&create, "BUSY create");
+        assert_refused(&read, "BUSY read");
+        let after = send(&router, post_json(r#"{"description":"x"}"#)).await;
+        assert_eq!(after.status, StatusCode::CREATED, "{:?}", after.body);
+        assert_eq!(
+            send(&router, get("/stats")).await.body["queued_total"],
+            2,
+            "only the tasks before and after were queued"
+        );
+    }
+}

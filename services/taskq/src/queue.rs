@@ -46,8 +46,40 @@ pub enum QueueError {
     Protocol(String),
 }
 
+/// Error codes with which Redis refuses a command for a reason that is not the caller's fault:
+/// busy with a script, a read-only replica, an ACL that lacks a command or key, out of memory
+/// (`maxmemory` with `noeviction`), unable to persist, loading its data, or a cluster in motion
+/// (`MOVED`/`ASK` redirects, which a storm of turns into unavailability for a plain client).
+const REFUSAL_CODES: [&str; 11] = [
+    "BUSY",
+    "READONLY",
+    "NOPERM",
+    "OOM",
+    "MISCONF",
+    "LOADING",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+    "MOVED",
+    "ASK",
+];
+
+/// Whether one error reply is a refusal (see [`REFUSAL_CODES`]). Inside a script Redis words an
+/// ACL refusal as `ERR` (7.0: "The user executing the script can't ...", 7.2: "ACL failure in
+/// script: ..."); other refusals keep their code.
+fn is_refusal_reply(reply: &redis::ServerError) -> bool {
+    let code = reply.code();
+    REFUSAL_CODES.contains(&code)
+        || (code == "ERR"
+            && reply.details().is_some_and(|detail| {
+                detail.starts_with("The user executing the script can't")
+                    || detail.starts_with("ACL failure in script")
+            }))
+}
+
 impl QueueError {
-    /// True when Redis is unreachable or too slow, as opposed to a logic or data error.
+    /// True when Redis is unreachable, too slow, or refuses to serve for now
+    /// ([`QueueError::is_refusal`]), as opposed to a logic or data error.
     pub fn is_unavailable(&self) -> bool {
         match self {
             QueueError::Redis(err) => {
@@ -55,14 +87,27 @@ impl QueueError {
                     || err.is_timeout()
                     || err.is_connection_dropped()
                     || err.is_connection_refusal()
-                    || matches!(
-                        err.kind(),
-                        ErrorKind::Server(ServerErrorKind::BusyLoading)
-                            | ErrorKind::Server(ServerErrorKind::TryAgain)
-                            | ErrorKind::Server(ServerErrorKind::MasterDown)
-                    )
-                    || err.code() == Some("LOADING")
+                    || self.is_refusal()
             }
+            _ => false,
+        }
+    }
+
+    /// True when Redis answered with a refusal that is not the caller's fault (`BUSY`,
+    /// `READONLY`, `NOPERM`, `OOM`, `MISCONF`, `LOADING`, `TRYAGAIN`, `CLUSTERDOWN`,
+    /// `MASTERDOWN`, `MOVED`, `ASK`). Unlike a timeout this is a definite answer: Redis refuses
+    /// these before running a command, and inside a script at the script's first write
+    /// (`READONLY`, `OOM`, `MISCONF`: once a script has written, Redis lets its later writes
+    /// through), so a refused script that writes first changed nothing. An ACL refusal of a
+    /// later command in a script is the exception, which is why the services' ACL must grant
+    /// every command the scripts send. In a pipeline, the commands before the refused one may
+    /// have been applied.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            QueueError::Redis(err) => err
+                .clone()
+                .into_server_errors()
+                .is_some_and(|replies| replies.iter().any(|(_, reply)| is_refusal_reply(reply))),
             _ => false,
         }
     }
@@ -789,5 +834,51 @@ impl Queue {
             live_workers: numbers[22],
             oldest_queued_age_ms,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error a client gets for this error reply line.
+    fn server_error(line: &str) -> QueueError {
+        let reply = redis::parse_redis_value(format!("-{line}\r\n").as_bytes()).expect("parses");
+        QueueError::Redis(reply.extract_error().expect_err("an error reply"))
+    }
+
+    #[test]
+    fn item_10_every_refusal_that_is_not_the_clients_fault_is_unavailable() {
+        let script = "script: 0123abcd, on @user_script:1.";
+        for line in [
+            "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.".to_owned(),
+            format!("READONLY You can't write against a read only replica. {script}"),
+            "NOPERM this user has no permissions to run the 'evalsha' command".to_owned(),
+            "NOPERM this user has no permissions to access one of the keys used as arguments".to_owned(),
+            // Redis 7.0 and 7.2 word an ACL refusal inside a script as ERR.
+            format!("ERR The user executing the script can't run this command or subcommand {script}"),
+            format!("ERR The user executing the script can't access at least one of the keys mentioned in the command arguments {script}"),
+            format!("ERR ACL failure in script: User agent has no permissions to run the 'xadd' command {script}"),
+            format!("OOM command not allowed when used memory > 'maxmemory'. {script}"),
+            "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.".to_owned(),
+            "LOADING Redis is loading the dataset in memory".to_owned(),
+            "TRYAGAIN Multiple keys request during rehashing of slot".to_owned(),
+            "CLUSTERDOWN The cluster is down".to_owned(),
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.".to_owned(),
+            "MOVED 3999 127.0.0.1:6381".to_owned(),
+            "ASK 3999 127.0.0.1:6381".to_owned(),
+        ] {
+            assert!(server_error(&line).is_unavailable(), "{line}");
+        }
+        for line in [
+            "ERR unknown command 'NOPE'",
+            "ERR Error running script (call to f_0123): @user_script:1: user_script:1: attempt to compare nil with number",
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+            "NOSCRIPT No matching script. Please use EVAL.",
+            "CROSSSLOT Keys in request don't hash to the same slot",
+            "NOGROUP No such key 'agent:stream:p1' or consumer group 'workers'",
+        ] {
+            assert!(!server_error(line).is_unavailable(), "{line}");
+        }
     }
 }

@@ -9,6 +9,9 @@ if #KEYS == 3 then
     return {0, existing, 0}
   end
 end
+-- All or nothing under a refusal: Redis refuses OOM, READONLY and MISCONF at a script's first
+-- write and lets later writes through, so the first write (XADD) is the only one that can be
+-- refused, and nothing is written before it.
 local now = now_ms()
 local entry = redis.call('XADD', KEYS[2], '*', 't', ARGV[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[6], 'id', ARGV[1], 'description', ARGV[2],
