@@ -51,6 +51,14 @@ pub enum AppError {
         "the task store did not confirm in time; the task may have been queued. Retry with the same Idempotency-Key"
     )]
     OutcomeUnknown,
+    /// `MAX_QUEUED` tasks wait already; nothing was queued (503 with `Retry-After`).
+    #[error("the queue is full ({waiting} tasks waiting, limit {limit}); retry later")]
+    QueueFull {
+        /// Tasks waiting when the enqueue was refused.
+        waiting: u64,
+        /// `MAX_QUEUED`.
+        limit: u64,
+    },
     /// Too many requests in progress; shed at once (503 with `Retry-After`).
     #[error("the server is overloaded; retry shortly")]
     Overloaded,
@@ -74,6 +82,7 @@ impl AppError {
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::Unavailable
+            | AppError::QueueFull { .. }
             | AppError::Timeout
             | AppError::Overloaded
             | AppError::OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
@@ -94,6 +103,7 @@ impl AppError {
             AppError::MethodNotAllowed => "method_not_allowed",
             AppError::Conflict(_) => "conflict",
             AppError::Unavailable => "store_unavailable",
+            AppError::QueueFull { .. } => "queue_full",
             AppError::Timeout => "timeout",
             AppError::Overloaded => "overloaded",
             AppError::OutcomeUnknown => "outcome_unknown",
@@ -113,7 +123,9 @@ impl From<ValidationError> for AppError {
 
 impl From<QueueError> for AppError {
     fn from(err: QueueError) -> Self {
-        if err.is_unavailable() {
+        if let QueueError::QueueFull { waiting, limit } = err {
+            AppError::QueueFull { waiting, limit }
+        } else if err.is_unavailable() {
             AppError::Unavailable
         } else {
             AppError::Internal(err.into())

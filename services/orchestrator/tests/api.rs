@@ -734,7 +734,7 @@ mod redis_refusals {
 
     use super::*;
 
-    async fn admin(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    pub(super) async fn admin(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
         redis::Client::open(redis.url())
             .expect("url")
             .get_multiplexed_async_connection()
@@ -751,7 +751,9 @@ mod redis_refusals {
     }
 
     /// Every key and the length of every priority stream: what an enqueue would change.
-    async fn contents(conn: &mut redis::aio::MultiplexedConnection) -> (Vec<String>, Vec<u64>) {
+    pub(super) async fn contents(
+        conn: &mut redis::aio::MultiplexedConnection,
+    ) -> (Vec<String>, Vec<u64>) {
         let mut keys: Vec<String> = redis::cmd("KEYS")
             .arg("*")
             .query_async(conn)
@@ -770,7 +772,7 @@ mod redis_refusals {
         (keys, lengths)
     }
 
-    fn post_with_key(key: &str) -> Request<Body> {
+    pub(super) fn post_with_key(key: &str) -> Request<Body> {
         Request::post("/tasks")
             .header(header::CONTENT_TYPE, "application/json")
             .header("idempotency-key", key)
@@ -956,5 +958,76 @@ mod redis_refusals {
             2,
             "only the tasks before and after were queued"
         );
+    }
+}
+
+mod backpressure {
+    //! Item 11: more than `MAX_QUEUED` waiting tasks is a 503 `queue_full` with `Retry-After`;
+    //! the refused enqueue writes nothing.
+
+    use super::redis_refusals::{admin, contents, post_with_key};
+    use super::*;
+
+    /// The router for these command-line flags (and the test defaults).
+    fn router_from_args(redis_url: &str, args: &[&str]) -> Router {
+        use clap::Parser;
+        let base = Config::for_tests(redis_url, "api-test");
+        let mut config = Config::try_parse_from(std::iter::once("orchestrator").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        config.redis_url = base.redis_url;
+        config.key_prefix = base.key_prefix;
+        config.listen_addr = base.listen_addr;
+        app(AppState::new(&config).expect("valid config"), &config)
+    }
+
+    #[tokio::test]
+    async fn item_11_more_than_max_queued_waiting_tasks_is_503_queue_full() {
+        let redis = RedisServer::start();
+        let router = router_from_args(&redis.url(), &["--max-queued", "3"]);
+        let mut conn = admin(&redis).await;
+        let first = send(&router, post_with_key("k-1")).await;
+        for priority in [1, 10] {
+            let body = json!({ "description": "x", "priority": priority }).to_string();
+            assert_eq!(send(&router, post_json(body)).await.status, StatusCode::CREATED);
+        }
+        let before = contents(&mut conn).await;
+
+        let full = send(&router, post_json(r#"{"description":"one too many"}"#)).await;
+        let replay = send(&router, post_with_key("k-1")).await;
+
+        assert_eq!(first.status, StatusCode::CREATED);
+        assert_error(&full, StatusCode::SERVICE_UNAVAILABLE, "queue_full");
+        assert_eq!(full.headers[header::RETRY_AFTER], "1");
+        assert_eq!(
+            contents(&mut conn).await,
+            before,
+            "a refused enqueue writes nothing"
+        );
+        assert_eq!(
+            (replay.status, &replay.body["id"]),
+            (StatusCode::OK, &first.body["id"]),
+            "a replay adds nothing, so a full queue still answers it"
+        );
+        let uri = format!("/tasks/{}", first.body["id"].as_str().expect("id"));
+        assert_eq!(send(&router, delete(&uri)).await.status, StatusCode::OK);
+        assert_eq!(
+            send(&router, post_json(r#"{"description":"room again"}"#))
+                .await
+                .status,
+            StatusCode::CREATED,
+            "a cancelled task leaves room"
+        );
+    }
+
+    #[tokio::test]
+    async fn item_11_max_queued_zero_sets_no_limit() {
+        let redis = RedisServer::start();
+        let router = router_from_args(&redis.url(), &["--max-queued", "0"]);
+        for _ in 0..5 {
+            assert_eq!(
+                send(&router, post_json(r#"{"description":"x"}"#)).await.status,
+                StatusCode::CREATED
+            );
+        }
     }
 }

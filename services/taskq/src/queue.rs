@@ -44,6 +44,15 @@ pub enum QueueError {
     /// Redis answered with something the protocol does not expect.
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),
+    /// The enqueue was refused, and nothing written: [`QueueConfig::max_queued`] tasks wait
+    /// already.
+    #[error("the queue is full: {waiting} tasks wait, the limit is {limit}")]
+    QueueFull {
+        /// Entries in the priority streams (queued or running) when the enqueue was refused.
+        waiting: u64,
+        /// [`QueueConfig::max_queued`].
+        limit: u64,
+    },
 }
 
 /// Error codes with which Redis refuses a command for a reason that is not the caller's fault:
@@ -130,7 +139,13 @@ pub struct QueueConfig {
     pub idempotency_ttl: Duration,
     /// Executions allowed per task before it is dead-lettered.
     pub max_attempts: u32,
+    /// Most tasks waiting (queued, or running and not yet acknowledged) before an enqueue is
+    /// refused with [`QueueError::QueueFull`]; 0 sets no limit.
+    pub max_queued: u64,
 }
+
+/// Default of [`QueueConfig::max_queued`].
+pub const DEFAULT_MAX_QUEUED: u64 = 1_000_000;
 
 impl Default for QueueConfig {
     fn default() -> Self {
@@ -139,6 +154,7 @@ impl Default for QueueConfig {
             task_retention: Duration::from_secs(24 * 3600),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             max_attempts: 5,
+            max_queued: DEFAULT_MAX_QUEUED,
         }
     }
 }
@@ -398,7 +414,9 @@ impl Queue {
     }
 
     /// Enqueues a task in one atomic round trip: task hash, stream entry and, with a key, the
-    /// idempotency record. A key seen before returns the task it created instead.
+    /// idempotency record. A key seen before returns the task it created instead. With
+    /// [`QueueConfig::max_queued`] tasks waiting, nothing is written and the answer is
+    /// [`QueueError::QueueFull`].
     pub async fn enqueue<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
@@ -411,7 +429,7 @@ impl Queue {
         let mut invocation = self.scripts.enqueue.prepare_invoke();
         invocation
             .key(keys.task(&task_id))
-            .key(keys.stream(priority));
+            .key(self.streams.as_slice());
         if let Some(key) = idempotency_key {
             invocation.key(keys.idempotency(key));
         }
@@ -421,9 +439,17 @@ impl Queue {
             .arg(priority.get())
             .arg(self.config.max_attempts)
             .arg(seconds(self.config.idempotency_ttl).max(1))
-            .arg(RECORD_VERSION);
-        let (created, id, created_ms): (i64, String, i64) = invocation.invoke_async(conn).await?;
-        if created == 0 {
+            .arg(RECORD_VERSION)
+            .arg(self.config.max_queued);
+        // {1, id, created_ms}, {0, existing id, 0} or {2, '', tasks waiting}: see enqueue.lua.
+        let (outcome, id, number): (i64, String, i64) = invocation.invoke_async(conn).await?;
+        if outcome == 2 {
+            return Err(QueueError::QueueFull {
+                waiting: u64::try_from(number).unwrap_or_default(),
+                limit: self.config.max_queued,
+            });
+        }
+        if outcome == 0 {
             let existing = TaskId::parse(&id).map_err(|_| QueueError::Corrupt {
                 task_id: id.clone(),
                 source: DecodeError::BadField {
@@ -433,9 +459,8 @@ impl Queue {
             })?;
             return Ok(EnqueueOutcome::Replayed(existing));
         }
-        let created_at =
-            OffsetDateTime::from_unix_timestamp_nanos(i128::from(created_ms) * 1_000_000)
-                .map_err(|_| QueueError::Protocol(format!("created_at {created_ms}")))?;
+        let created_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(number) * 1_000_000)
+            .map_err(|_| QueueError::Protocol(format!("created_at {number}")))?;
         Ok(EnqueueOutcome::Created(TaskRecord {
             id: task_id,
             description: description.as_str().to_owned(),
