@@ -38,7 +38,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(8);
 
 /// Redis's memory cap in both backends: past it Redis refuses writes (the API answers 503) instead
 /// of growing until it is killed; `noeviction`, since evicting would drop tasks.
-pub const REDIS_MEMORY_ARGS: [&str; 4] = ["--maxmemory", "256mb", "--maxmemory-policy", "noeviction"];
+pub const REDIS_MEMORY_ARGS: [&str; 4] =
+    ["--maxmemory", "256mb", "--maxmemory-policy", "noeviction"];
 
 /// What to start.
 #[derive(Clone)]

@@ -354,8 +354,16 @@ async fn item_13_a_blank_description_is_422() {
     let router = router_for(&redis.url());
 
     for blank in [" ", "   ", "\t\n", "\r\n \u{a0}\u{3000}\u{2028}"] {
-        let reply = send(&router, post_json(json!({ "description": blank }).to_string())).await;
-        assert_error(&reply, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+        let reply = send(
+            &router,
+            post_json(json!({ "description": blank }).to_string()),
+        )
+        .await;
+        assert_error(
+            &reply,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
     }
     assert_eq!(
         send(&router, get("/stats")).await.body["queued_total"],
@@ -402,10 +410,10 @@ fn negated_class_chars(pattern: &str) -> Vec<u32> {
 async fn item_13_openapi_calls_blank_what_the_server_calls_blank() {
     let router = router_for(&format!("redis://127.0.0.1:{}", free_port()));
     let openapi = send(&router, get("/openapi.json")).await;
-    let pattern = openapi.body["components"]["schemas"]["NewTask"]["properties"]["description"]
-        ["pattern"]
-        .as_str()
-        .expect("the description has a pattern");
+    let pattern =
+        openapi.body["components"]["schemas"]["NewTask"]["properties"]["description"]["pattern"]
+            .as_str()
+            .expect("the description has a pattern");
 
     let whitespace: Vec<u32> = (0..=0x10FFFF)
         .filter_map(char::from_u32)
@@ -807,14 +815,21 @@ mod redis_refusals {
         what: &str,
     ) {
         let before = contents(conn).await;
-        assert_refused(&send(router, post_json(r#"{"description":"x"}"#)).await, what);
+        assert_refused(
+            &send(router, post_json(r#"{"description":"x"}"#)).await,
+            what,
+        );
         assert_refused(&send(router, post_with_key("k-1")).await, what);
         assert_eq!(
             contents(conn).await,
             before,
             "{what}: a refused enqueue must leave no task hash, stream entry or key"
         );
-        assert_eq!(send(router, get(uri)).await.status, StatusCode::OK, "{what}");
+        assert_eq!(
+            send(router, get(uri)).await.status,
+            StatusCode::OK,
+            "{what}"
+        );
     }
 
     /// A cancel is refused with 503 and changes nothing.
@@ -837,7 +852,11 @@ mod redis_refusals {
         let uri = existing_task(&router).await;
         let mut conn = admin(&redis).await;
 
-        run(&mut conn, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]).await;
+        run(
+            &mut conn,
+            &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
+        )
+        .await;
         run(&mut conn, &["CONFIG", "SET", "maxmemory", "1"]).await;
         assert_enqueues_refused(&router, &mut conn, &uri, "OOM").await;
         // A cancel frees memory: its first writes (XACK, XDEL) are ones Redis allows under OOM,
@@ -858,7 +877,11 @@ mod redis_refusals {
         let uri = existing_task(&router).await;
         let mut conn = admin(&redis).await;
 
-        run(&mut conn, &["CONFIG", "SET", "replica-serve-stale-data", "yes"]).await;
+        run(
+            &mut conn,
+            &["CONFIG", "SET", "replica-serve-stale-data", "yes"],
+        )
+        .await;
         let no_master = free_port().to_string();
         run(&mut conn, &["REPLICAOF", "127.0.0.1", &no_master]).await;
         assert_enqueues_refused(&router, &mut conn, &uri, "READONLY").await;
@@ -883,7 +906,15 @@ mod redis_refusals {
         run(
             &mut conn,
             &[
-                "ACL", "SETUSER", "nowrite", "on", ">pw-nowrite", "~*", "+@all", "-xadd", "-hset",
+                "ACL",
+                "SETUSER",
+                "nowrite",
+                "on",
+                ">pw-nowrite",
+                "~*",
+                "+@all",
+                "-xadd",
+                "-hset",
                 "-set",
             ],
         )
@@ -972,8 +1003,9 @@ mod backpressure {
     fn router_from_args(redis_url: &str, args: &[&str]) -> Router {
         use clap::Parser;
         let base = Config::for_tests(redis_url, "api-test");
-        let mut config = Config::try_parse_from(std::iter::once("orchestrator").chain(args.iter().copied()))
-            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        let mut config =
+            Config::try_parse_from(std::iter::once("orchestrator").chain(args.iter().copied()))
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
         config.redis_url = base.redis_url;
         config.key_prefix = base.key_prefix;
         config.listen_addr = base.listen_addr;
@@ -988,7 +1020,10 @@ mod backpressure {
         let first = send(&router, post_with_key("k-1")).await;
         for priority in [1, 10] {
             let body = json!({ "description": "x", "priority": priority }).to_string();
-            assert_eq!(send(&router, post_json(body)).await.status, StatusCode::CREATED);
+            assert_eq!(
+                send(&router, post_json(body)).await.status,
+                StatusCode::CREATED
+            );
         }
         let before = contents(&mut conn).await;
 
@@ -1025,7 +1060,9 @@ mod backpressure {
         let router = router_from_args(&redis.url(), &["--max-queued", "0"]);
         for _ in 0..5 {
             assert_eq!(
-                send(&router, post_json(r#"{"description":"x"}"#)).await.status,
+                send(&router, post_json(r#"{"description":"x"}"#))
+                    .await
+                    .status,
                 StatusCode::CREATED
             );
         }
