@@ -26,6 +26,11 @@ pub enum AppError {
     /// Well-formed JSON with missing fields, wrong types or out-of-range values (422).
     #[error("{0}")]
     Validation(String),
+    /// The `Idempotency-Key` created a task for another request body (422).
+    #[error(
+        "Idempotency-Key was already used with another request body; send a new key for a new task"
+    )]
+    IdempotencyKeyReused,
     /// A header or path parameter is malformed (400).
     #[error("{0}")]
     BadRequest(String),
@@ -77,7 +82,9 @@ impl AppError {
             AppError::MalformedJson(_) | AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            AppError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::Validation(_) | AppError::IdempotencyKeyReused => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             AppError::TaskNotFound(_) | AppError::RouteNotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Conflict(_) => StatusCode::CONFLICT,
@@ -97,6 +104,7 @@ impl AppError {
             AppError::UnsupportedMediaType => "unsupported_media_type",
             AppError::PayloadTooLarge => "payload_too_large",
             AppError::Validation(_) => "validation_failed",
+            AppError::IdempotencyKeyReused => "idempotency_key_reused",
             AppError::BadRequest(_) => "bad_request",
             AppError::TaskNotFound(_) => "task_not_found",
             AppError::RouteNotFound => "not_found",
@@ -125,6 +133,8 @@ impl From<QueueError> for AppError {
     fn from(err: QueueError) -> Self {
         if let QueueError::QueueFull { waiting, limit } = err {
             AppError::QueueFull { waiting, limit }
+        } else if let QueueError::IdempotencyKeyReused { .. } = err {
+            AppError::IdempotencyKeyReused
         } else if err.is_unavailable() {
             AppError::Unavailable
         } else {

@@ -1068,3 +1068,137 @@ mod backpressure {
         }
     }
 }
+
+mod idempotency_scope {
+    //! Item 5: an `Idempotency-Key` is scoped to the caller (its token when auth is on) and bound
+    //! to the request body.
+
+    use super::*;
+
+    const TOKEN_A: &str = "tenant-a-0123456789abcdef";
+    const TOKEN_B: &str = "tenant-b-0123456789abcdef";
+
+    fn keyed(body: &str, key: &str, token: Option<&str>) -> Request<Body> {
+        let mut request = Request::post("/tasks")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(body.to_owned()))
+            .expect("request");
+        if let Some(token) = token {
+            request = with_token(request, token);
+        }
+        request
+    }
+
+    #[tokio::test]
+    async fn item_5_two_callers_with_the_same_idempotency_key_get_their_own_tasks() {
+        let redis = RedisServer::start();
+        let router = router_with(&redis.url(), |c| {
+            c.auth_tokens = Some(format!("{TOKEN_A},{TOKEN_B}"))
+        });
+        let body = r#"{"description":"nightly report"}"#;
+
+        let a = send(&router, keyed(body, "1", Some(TOKEN_A))).await;
+        let b = send(&router, keyed(body, "1", Some(TOKEN_B))).await;
+        let a_again = send(&router, keyed(body, "1", Some(TOKEN_A))).await;
+        let b_again = send(&router, keyed(body, "1", Some(TOKEN_B))).await;
+
+        assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+        assert_eq!(
+            b.status,
+            StatusCode::CREATED,
+            "another caller's key must not replay the first caller's task: {:?}",
+            b.body
+        );
+        assert_ne!(a.body["id"], b.body["id"]);
+        assert_eq!(
+            (a_again.status, &a_again.body["id"]),
+            (StatusCode::OK, &a.body["id"])
+        );
+        assert_eq!(
+            (b_again.status, &b_again.body["id"]),
+            (StatusCode::OK, &b.body["id"])
+        );
+        let stats = send(&router, with_token(get("/stats"), TOKEN_A)).await;
+        assert_eq!(stats.body["queued_total"], 2, "both tasks are queued");
+    }
+
+    #[tokio::test]
+    async fn item_5_an_idempotency_key_reused_with_another_body_is_422() {
+        let redis = RedisServer::start();
+        let router = router_for(&redis.url());
+
+        let first = send(&router, keyed(r#"{"description":"a"}"#, "k", None)).await;
+        let other_text = send(&router, keyed(r#"{"description":"b"}"#, "k", None)).await;
+        let other_priority = send(
+            &router,
+            keyed(r#"{"description":"a","priority":4}"#, "k", None),
+        )
+        .await;
+        // The same task, spelled out: 5 is the default priority.
+        let same = send(
+            &router,
+            keyed(r#"{"priority":5,"description":"a"}"#, "k", None),
+        )
+        .await;
+
+        assert_eq!(first.status, StatusCode::CREATED);
+        assert_error(
+            &other_text,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+        );
+        assert_error(
+            &other_priority,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+        );
+        assert_eq!(
+            (same.status, &same.body["id"]),
+            (StatusCode::OK, &first.body["id"])
+        );
+        assert_eq!(
+            send(&router, get("/stats")).await.body["queued_total"],
+            1,
+            "a reused key queues nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn item_5_a_key_stored_before_keys_were_scoped_still_replays_without_auth() {
+        let redis = RedisServer::start();
+        let open = router_for(&redis.url());
+        let authenticated = router_with(&redis.url(), |c| c.auth_tokens = Some(TOKEN_A.into()));
+        let task = send(&open, post_json(r#"{"description":"from before"}"#)).await;
+        let id = task.body["id"].as_str().expect("id");
+        let keys = taskq::Keys::new("api-test");
+        let mut conn = super::redis_refusals::admin(&redis).await;
+        // What the enqueue script stored before this change: the task id alone, unscoped.
+        for key in ["old-1", "old-2"] {
+            redis::cmd("SET")
+                .arg(keys.legacy_idempotency(key))
+                .arg(id)
+                .query_async::<()>(&mut conn)
+                .await
+                .expect("SET");
+        }
+
+        let replay = send(&open, keyed(r#"{"description":"any body"}"#, "old-1", None)).await;
+        let other_caller = send(
+            &authenticated,
+            keyed(r#"{"description":"from before"}"#, "old-2", Some(TOKEN_A)),
+        )
+        .await;
+
+        assert_eq!(
+            (replay.status, replay.body["id"].as_str()),
+            (StatusCode::OK, Some(id))
+        );
+        assert_eq!(
+            other_caller.status,
+            StatusCode::CREATED,
+            "with auth on, an unscoped record may be another caller's: {:?}",
+            other_caller.body
+        );
+    }
+}

@@ -18,7 +18,7 @@ pub mod support;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use keys::Keys;
+pub use keys::{IdempotencyScope, Keys};
 pub use model::{Description, Priority, Status, TaskId, TaskRecord, ValidationError};
 pub use queue::{
     ClaimedTask, EnqueueOutcome, ExecutionOutcome, Finish, FinishResult, QueueConfig, QueueError,

@@ -16,7 +16,7 @@ use redis::aio::ConnectionLike;
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
 use time::OffsetDateTime;
 
-use crate::keys::{CONSUMER_GROUP, Keys};
+use crate::keys::{CONSUMER_GROUP, IdempotencyScope, Keys};
 use crate::model::{
     DecodeError, Description, Priority, RECORD_VERSION, Status, TaskId, TaskRecord,
 };
@@ -44,6 +44,13 @@ pub enum QueueError {
     /// Redis answered with something the protocol does not expect.
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),
+    /// The enqueue was refused, and nothing written: its `Idempotency-Key` created a task for
+    /// another request (another description or priority).
+    #[error("idempotency key was used for task {task_id} with another request")]
+    IdempotencyKeyReused {
+        /// The task the key created.
+        task_id: String,
+    },
     /// The enqueue was refused, and nothing written: [`QueueConfig::max_queued`] tasks wait
     /// already.
     #[error("the queue is full: {waiting} tasks wait, the limit is {limit}")]
@@ -157,6 +164,28 @@ impl Default for QueueConfig {
             max_queued: DEFAULT_MAX_QUEUED,
         }
     }
+}
+
+/// The digest of an enqueue request that an idempotency record binds its key to: SHA-256 of
+/// the canonical request (layout version, priority, description; the default priority counts as
+/// given), first 16 bytes in hex.
+fn request_digest(description: &Description, priority: Priority) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(format!("v1\n{}\n", priority.get()));
+    hasher.update(description.as_str());
+    hasher.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The task id in a stored idempotency record: `{task id} {request digest}`, or the task id
+/// alone in a record written before keys were bound to their request.
+pub fn idempotency_record_task_id(record: &str) -> &str {
+    record
+        .split_once(' ')
+        .map_or(record, |(task_id, _)| task_id)
 }
 
 /// What [`Queue::enqueue`] did.
@@ -413,15 +442,32 @@ impl Queue {
         Ok(())
     }
 
-    /// Enqueues a task in one atomic round trip: task hash, stream entry and, with a key, the
-    /// idempotency record. A key seen before returns the task it created instead. With
-    /// [`QueueConfig::max_queued`] tasks waiting, nothing is written and the answer is
-    /// [`QueueError::QueueFull`].
+    /// [`Queue::enqueue_in_scope`] for the caller of a system without authentication
+    /// ([`IdempotencyScope::open`]).
     pub async fn enqueue<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
         description: &Description,
         priority: Priority,
+        idempotency_key: Option<&str>,
+    ) -> Result<EnqueueOutcome, QueueError> {
+        let scope = IdempotencyScope::open();
+        self.enqueue_in_scope(conn, description, priority, &scope, idempotency_key)
+            .await
+    }
+
+    /// Enqueues a task in one atomic round trip: task hash, stream entry and, with a key, the
+    /// idempotency record. An `idempotency_key` is the caller's (`scope`) and bound to the
+    /// request: seen before with the same description and priority, it returns the task it
+    /// created instead; with another, nothing is written and the answer is
+    /// [`QueueError::IdempotencyKeyReused`]. With [`QueueConfig::max_queued`] tasks waiting,
+    /// nothing is written and the answer is [`QueueError::QueueFull`].
+    pub async fn enqueue_in_scope<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        description: &Description,
+        priority: Priority,
+        scope: &IdempotencyScope,
         idempotency_key: Option<&str>,
     ) -> Result<EnqueueOutcome, QueueError> {
         let task_id = TaskId::new();
@@ -430,9 +476,16 @@ impl Queue {
         invocation
             .key(keys.task(&task_id))
             .key(self.streams.as_slice());
-        if let Some(key) = idempotency_key {
-            invocation.key(keys.idempotency(key));
-        }
+        let digest = match idempotency_key {
+            Some(key) => {
+                invocation.key(keys.idempotency(scope, key));
+                if scope.is_open() {
+                    invocation.key(keys.legacy_idempotency(key));
+                }
+                request_digest(description, priority)
+            }
+            None => String::new(),
+        };
         invocation
             .arg(task_id.to_string())
             .arg(description.as_str())
@@ -440,14 +493,19 @@ impl Queue {
             .arg(self.config.max_attempts)
             .arg(seconds(self.config.idempotency_ttl).max(1))
             .arg(RECORD_VERSION)
-            .arg(self.config.max_queued);
-        // {1, id, created_ms}, {0, existing id, 0} or {2, '', tasks waiting}: see enqueue.lua.
+            .arg(self.config.max_queued)
+            .arg(digest);
+        // {1, id, created_ms}, {0, existing id, 0}, {2, '', tasks waiting} or
+        // {3, existing id, 0}: see enqueue.lua.
         let (outcome, id, number): (i64, String, i64) = invocation.invoke_async(conn).await?;
         if outcome == 2 {
             return Err(QueueError::QueueFull {
                 waiting: u64::try_from(number).unwrap_or_default(),
                 limit: self.config.max_queued,
             });
+        }
+        if outcome == 3 {
+            return Err(QueueError::IdempotencyKeyReused { task_id: id });
         }
         if outcome == 0 {
             let existing = TaskId::parse(&id).map_err(|_| QueueError::Corrupt {
@@ -905,5 +963,20 @@ mod tests {
         ] {
             assert!(!server_error(line).is_unavailable(), "{line}");
         }
+    }
+
+    #[test]
+    fn item_5_idempotency_records_bind_the_key_to_the_request() {
+        let description = Description::parse("summarise".into()).expect("valid");
+        let other = Description::parse("summarise!".into()).expect("valid");
+        let digest = request_digest(&description, Priority::DEFAULT);
+
+        assert_eq!(digest.len(), 32);
+        assert_eq!(digest, request_digest(&description, Priority::DEFAULT));
+        assert_ne!(digest, request_digest(&description, Priority::HIGHEST));
+        assert_ne!(digest, request_digest(&other, Priority::DEFAULT));
+        let id = "0190c5d2-6a8e-7cc3-9a43-0d5f1e1e2a01";
+        assert_eq!(idempotency_record_task_id(&format!("{id} {digest}")), id);
+        assert_eq!(idempotency_record_task_id(id), id, "a record from before");
     }
 }

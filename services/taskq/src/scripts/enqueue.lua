@@ -1,14 +1,29 @@
--- Enqueue one task atomically: task hash + stream entry (+ idempotency key).
--- KEYS[1] task hash, KEYS[2..11] priority streams p1..p10, KEYS[12] idempotency key (optional)
+-- Enqueue one task atomically: task hash + stream entry (+ idempotency record).
+-- KEYS[1] task hash, KEYS[2..11] priority streams p1..p10, KEYS[12] the caller's idempotency key
+-- (optional), KEYS[13] where the same key was stored before keys were scoped (optional; read,
+-- never written)
 -- ARGV[1] task id, ARGV[2] description, ARGV[3] priority, ARGV[4] max attempts,
 -- ARGV[5] idempotency ttl (s), ARGV[6] record layout version, ARGV[7] most tasks waiting (0: no
--- limit)
+-- limit), ARGV[8] digest of the request (description and priority)
 -- Returns {1, id, created_ms} for a new task, {0, existing id, 0} for a replay,
--- {2, '', tasks waiting} when the queue is full.
-if #KEYS == 12 then
-  local existing = redis.call('GET', KEYS[12])
-  if existing then
-    return {0, existing, 0}
+-- {2, '', tasks waiting} when the queue is full, {3, existing id, 0} when the key created a task
+-- for another request.
+if #KEYS >= 12 then
+  local stored = redis.call('GET', KEYS[12])
+  if not stored and KEYS[13] then
+    stored = redis.call('GET', KEYS[13])
+  end
+  if stored then
+    -- '{task id} {request digest}'. A record written before keys were bound to their request
+    -- holds the task id alone: with no digest to compare, it counts as a match and replays.
+    local id, digest = string.match(stored, '^(%S+) (%S+)$')
+    if not id then
+      return {0, stored, 0}
+    end
+    if digest ~= ARGV[8] then
+      return {3, id, 0}
+    end
+    return {0, id, 0}
   end
 end
 -- Backpressure. Waiting = entries in the ten streams: queued, plus delivered to a worker and not
@@ -32,7 +47,7 @@ local entry = redis.call('XADD', KEYS[1 + tonumber(ARGV[3])], '*', 't', ARGV[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[6], 'id', ARGV[1], 'description', ARGV[2],
   'priority', ARGV[3], 'status', 'queued', 'attempts', 0, 'max_attempts', ARGV[4],
   'created_at', now, 'stream_id', entry)
-if #KEYS == 12 then
-  redis.call('SET', KEYS[12], ARGV[1], 'EX', ARGV[5])
+if #KEYS >= 12 then
+  redis.call('SET', KEYS[12], ARGV[1] .. ' ' .. ARGV[8], 'EX', ARGV[5])
 end
 return {1, ARGV[1], now}
