@@ -475,6 +475,7 @@ impl Queue {
         let mut invocation = self.scripts.enqueue.prepare_invoke();
         invocation
             .key(keys.task(&task_id))
+            .key(keys.stream(priority))
             .key(self.streams.as_slice());
         let digest = match idempotency_key {
             Some(key) => {
