@@ -26,6 +26,10 @@ fuzz_target!(|input: (Vec<(u8, String)>, String, i64)| {
     }
     // Validation at the edge: parse never panics, and accepts exactly the documented ranges.
     let n_chars = description.chars().count();
-    assert_eq!(taskq::Description::parse(description).is_ok(), (1..=10_000).contains(&n_chars));
+    let blank = description.chars().all(char::is_whitespace);
+    assert_eq!(
+        taskq::Description::parse(description).is_ok(),
+        (1..=10_000).contains(&n_chars) && !blank
+    );
     assert_eq!(taskq::Priority::parse(priority).is_ok(), (1..=10).contains(&priority));
 });

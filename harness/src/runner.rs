@@ -710,9 +710,10 @@ async fn resolve_idempotency_keys(
                 .arg(&redis_keys)
                 .query_async(&mut connection)
                 .await?;
-            for (key, id) in chunk.iter().zip(ids) {
-                if let Some(id) = id {
-                    resolved.insert(key.to_string(), id);
+            for (key, record) in chunk.iter().zip(ids) {
+                if let Some(record) = record {
+                    let id = taskq::queue::idempotency_record_task_id(&record);
+                    resolved.insert(key.to_string(), id.to_owned());
                 }
             }
         }
@@ -731,9 +732,10 @@ async fn resolve_idempotency_keys(
     }
 }
 
-/// The Redis key under which the orchestrator stores an idempotency key's task id.
+/// The Redis key under which the orchestrator stores an idempotency key's task id (the harness
+/// runs without API tokens: the open scope).
 pub fn idempotency_redis_key(prefix: &str, idempotency_key: &str) -> String {
-    taskq::Keys::new(prefix).idempotency(idempotency_key)
+    taskq::Keys::new(prefix).idempotency(&taskq::IdempotencyScope::open(), idempotency_key)
 }
 
 /// Polls the workers' logs until every acknowledged (or recovered) task has a final execution,

@@ -568,6 +568,91 @@ fn redis_runs_with_aof_always_on_persistent_storage_in_both() {
     );
 }
 
+/// Redis's command line in compose and in the StatefulSet.
+fn redis_command_lines(objects: &[Object]) -> (Vec<String>, Vec<String>) {
+    let compose = compose_service("redis")["command"]
+        .as_sequence()
+        .expect("compose redis command in exec form")
+        .iter()
+        .map(scalar)
+        .collect();
+    let redis = container(objects, "StatefulSet", "agent-redis");
+    let k8s = ["command", "args"]
+        .iter()
+        .flat_map(|field| redis[*field].as_sequence().cloned().unwrap_or_default())
+        .map(|v| scalar(&v))
+        .collect();
+    (compose, k8s)
+}
+
+/// The word after `flag` on a command line.
+fn flag_value<'a>(command: &'a [String], flag: &str) -> Option<&'a str> {
+    let at = command.iter().position(|word| word == flag)?;
+    command.get(at + 1).map(String::as_str)
+}
+
+/// Bytes of a Redis memory size (`1gb` = 2^30, `1g` = 10^9, as redis.conf reads them).
+fn redis_bytes(text: &str) -> u64 {
+    let lower = text.to_ascii_lowercase();
+    let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit: u64 = match &lower[digits.len()..] {
+        "" | "b" => 1,
+        "k" => 1_000,
+        "kb" => 1 << 10,
+        "m" => 1_000_000,
+        "mb" => 1 << 20,
+        "g" => 1_000_000_000,
+        "gb" => 1 << 30,
+        other => panic!("unknown Redis memory unit {other:?} in {text:?}"),
+    };
+    digits.parse::<u64>().expect("a number") * unit
+}
+
+/// Bytes of a Kubernetes memory quantity (`512Mi`, `1Gi`, `1G`).
+fn k8s_bytes(text: &str) -> u64 {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit: u64 = match &text[digits.len()..] {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        other => panic!("unknown Kubernetes memory unit {other:?} in {text:?}"),
+    };
+    digits.parse::<u64>().expect("a number") * unit
+}
+
+#[test]
+fn item_11_redis_refuses_writes_at_maxmemory_instead_of_growing_until_killed() {
+    let objects = manifests();
+    let (compose, k8s) = redis_command_lines(&objects);
+
+    for (name, command) in [("compose", &compose), ("k8s", &k8s)] {
+        assert_eq!(
+            flag_value(command, "--maxmemory-policy"),
+            Some("noeviction"),
+            "{name}: evicting would drop tasks; Redis must refuse writes instead: {command:?}"
+        );
+    }
+    let compose_max = flag_value(&compose, "--maxmemory").expect("compose: --maxmemory");
+    assert_eq!(
+        flag_value(&k8s, "--maxmemory"),
+        Some(compose_max),
+        "compose and k8s agree on maxmemory"
+    );
+    // The pod's limit leaves room above maxmemory for the AOF rewrite's copy-on-write, client
+    // buffers and fragmentation; otherwise the kernel kills Redis before Redis refuses a write.
+    let limit = container(&objects, "StatefulSet", "agent-redis")["resources"]["limits"]["memory"]
+        .as_str()
+        .expect("the Redis pod has a memory limit");
+    assert!(
+        redis_bytes(compose_max) * 4 <= k8s_bytes(limit) * 3,
+        "maxmemory {compose_max} must be at most 3/4 of the pod's memory limit {limit}"
+    );
+}
+
 #[test]
 fn health_checks_use_healthz_and_readyz() {
     let objects = manifests();

@@ -18,7 +18,7 @@ pub enum SubmitOutcome {
         task_id: String,
     },
     /// A definite error: a 4xx answer, or a 503 whose code says the queue was not touched
-    /// (`store_unavailable`, `overloaded`). The task does not exist.
+    /// (`store_unavailable`, `overloaded`, `queue_full`). The task does not exist.
     Fail {
         /// The HTTP status, when there was an answer.
         status: Option<u16>,
@@ -96,7 +96,7 @@ pub fn classify_submit(answer: &SubmitAnswer) -> SubmitOutcome {
             },
             503 if !matches!(
                 error_code_in(body).as_deref(),
-                Some("store_unavailable" | "overloaded")
+                Some("store_unavailable" | "overloaded" | "queue_full")
             ) =>
             {
                 SubmitOutcome::Info {
@@ -240,6 +240,19 @@ mod tests {
             SubmitOutcome::Fail {
                 status: Some(503),
                 message: "store_unavailable: down".into()
+            }
+        );
+    }
+
+    #[test]
+    fn item_11_a_full_queue_is_a_definite_failure() {
+        let body = r#"{"error":{"code":"queue_full","message":"full"}}"#;
+        let outcome = classify_submit(&response(503, body));
+        assert_eq!(
+            outcome,
+            SubmitOutcome::Fail {
+                status: Some(503),
+                message: "queue_full: full".into()
             }
         );
     }

@@ -264,6 +264,7 @@ impl DockerCluster {
                     self.spec.redis_password.clone(),
                 ];
                 cmd.extend(self.spec.persistence.redis_args());
+                cmd.extend(super::REDIS_MEMORY_ARGS.map(String::from));
                 GenericImage::new(REDIS_IMAGE.0, REDIS_IMAGE.1)
                     .with_exposed_port(port.tcp())
                     .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))

@@ -36,6 +36,11 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// SIGTERM grace before SIGKILL on `stop`, `restart` and scale-down.
 pub const STOP_GRACE: Duration = Duration::from_secs(8);
 
+/// Redis's memory cap in both backends: past it Redis refuses writes (the API answers 503) instead
+/// of growing until it is killed; `noeviction`, since evicting would drop tasks.
+pub const REDIS_MEMORY_ARGS: [&str; 4] =
+    ["--maxmemory", "256mb", "--maxmemory-policy", "noeviction"];
+
 /// What to start.
 #[derive(Clone)]
 pub struct ClusterSpec {

@@ -195,7 +195,8 @@ impl ProcessCluster {
                     .arg(port.to_string())
                     .args(["--bind", "127.0.0.1", "--daemonize", "no", "--dir"])
                     .arg(self.run_dir.join("redis"))
-                    .args(self.spec.persistence.redis_args());
+                    .args(self.spec.persistence.redis_args())
+                    .args(super::REDIS_MEMORY_ARGS);
                 command
             }
             Service::Orchestrator => {

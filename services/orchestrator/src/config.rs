@@ -78,6 +78,11 @@ pub struct Config {
     /// Requests handled at once; beyond it requests get 503 at once instead of queueing.
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 4096)]
     pub max_concurrent_requests: usize,
+
+    /// Tasks waiting (queued or running) beyond which `POST /tasks` gets 503 `queue_full`
+    /// (0: no limit).
+    #[arg(long, env = "MAX_QUEUED", default_value_t = taskq::queue::DEFAULT_MAX_QUEUED)]
+    pub max_queued: u64,
 }
 
 /// The orchestrator's default `REDIS_TIMEOUT`: a request waits at most this for Redis, then 503.
@@ -133,6 +138,7 @@ impl Config {
             task_retention: self.task_retention,
             idempotency_ttl: self.idempotency_ttl,
             max_attempts: self.max_attempts,
+            max_queued: self.max_queued,
         }
     }
 }

@@ -26,6 +26,11 @@ pub enum AppError {
     /// Well-formed JSON with missing fields, wrong types or out-of-range values (422).
     #[error("{0}")]
     Validation(String),
+    /// The `Idempotency-Key` created a task for another request body (422).
+    #[error(
+        "Idempotency-Key was already used with another request body; send a new key for a new task"
+    )]
+    IdempotencyKeyReused,
     /// A header or path parameter is malformed (400).
     #[error("{0}")]
     BadRequest(String),
@@ -41,7 +46,8 @@ pub enum AppError {
     /// The task cannot change this way in its current state (409).
     #[error("{0}")]
     Conflict(String),
-    /// Redis is unreachable or too slow (503 with `Retry-After`).
+    /// Redis is unreachable, too slow, or refuses for now (`BUSY`, `OOM`, `READONLY`, ...: not
+    /// the client's fault) (503 with `Retry-After`).
     #[error("the task store is unavailable; retry shortly")]
     Unavailable,
     /// Redis did not answer an enqueue in time: the task may or may not exist (503 with
@@ -50,6 +56,14 @@ pub enum AppError {
         "the task store did not confirm in time; the task may have been queued. Retry with the same Idempotency-Key"
     )]
     OutcomeUnknown,
+    /// `MAX_QUEUED` tasks wait already; nothing was queued (503 with `Retry-After`).
+    #[error("the queue is full ({waiting} tasks waiting, limit {limit}); retry later")]
+    QueueFull {
+        /// Tasks waiting when the enqueue was refused.
+        waiting: u64,
+        /// `MAX_QUEUED`.
+        limit: u64,
+    },
     /// Too many requests in progress; shed at once (503 with `Retry-After`).
     #[error("the server is overloaded; retry shortly")]
     Overloaded,
@@ -68,11 +82,14 @@ impl AppError {
             AppError::MalformedJson(_) | AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            AppError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::Validation(_) | AppError::IdempotencyKeyReused => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             AppError::TaskNotFound(_) | AppError::RouteNotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::Unavailable
+            | AppError::QueueFull { .. }
             | AppError::Timeout
             | AppError::Overloaded
             | AppError::OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
@@ -87,12 +104,14 @@ impl AppError {
             AppError::UnsupportedMediaType => "unsupported_media_type",
             AppError::PayloadTooLarge => "payload_too_large",
             AppError::Validation(_) => "validation_failed",
+            AppError::IdempotencyKeyReused => "idempotency_key_reused",
             AppError::BadRequest(_) => "bad_request",
             AppError::TaskNotFound(_) => "task_not_found",
             AppError::RouteNotFound => "not_found",
             AppError::MethodNotAllowed => "method_not_allowed",
             AppError::Conflict(_) => "conflict",
             AppError::Unavailable => "store_unavailable",
+            AppError::QueueFull { .. } => "queue_full",
             AppError::Timeout => "timeout",
             AppError::Overloaded => "overloaded",
             AppError::OutcomeUnknown => "outcome_unknown",
@@ -112,7 +131,11 @@ impl From<ValidationError> for AppError {
 
 impl From<QueueError> for AppError {
     fn from(err: QueueError) -> Self {
-        if err.is_unavailable() {
+        if let QueueError::QueueFull { waiting, limit } = err {
+            AppError::QueueFull { waiting, limit }
+        } else if let QueueError::IdempotencyKeyReused { .. } = err {
+            AppError::IdempotencyKeyReused
+        } else if err.is_unavailable() {
             AppError::Unavailable
         } else {
             AppError::Internal(err.into())

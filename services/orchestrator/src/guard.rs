@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
@@ -84,8 +84,8 @@ fn unauthorized() -> Response {
     response
 }
 
-fn bearer(request: &Request) -> Option<&[u8]> {
-    let value = request.headers().get(header::AUTHORIZATION)?.as_bytes();
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
     let prefix = b"Bearer ";
     (value.len() > prefix.len() && value[..prefix.len()].eq_ignore_ascii_case(prefix))
         .then(|| &value[prefix.len()..])
@@ -97,9 +97,18 @@ pub async fn require_token(State(tokens): State<Tokens>, request: Request, next:
     if tokens.is_empty() {
         return next.run(request).await;
     }
-    match bearer(&request) {
+    match bearer(request.headers()) {
         Some(token) if tokens.accepts(token) => next.run(request).await,
         _ => unauthorized(),
+    }
+}
+
+/// Whose `Idempotency-Key`s a request sends: with tokens configured, the caller of its bearer
+/// token (checked by [`require_token`] before any handler runs), otherwise the one open scope.
+pub fn idempotency_scope(tokens: &Tokens, headers: &HeaderMap) -> taskq::IdempotencyScope {
+    match bearer(headers) {
+        Some(token) if !tokens.is_empty() => taskq::IdempotencyScope::for_token(token),
+        _ => taskq::IdempotencyScope::open(),
     }
 }
 
@@ -153,7 +162,7 @@ impl SubmitLimiter {
 }
 
 fn client_key(request: &Request, key_by_token: bool) -> String {
-    if key_by_token && let Some(token) = bearer(request) {
+    if key_by_token && let Some(token) = bearer(request.headers()) {
         // The token never leaves this process; it only names the bucket.
         return format!("token:{}", String::from_utf8_lossy(token));
     }

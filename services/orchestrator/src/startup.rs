@@ -88,7 +88,8 @@ impl AppState {
     }
 
     /// Runs a write whose effect must not be guessed: a refused connection means nothing was
-    /// sent (503 `store_unavailable`); a timeout or a dropped connection means it may have been
+    /// sent, and a refusal by Redis (`BUSY`, `OOM`, `READONLY`, ...) that nothing was applied
+    /// (503 `store_unavailable`); a timeout or a dropped connection means it may have been
     /// applied (503 `outcome_unknown`).
     pub async fn with_timeout_unknown_outcome<T>(
         &self,
@@ -99,6 +100,7 @@ impl AppState {
             Ok(Err(taskq::QueueError::Redis(err))) if err.is_connection_refusal() => {
                 Err(AppError::Unavailable)
             }
+            Ok(Err(err)) if err.is_refusal() => Err(AppError::Unavailable),
             Ok(Err(err)) if err.is_unavailable() => Err(AppError::OutcomeUnknown),
             Ok(Err(err)) => Err(AppError::from(err)),
             Err(_) => Err(AppError::OutcomeUnknown),

@@ -349,6 +349,81 @@ async fn bad_input_gets_the_right_status_and_a_json_error() {
 }
 
 #[tokio::test]
+async fn item_13_a_blank_description_is_422() {
+    let redis = RedisServer::start();
+    let router = router_for(&redis.url());
+
+    for blank in [" ", "   ", "\t\n", "\r\n \u{a0}\u{3000}\u{2028}"] {
+        let reply = send(
+            &router,
+            post_json(json!({ "description": blank }).to_string()),
+        )
+        .await;
+        assert_error(
+            &reply,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+    }
+    assert_eq!(
+        send(&router, get("/stats")).await.body["queued_total"],
+        0,
+        "a blank description enqueues nothing"
+    );
+    let padded = send(&router, post_json(r#"{"description":"  x  "}"#)).await;
+
+    assert_eq!(padded.status, StatusCode::CREATED, "{:?}", padded.body);
+    assert_eq!(
+        padded.body["description"], "  x  ",
+        "text with whitespace around it is kept as sent"
+    );
+}
+
+/// The characters of a `[^...]` class made of `\uXXXX` escapes and `a-b` ranges.
+fn negated_class_chars(pattern: &str) -> Vec<u32> {
+    let inner = pattern
+        .strip_prefix("[^")
+        .and_then(|p| p.strip_suffix(']'))
+        .unwrap_or_else(|| panic!("{pattern:?} is not a negated class"));
+    let mut points = Vec::new();
+    let mut rest = inner;
+    while !rest.is_empty() {
+        let hex = |text: &str| {
+            let digits = text.strip_prefix("\\u").expect("\\uXXXX escapes only");
+            u32::from_str_radix(&digits[..4], 16).expect("four hex digits")
+        };
+        let start = hex(rest);
+        rest = &rest[6..];
+        let end = match rest.strip_prefix('-') {
+            Some(range_end) => {
+                rest = &range_end[6..];
+                hex(range_end)
+            }
+            None => start,
+        };
+        points.extend(start..=end);
+    }
+    points
+}
+
+#[tokio::test]
+async fn item_13_openapi_calls_blank_what_the_server_calls_blank() {
+    let router = router_for(&format!("redis://127.0.0.1:{}", free_port()));
+    let openapi = send(&router, get("/openapi.json")).await;
+    let pattern =
+        openapi.body["components"]["schemas"]["NewTask"]["properties"]["description"]["pattern"]
+            .as_str()
+            .expect("the description has a pattern");
+
+    let whitespace: Vec<u32> = (0..=0x10FFFF)
+        .filter_map(char::from_u32)
+        .filter(|c| c.is_whitespace())
+        .map(u32::from)
+        .collect();
+    assert_eq!(negated_class_chars(pattern), whitespace);
+}
+
+#[tokio::test]
 async fn while_redis_is_unreachable_requests_get_a_quick_503_with_retry_after() {
     let router = router_for(&format!("redis://127.0.0.1:{}", free_port()));
     let started = Instant::now();
@@ -626,8 +701,8 @@ mod hostile_input {
                     body["priority"] = json!(priority);
                 }
                 let reply = runtime.block_on(send(router, post_json(body.to_string())));
-                let valid =
-                    !description.is_empty() && priority.is_none_or(|p| (1..=10).contains(&p));
+                let valid = !description.trim().is_empty()
+                    && priority.is_none_or(|p| (1..=10).contains(&p));
                 if valid {
                     prop_assert_eq!(reply.status, StatusCode::CREATED);
                     prop_assert_eq!(
@@ -657,5 +732,471 @@ mod hostile_input {
             );
             Ok(())
         });
+    }
+}
+
+mod redis_refusals {
+    //! Item 10: every Redis refusal that is not the client's fault is a 503 `store_unavailable`
+    //! with `Retry-After`, never a 500, and a refused enqueue leaves nothing behind. Each test
+    //! puts a real redis-server into the refusing state.
+
+    use super::*;
+
+    pub(super) async fn admin(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(redis.url())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("admin connection")
+    }
+
+    async fn run(conn: &mut redis::aio::MultiplexedConnection, args: &[&str]) {
+        redis::cmd(args[0])
+            .arg(&args[1..])
+            .query_async::<redis::Value>(conn)
+            .await
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    }
+
+    /// Every key and the length of every priority stream: what an enqueue would change.
+    pub(super) async fn contents(
+        conn: &mut redis::aio::MultiplexedConnection,
+    ) -> (Vec<String>, Vec<u64>) {
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(conn)
+            .await
+            .expect("KEYS");
+        keys.sort();
+        let mut lengths = Vec::new();
+        for stream in taskq::Keys::new("api-test").streams() {
+            let len: u64 = redis::cmd("XLEN")
+                .arg(&stream)
+                .query_async(conn)
+                .await
+                .expect("XLEN");
+            lengths.push(len);
+        }
+        (keys, lengths)
+    }
+
+    pub(super) fn post_with_key(key: &str) -> Request<Body> {
+        Request::post("/tasks")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(r#"{"description":"refused"}"#))
+            .expect("request")
+    }
+
+    fn assert_refused(reply: &Reply, what: &str) {
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{what}: {:?}",
+            reply.body
+        );
+        assert_error(reply, StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
+        assert_eq!(reply.headers[header::RETRY_AFTER], "1", "{what}");
+    }
+
+    /// An existing task's URI, after a first request that also opens the router's connection.
+    async fn existing_task(router: &Router) -> String {
+        let created = send(router, post_json(r#"{"description":"before"}"#)).await;
+        assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+        format!("/tasks/{}", created.body["id"].as_str().expect("id"))
+    }
+
+    /// Enqueues (with and without an idempotency key) are refused with 503 and change nothing;
+    /// reads go on.
+    async fn assert_enqueues_refused(
+        router: &Router,
+        conn: &mut redis::aio::MultiplexedConnection,
+        uri: &str,
+        what: &str,
+    ) {
+        let before = contents(conn).await;
+        assert_refused(
+            &send(router, post_json(r#"{"description":"x"}"#)).await,
+            what,
+        );
+        assert_refused(&send(router, post_with_key("k-1")).await, what);
+        assert_eq!(
+            contents(conn).await,
+            before,
+            "{what}: a refused enqueue must leave no task hash, stream entry or key"
+        );
+        assert_eq!(
+            send(router, get(uri)).await.status,
+            StatusCode::OK,
+            "{what}"
+        );
+    }
+
+    /// A cancel is refused with 503 and changes nothing.
+    async fn assert_cancel_refused(
+        router: &Router,
+        conn: &mut redis::aio::MultiplexedConnection,
+        uri: &str,
+        what: &str,
+    ) {
+        let before = contents(conn).await;
+        assert_refused(&send(router, delete(uri)).await, what);
+        assert_eq!(contents(conn).await, before, "{what}: a refused cancel");
+        assert_eq!(send(router, get(uri)).await.body["status"], "queued");
+    }
+
+    #[tokio::test]
+    async fn item_10_an_oom_refusal_is_a_503_and_writes_nothing() {
+        let redis = RedisServer::start();
+        let router = router_for(&redis.url());
+        let uri = existing_task(&router).await;
+        let mut conn = admin(&redis).await;
+
+        run(
+            &mut conn,
+            &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
+        )
+        .await;
+        run(&mut conn, &["CONFIG", "SET", "maxmemory", "1"]).await;
+        assert_enqueues_refused(&router, &mut conn, &uri, "OOM").await;
+        // A cancel frees memory: its first writes (XACK, XDEL) are ones Redis allows under OOM,
+        // and once a script has written Redis lets it finish.
+        let cancelled = send(&router, delete(&uri)).await;
+        run(&mut conn, &["CONFIG", "SET", "maxmemory", "0"]).await;
+
+        assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
+
+        let after = send(&router, post_with_key("k-1")).await;
+        assert_eq!(after.status, StatusCode::CREATED, "{:?}", after.body);
+    }
+
+    #[tokio::test]
+    async fn item_10_a_read_only_replica_is_a_503_and_writes_nothing() {
+        let redis = RedisServer::start();
+        let router = router_for(&redis.url());
+        let uri = existing_task(&router).await;
+        let mut conn = admin(&redis).await;
+
+        run(
+            &mut conn,
+            &["CONFIG", "SET", "replica-serve-stale-data", "yes"],
+        )
+        .await;
+        let no_master = free_port().to_string();
+        run(&mut conn, &["REPLICAOF", "127.0.0.1", &no_master]).await;
+        assert_enqueues_refused(&router, &mut conn, &uri, "READONLY").await;
+        assert_cancel_refused(&router, &mut conn, &uri, "READONLY").await;
+        run(&mut conn, &["REPLICAOF", "NO", "ONE"]).await;
+
+        let after = send(&router, post_with_key("k-1")).await;
+        assert_eq!(after.status, StatusCode::CREATED, "{:?}", after.body);
+    }
+
+    #[tokio::test]
+    async fn item_10_an_acl_refusal_is_a_503_and_writes_nothing() {
+        let redis = RedisServer::start();
+        let owner = router_for(&redis.url());
+        let uri = existing_task(&owner).await;
+        let mut conn = admin(&redis).await;
+        // One user may run the scripts but not the writes of the enqueue script (Redis refuses
+        // its first write); the other may not run scripts at all (NOPERM). The first one's
+        // cancel is not tried: cancel.lua's XDEL would pass and its HSET be refused, a partial
+        // write that only a wrong ACL causes (the ACL template is checked to grant every command
+        // the scripts send, harness/tests/k8s_manifests.rs).
+        run(
+            &mut conn,
+            &[
+                "ACL",
+                "SETUSER",
+                "nowrite",
+                "on",
+                ">pw-nowrite",
+                "~*",
+                "+@all",
+                "-xadd",
+                "-hset",
+                "-set",
+            ],
+        )
+        .await;
+        run(
+            &mut conn,
+            &[
+                "ACL",
+                "SETUSER",
+                "noscript",
+                "on",
+                ">pw-noscript",
+                "~*",
+                "+@all",
+                "-evalsha",
+                "-eval",
+            ],
+        )
+        .await;
+
+        for user in ["nowrite", "noscript"] {
+            let url = format!("redis://{user}:pw-{user}@127.0.0.1:{}", redis.port());
+            let router = router_for(&url);
+            assert_eq!(
+                send(&router, get(&uri)).await.status,
+                StatusCode::OK,
+                "{user} may read"
+            );
+            assert_enqueues_refused(&router, &mut conn, &uri, user).await;
+            if user == "noscript" {
+                assert_cancel_refused(&router, &mut conn, &uri, user).await;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn item_10_a_redis_busy_with_a_script_is_a_503() {
+        let redis = RedisServer::start();
+        let router = router_for(&redis.url());
+        let uri = existing_task(&router).await;
+        let client = redis::Client::open(redis.url()).expect("url");
+        // Both connections are made before Redis is busy: a new connection's handshake would
+        // be refused too.
+        let mut busy = client.get_connection().expect("connection");
+        let mut killer = client.get_connection().expect("connection");
+        redis::cmd("CONFIG")
+            .arg(&["SET", "busy-reply-threshold", "50"][..])
+            .query::<()>(&mut killer)
+            .expect("CONFIG SET");
+        let looping = std::thread::spawn(move || {
+            redis::cmd("EVAL")
+                .arg(&["while true do end", "0"][..])
+                .query::<redis::Value>(&mut busy)
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let create = send(&router, post_json(r#"{"description":"x"}"#)).await;
+        let read = send(&router, get(&uri)).await;
+        redis::cmd("SCRIPT")
+            .arg("KILL")
+            .query::<()>(&mut killer)
+            .expect("SCRIPT KILL");
+        let killed = looping.join().expect("thread");
+
+        assert!(killed.is_err(), "the busy script was killed: {killed:?}");
+        assert_refused(&create, "BUSY create");
+        assert_refused(&read, "BUSY read");
+        let after = send(&router, post_json(r#"{"description":"x"}"#)).await;
+        assert_eq!(after.status, StatusCode::CREATED, "{:?}", after.body);
+        assert_eq!(
+            send(&router, get("/stats")).await.body["queued_total"],
+            2,
+            "only the tasks before and after were queued"
+        );
+    }
+}
+
+mod backpressure {
+    //! Item 11: more than `MAX_QUEUED` waiting tasks is a 503 `queue_full` with `Retry-After`;
+    //! the refused enqueue writes nothing.
+
+    use super::redis_refusals::{admin, contents, post_with_key};
+    use super::*;
+
+    /// The router for these command-line flags (and the test defaults).
+    fn router_from_args(redis_url: &str, args: &[&str]) -> Router {
+        let base = Config::for_tests(redis_url, "api-test");
+        let (mut config, _) =
+            Config::try_load_from(std::iter::once("orchestrator").chain(args.iter().copied()))
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        config.redis = base.redis;
+        config.listen_addr = base.listen_addr;
+        app(AppState::new(&config).expect("valid config"), &config)
+    }
+
+    #[tokio::test]
+    async fn item_11_more_than_max_queued_waiting_tasks_is_503_queue_full() {
+        let redis = RedisServer::start();
+        let router = router_from_args(&redis.url(), &["--max-queued", "3"]);
+        let mut conn = admin(&redis).await;
+        let first = send(&router, post_with_key("k-1")).await;
+        for priority in [1, 10] {
+            let body = json!({ "description": "x", "priority": priority }).to_string();
+            assert_eq!(
+                send(&router, post_json(body)).await.status,
+                StatusCode::CREATED
+            );
+        }
+        let before = contents(&mut conn).await;
+
+        let full = send(&router, post_json(r#"{"description":"one too many"}"#)).await;
+        let replay = send(&router, post_with_key("k-1")).await;
+
+        assert_eq!(first.status, StatusCode::CREATED);
+        assert_error(&full, StatusCode::SERVICE_UNAVAILABLE, "queue_full");
+        assert_eq!(full.headers[header::RETRY_AFTER], "1");
+        assert_eq!(
+            contents(&mut conn).await,
+            before,
+            "a refused enqueue writes nothing"
+        );
+        assert_eq!(
+            (replay.status, &replay.body["id"]),
+            (StatusCode::OK, &first.body["id"]),
+            "a replay adds nothing, so a full queue still answers it"
+        );
+        let uri = format!("/tasks/{}", first.body["id"].as_str().expect("id"));
+        assert_eq!(send(&router, delete(&uri)).await.status, StatusCode::OK);
+        assert_eq!(
+            send(&router, post_json(r#"{"description":"room again"}"#))
+                .await
+                .status,
+            StatusCode::CREATED,
+            "a cancelled task leaves room"
+        );
+    }
+
+    #[tokio::test]
+    async fn item_11_max_queued_zero_sets_no_limit() {
+        let redis = RedisServer::start();
+        let router = router_from_args(&redis.url(), &["--max-queued", "0"]);
+        for _ in 0..5 {
+            assert_eq!(
+                send(&router, post_json(r#"{"description":"x"}"#))
+                    .await
+                    .status,
+                StatusCode::CREATED
+            );
+        }
+    }
+}
+
+mod idempotency_scope {
+    //! Item 5: an `Idempotency-Key` is scoped to the caller (its token when auth is on) and bound
+    //! to the request body.
+
+    use super::*;
+
+    const TOKEN_A: &str = "tenant-a-0123456789abcdef";
+    const TOKEN_B: &str = "tenant-b-0123456789abcdef";
+
+    fn keyed(body: &str, key: &str, token: Option<&str>) -> Request<Body> {
+        let mut request = Request::post("/tasks")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(body.to_owned()))
+            .expect("request");
+        if let Some(token) = token {
+            request = with_token(request, token);
+        }
+        request
+    }
+
+    #[tokio::test]
+    async fn item_5_two_callers_with_the_same_idempotency_key_get_their_own_tasks() {
+        let redis = RedisServer::start();
+        let router = router_with(&redis.url(), |c| {
+            c.auth_tokens = Some(format!("{TOKEN_A},{TOKEN_B}").into())
+        });
+        let body = r#"{"description":"nightly report"}"#;
+
+        let a = send(&router, keyed(body, "1", Some(TOKEN_A))).await;
+        let b = send(&router, keyed(body, "1", Some(TOKEN_B))).await;
+        let a_again = send(&router, keyed(body, "1", Some(TOKEN_A))).await;
+        let b_again = send(&router, keyed(body, "1", Some(TOKEN_B))).await;
+
+        assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+        assert_eq!(
+            b.status,
+            StatusCode::CREATED,
+            "another caller's key must not replay the first caller's task: {:?}",
+            b.body
+        );
+        assert_ne!(a.body["id"], b.body["id"]);
+        assert_eq!(
+            (a_again.status, &a_again.body["id"]),
+            (StatusCode::OK, &a.body["id"])
+        );
+        assert_eq!(
+            (b_again.status, &b_again.body["id"]),
+            (StatusCode::OK, &b.body["id"])
+        );
+        let stats = send(&router, with_token(get("/stats"), TOKEN_A)).await;
+        assert_eq!(stats.body["queued_total"], 2, "both tasks are queued");
+    }
+
+    #[tokio::test]
+    async fn item_5_an_idempotency_key_reused_with_another_body_is_422() {
+        let redis = RedisServer::start();
+        let router = router_for(&redis.url());
+
+        let first = send(&router, keyed(r#"{"description":"a"}"#, "k", None)).await;
+        let other_text = send(&router, keyed(r#"{"description":"b"}"#, "k", None)).await;
+        let other_priority = send(
+            &router,
+            keyed(r#"{"description":"a","priority":4}"#, "k", None),
+        )
+        .await;
+        // The same task, spelled out: 5 is the default priority.
+        let same = send(
+            &router,
+            keyed(r#"{"priority":5,"description":"a"}"#, "k", None),
+        )
+        .await;
+
+        assert_eq!(first.status, StatusCode::CREATED);
+        assert_error(
+            &other_text,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+        );
+        assert_error(
+            &other_priority,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+        );
+        assert_eq!(
+            (same.status, &same.body["id"]),
+            (StatusCode::OK, &first.body["id"])
+        );
+        assert_eq!(
+            send(&router, get("/stats")).await.body["queued_total"],
+            1,
+            "a reused key queues nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn item_5_a_key_stored_before_keys_were_scoped_still_replays_without_auth() {
+        let redis = RedisServer::start();
+        let open = router_for(&redis.url());
+        let authenticated = router_with(&redis.url(), |c| c.auth_tokens = Some(TOKEN_A.into()));
+        let task = send(&open, post_json(r#"{"description":"from before"}"#)).await;
+        let id = task.body["id"].as_str().expect("id");
+        let keys = taskq::Keys::new("api-test");
+        let mut conn = super::redis_refusals::admin(&redis).await;
+        // What the enqueue script stored before this change: the task id alone, unscoped.
+        for key in ["old-1", "old-2"] {
+            redis::cmd("SET")
+                .arg(keys.legacy_idempotency(key))
+                .arg(id)
+                .query_async::<()>(&mut conn)
+                .await
+                .expect("SET");
+        }
+
+        let replay = send(&open, keyed(r#"{"description":"any body"}"#, "old-1", None)).await;
+        let other_caller = send(
+            &authenticated,
+            keyed(r#"{"description":"from before"}"#, "old-2", Some(TOKEN_A)),
+        )
+        .await;
+
+        assert_eq!(
+            (replay.status, replay.body["id"].as_str()),
+            (StatusCode::OK, Some(id))
+        );
+        assert_eq!(
+            other_caller.status,
+            StatusCode::CREATED,
+            "with auth on, an unscoped record may be another caller's: {:?}",
+            other_caller.body
+        );
     }
 }

@@ -3,6 +3,8 @@
 //! Nothing else in the workspace formats a key: a test or a harness run that needs isolation picks
 //! its own prefix, and all keys move with it.
 
+use sha2::{Digest, Sha256};
+
 use crate::model::{Priority, TaskId};
 
 /// The consumer group every worker joins, on every priority stream.
@@ -53,8 +55,20 @@ impl Keys {
         Priority::all().map(|p| self.stream(p)).collect()
     }
 
-    /// String mapping an `Idempotency-Key` to the task it created.
-    pub fn idempotency(&self, idempotency_key: &str) -> String {
+    /// String mapping one caller's `Idempotency-Key` to the task it created and the digest of
+    /// the request that created it: `{prefix}:idempotency:{scope}:{key}`.
+    pub fn idempotency(&self, scope: &IdempotencyScope, idempotency_key: &str) -> String {
+        format!(
+            "{}:idempotency:{}:{}",
+            self.prefix, scope.0, idempotency_key
+        )
+    }
+
+    /// Where an `Idempotency-Key` was stored before keys were scoped to their caller
+    /// (`{prefix}:idem:{key}`, the task id alone). Only read, and only for
+    /// [`IdempotencyScope::open`], whose one caller wrote them: these records expire
+    /// `IDEMPOTENCY_TTL` after the upgrade, and then this lookup can go.
+    pub fn legacy_idempotency(&self, idempotency_key: &str) -> String {
         format!("{}:idem:{}", self.prefix, idempotency_key)
     }
 
@@ -71,6 +85,36 @@ impl Keys {
     /// Sorted set of worker ids scored by their last heartbeat (ms since the epoch).
     pub fn workers(&self) -> String {
         format!("{}:workers", self.prefix)
+    }
+}
+
+/// Whose `Idempotency-Key`s: the same key sent by two callers names two tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyScope(String);
+
+impl IdempotencyScope {
+    /// The one caller of a system without authentication.
+    pub fn open() -> Self {
+        Self("open".to_owned())
+    }
+
+    /// The caller that presents this (validated) bearer token: `t-` and the first 16 hex digits
+    /// of the token's SHA-256. Stable across restarts and replicas, and not the token, which
+    /// must not reach Redis.
+    pub fn for_token(token: &[u8]) -> Self {
+        let digest = Sha256::digest(token);
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Self(format!("t-{hex}"))
+    }
+
+    /// Whether this is [`IdempotencyScope::open`].
+    pub fn is_open(&self) -> bool {
+        self.0 == "open"
+    }
+
+    /// The scope as it appears in key names.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -93,12 +137,41 @@ mod tests {
         let id = TaskId::new();
         for key in [
             keys.task(&id),
-            keys.idempotency("k"),
+            keys.idempotency(&IdempotencyScope::open(), "k"),
+            keys.legacy_idempotency("k"),
             keys.retry_schedule(),
             keys.dead_letter(),
             keys.workers(),
         ] {
             assert!(key.starts_with("run42:"), "{key} lacks the prefix");
         }
+    }
+
+    #[test]
+    fn item_5_idempotency_keys_are_scoped_to_the_caller() {
+        let keys = Keys::new("agent");
+        let a = IdempotencyScope::for_token(b"tenant-a-0123456789abcdef");
+        let b = IdempotencyScope::for_token(b"tenant-b-0123456789abcdef");
+
+        assert_eq!(a, IdempotencyScope::for_token(b"tenant-a-0123456789abcdef"));
+        assert_ne!(keys.idempotency(&a, "1"), keys.idempotency(&b, "1"));
+        assert_ne!(
+            keys.idempotency(&a, "1"),
+            keys.idempotency(&IdempotencyScope::open(), "1")
+        );
+        assert!(!a.is_open() && IdempotencyScope::open().is_open());
+        let key = keys.idempotency(&a, "1");
+        assert!(
+            key.starts_with("agent:idempotency:t-") && key.ends_with(":1") && key.len() == 38,
+            "{key}"
+        );
+        assert!(
+            !key.contains("tenant"),
+            "the token must not reach Redis: {key}"
+        );
+        assert_ne!(
+            keys.legacy_idempotency("open:1"),
+            keys.idempotency(&IdempotencyScope::open(), "1")
+        );
     }
 }

@@ -22,7 +22,7 @@ pub mod support;
 pub mod testing;
 
 pub use event::{Outcome, TaskExecuted};
-pub use keys::Keys;
+pub use keys::{IdempotencyScope, Keys};
 pub use model::{Description, Priority, Status, TaskId, TaskRecord, ValidationError};
 pub use queue::{
     ClaimedTask, EnqueueOutcome, ExecutionOutcome, Finish, FinishResult, QueueConfig, QueueError,

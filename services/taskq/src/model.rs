@@ -17,6 +17,9 @@ pub enum ValidationError {
     /// The description is empty.
     #[error("description must not be empty")]
     EmptyDescription,
+    /// The description holds only whitespace (`char::is_whitespace`).
+    #[error("description must not be blank (whitespace only)")]
+    BlankDescription,
     /// The description is longer than [`MAX_DESCRIPTION_CHARS`].
     #[error("description must be at most {MAX_DESCRIPTION_CHARS} characters, got {0}")]
     DescriptionTooLong(usize),
@@ -123,7 +126,8 @@ impl From<Priority> for u8 {
     }
 }
 
-/// A task description: 1 to [`MAX_DESCRIPTION_CHARS`] characters.
+/// A task description: 1 to [`MAX_DESCRIPTION_CHARS`] characters, not all of them whitespace.
+/// Kept as sent: whitespace around the text is not trimmed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct Description(String);
@@ -136,6 +140,8 @@ impl Description {
             Err(ValidationError::EmptyDescription)
         } else if n_chars > MAX_DESCRIPTION_CHARS {
             Err(ValidationError::DescriptionTooLong(n_chars))
+        } else if raw.chars().all(char::is_whitespace) {
+            Err(ValidationError::BlankDescription)
         } else {
             Ok(Self(raw))
         }
@@ -433,6 +439,22 @@ mod tests {
         assert_eq!(
             Description::parse(String::new()),
             Err(ValidationError::EmptyDescription)
+        );
+    }
+
+    #[test]
+    fn item_13_a_blank_description_is_rejected() {
+        for blank in [" ", "\t\n\r", "\u{a0}\u{2003}\u{3000}"] {
+            assert_eq!(
+                Description::parse(blank.to_owned()),
+                Err(ValidationError::BlankDescription),
+                "{blank:?}"
+            );
+        }
+        assert_eq!(
+            Description::parse(" x ".to_owned()).map(|d| d.as_str().to_owned()),
+            Ok(" x ".to_owned()),
+            "whitespace around text is kept"
         );
     }
 

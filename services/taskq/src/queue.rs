@@ -17,7 +17,7 @@ use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
 use time::OffsetDateTime;
 
 use crate::event::Outcome;
-use crate::keys::{CONSUMER_GROUP, Keys};
+use crate::keys::{CONSUMER_GROUP, IdempotencyScope, Keys};
 use crate::model::{
     DecodeError, Description, Priority, RECORD_VERSION, Status, TaskId, TaskRecord,
 };
@@ -45,10 +45,58 @@ pub enum QueueError {
     /// Redis answered with something the protocol does not expect.
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),
+    /// The enqueue was refused, and nothing written: its `Idempotency-Key` created a task for
+    /// another request (another description or priority).
+    #[error("idempotency key was used for task {task_id} with another request")]
+    IdempotencyKeyReused {
+        /// The task the key created.
+        task_id: String,
+    },
+    /// The enqueue was refused, and nothing written: [`QueueConfig::max_queued`] tasks wait
+    /// already.
+    #[error("the queue is full: {waiting} tasks wait, the limit is {limit}")]
+    QueueFull {
+        /// Entries in the priority streams (queued or running) when the enqueue was refused.
+        waiting: u64,
+        /// [`QueueConfig::max_queued`].
+        limit: u64,
+    },
+}
+
+/// Error codes with which Redis refuses a command for a reason that is not the caller's fault:
+/// busy with a script, a read-only replica, an ACL that lacks a command or key, out of memory
+/// (`maxmemory` with `noeviction`), unable to persist, loading its data, or a cluster in motion
+/// (`MOVED`/`ASK` redirects, which a storm of turns into unavailability for a plain client).
+const REFUSAL_CODES: [&str; 11] = [
+    "BUSY",
+    "READONLY",
+    "NOPERM",
+    "OOM",
+    "MISCONF",
+    "LOADING",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+    "MOVED",
+    "ASK",
+];
+
+/// Whether one error reply is a refusal (see [`REFUSAL_CODES`]). Inside a script Redis words an
+/// ACL refusal as `ERR` (7.0: "The user executing the script can't ...", 7.2: "ACL failure in
+/// script: ..."); other refusals keep their code.
+fn is_refusal_reply(reply: &redis::ServerError) -> bool {
+    let code = reply.code();
+    REFUSAL_CODES.contains(&code)
+        || (code == "ERR"
+            && reply.details().is_some_and(|detail| {
+                detail.starts_with("The user executing the script can't")
+                    || detail.starts_with("ACL failure in script")
+            }))
 }
 
 impl QueueError {
-    /// True when Redis is unreachable or too slow, as opposed to a logic or data error.
+    /// True when Redis is unreachable, too slow, or refuses to serve for now
+    /// ([`QueueError::is_refusal`]), as opposed to a logic or data error.
     pub fn is_unavailable(&self) -> bool {
         match self {
             QueueError::Redis(err) => {
@@ -56,14 +104,27 @@ impl QueueError {
                     || err.is_timeout()
                     || err.is_connection_dropped()
                     || err.is_connection_refusal()
-                    || matches!(
-                        err.kind(),
-                        ErrorKind::Server(ServerErrorKind::BusyLoading)
-                            | ErrorKind::Server(ServerErrorKind::TryAgain)
-                            | ErrorKind::Server(ServerErrorKind::MasterDown)
-                    )
-                    || err.code() == Some("LOADING")
+                    || self.is_refusal()
             }
+            _ => false,
+        }
+    }
+
+    /// True when Redis answered with a refusal that is not the caller's fault (`BUSY`,
+    /// `READONLY`, `NOPERM`, `OOM`, `MISCONF`, `LOADING`, `TRYAGAIN`, `CLUSTERDOWN`,
+    /// `MASTERDOWN`, `MOVED`, `ASK`). Unlike a timeout this is a definite answer: Redis refuses
+    /// these before running a command, and inside a script at the script's first write
+    /// (`READONLY`, `OOM`, `MISCONF`: once a script has written, Redis lets its later writes
+    /// through), so a refused script that writes first changed nothing. An ACL refusal of a
+    /// later command in a script is the exception, which is why the services' ACL must grant
+    /// every command the scripts send. In a pipeline, the commands before the refused one may
+    /// have been applied.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            QueueError::Redis(err) => err
+                .clone()
+                .into_server_errors()
+                .is_some_and(|replies| replies.iter().any(|(_, reply)| is_refusal_reply(reply))),
             _ => false,
         }
     }
@@ -86,7 +147,13 @@ pub struct QueueConfig {
     pub idempotency_ttl: Duration,
     /// Executions allowed per task before it is dead-lettered.
     pub max_attempts: u32,
+    /// Most tasks waiting (queued, or running and not yet acknowledged) before an enqueue is
+    /// refused with [`QueueError::QueueFull`]; 0 sets no limit.
+    pub max_queued: u64,
 }
+
+/// Default of [`QueueConfig::max_queued`].
+pub const DEFAULT_MAX_QUEUED: u64 = 1_000_000;
 
 impl Default for QueueConfig {
     fn default() -> Self {
@@ -95,8 +162,31 @@ impl Default for QueueConfig {
             task_retention: Duration::from_secs(24 * 3600),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             max_attempts: 5,
+            max_queued: DEFAULT_MAX_QUEUED,
         }
     }
+}
+
+/// The digest of an enqueue request that an idempotency record binds its key to: SHA-256 of
+/// the canonical request (layout version, priority, description; the default priority counts as
+/// given), first 16 bytes in hex.
+fn request_digest(description: &Description, priority: Priority) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(format!("v1\n{}\n", priority.get()));
+    hasher.update(description.as_str());
+    hasher.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The task id in a stored idempotency record: `{task id} {request digest}`, or the task id
+/// alone in a record written before keys were bound to their request.
+pub fn idempotency_record_task_id(record: &str) -> &str {
+    record
+        .split_once(' ')
+        .map_or(record, |(task_id, _)| task_id)
 }
 
 /// What [`Queue::enqueue`] did.
@@ -364,8 +454,8 @@ impl Queue {
         Ok(())
     }
 
-    /// Enqueues a task in one atomic round trip: task hash, stream entry and, with a key, the
-    /// idempotency record. A key seen before returns the task it created instead.
+    /// [`Queue::enqueue_in_scope`] for the caller of a system without authentication
+    /// ([`IdempotencyScope::open`]).
     pub async fn enqueue<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
@@ -373,24 +463,64 @@ impl Queue {
         priority: Priority,
         idempotency_key: Option<&str>,
     ) -> Result<EnqueueOutcome, QueueError> {
+        let scope = IdempotencyScope::open();
+        self.enqueue_in_scope(conn, description, priority, &scope, idempotency_key)
+            .await
+    }
+
+    /// Enqueues a task in one atomic round trip: task hash, stream entry and, with a key, the
+    /// idempotency record. An `idempotency_key` is the caller's (`scope`) and bound to the
+    /// request: seen before with the same description and priority, it returns the task it
+    /// created instead; with another, nothing is written and the answer is
+    /// [`QueueError::IdempotencyKeyReused`]. With [`QueueConfig::max_queued`] tasks waiting,
+    /// nothing is written and the answer is [`QueueError::QueueFull`].
+    pub async fn enqueue_in_scope<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        description: &Description,
+        priority: Priority,
+        scope: &IdempotencyScope,
+        idempotency_key: Option<&str>,
+    ) -> Result<EnqueueOutcome, QueueError> {
         let task_id = TaskId::new();
         let keys = &self.config.keys;
         let mut invocation = self.scripts.enqueue.prepare_invoke();
         invocation
             .key(keys.task(&task_id))
-            .key(keys.stream(priority));
-        if let Some(key) = idempotency_key {
-            invocation.key(keys.idempotency(key));
-        }
+            .key(keys.stream(priority))
+            .key(self.streams.as_slice());
+        let digest = match idempotency_key {
+            Some(key) => {
+                invocation.key(keys.idempotency(scope, key));
+                if scope.is_open() {
+                    invocation.key(keys.legacy_idempotency(key));
+                }
+                request_digest(description, priority)
+            }
+            None => String::new(),
+        };
         invocation
             .arg(task_id.to_string())
             .arg(description.as_str())
             .arg(priority.get())
             .arg(self.config.max_attempts)
             .arg(seconds(self.config.idempotency_ttl).max(1))
-            .arg(RECORD_VERSION);
-        let (created, id, created_ms): (i64, String, i64) = invocation.invoke_async(conn).await?;
-        if created == 0 {
+            .arg(RECORD_VERSION)
+            .arg(self.config.max_queued)
+            .arg(digest);
+        // {1, id, created_ms}, {0, existing id, 0}, {2, '', tasks waiting} or
+        // {3, existing id, 0}: see enqueue.lua.
+        let (outcome, id, number): (i64, String, i64) = invocation.invoke_async(conn).await?;
+        if outcome == 2 {
+            return Err(QueueError::QueueFull {
+                waiting: u64::try_from(number).unwrap_or_default(),
+                limit: self.config.max_queued,
+            });
+        }
+        if outcome == 3 {
+            return Err(QueueError::IdempotencyKeyReused { task_id: id });
+        }
+        if outcome == 0 {
             let existing = TaskId::parse(&id).map_err(|_| QueueError::Corrupt {
                 task_id: id.clone(),
                 source: DecodeError::BadField {
@@ -400,9 +530,8 @@ impl Queue {
             })?;
             return Ok(EnqueueOutcome::Replayed(existing));
         }
-        let created_at =
-            OffsetDateTime::from_unix_timestamp_nanos(i128::from(created_ms) * 1_000_000)
-                .map_err(|_| QueueError::Protocol(format!("created_at {created_ms}")))?;
+        let created_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(number) * 1_000_000)
+            .map_err(|_| QueueError::Protocol(format!("created_at {number}")))?;
         Ok(EnqueueOutcome::Created(TaskRecord {
             id: task_id,
             description: description.as_str().to_owned(),
@@ -799,5 +928,66 @@ impl Queue {
             live_workers: numbers[22],
             oldest_queued_age_ms,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error a client gets for this error reply line.
+    fn server_error(line: &str) -> QueueError {
+        let reply = redis::parse_redis_value(format!("-{line}\r\n").as_bytes()).expect("parses");
+        QueueError::Redis(reply.extract_error().expect_err("an error reply"))
+    }
+
+    #[test]
+    fn item_10_every_refusal_that_is_not_the_clients_fault_is_unavailable() {
+        let script = "script: 0123abcd, on @user_script:1.";
+        for line in [
+            "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.".to_owned(),
+            format!("READONLY You can't write against a read only replica. {script}"),
+            "NOPERM this user has no permissions to run the 'evalsha' command".to_owned(),
+            "NOPERM this user has no permissions to access one of the keys used as arguments".to_owned(),
+            // Redis 7.0 and 7.2 word an ACL refusal inside a script as ERR.
+            format!("ERR The user executing the script can't run this command or subcommand {script}"),
+            format!("ERR The user executing the script can't access at least one of the keys mentioned in the command arguments {script}"),
+            format!("ERR ACL failure in script: User agent has no permissions to run the 'xadd' command {script}"),
+            format!("OOM command not allowed when used memory > 'maxmemory'. {script}"),
+            "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.".to_owned(),
+            "LOADING Redis is loading the dataset in memory".to_owned(),
+            "TRYAGAIN Multiple keys request during rehashing of slot".to_owned(),
+            "CLUSTERDOWN The cluster is down".to_owned(),
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.".to_owned(),
+            "MOVED 3999 127.0.0.1:6381".to_owned(),
+            "ASK 3999 127.0.0.1:6381".to_owned(),
+        ] {
+            assert!(server_error(&line).is_unavailable(), "{line}");
+        }
+        for line in [
+            "ERR unknown command 'NOPE'",
+            "ERR Error running script (call to f_0123): @user_script:1: user_script:1: attempt to compare nil with number",
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+            "NOSCRIPT No matching script. Please use EVAL.",
+            "CROSSSLOT Keys in request don't hash to the same slot",
+            "NOGROUP No such key 'agent:stream:p1' or consumer group 'workers'",
+        ] {
+            assert!(!server_error(line).is_unavailable(), "{line}");
+        }
+    }
+
+    #[test]
+    fn item_5_idempotency_records_bind_the_key_to_the_request() {
+        let description = Description::parse("summarise".into()).expect("valid");
+        let other = Description::parse("summarise!".into()).expect("valid");
+        let digest = request_digest(&description, Priority::DEFAULT);
+
+        assert_eq!(digest.len(), 32);
+        assert_eq!(digest, request_digest(&description, Priority::DEFAULT));
+        assert_ne!(digest, request_digest(&description, Priority::HIGHEST));
+        assert_ne!(digest, request_digest(&other, Priority::DEFAULT));
+        let id = "0190c5d2-6a8e-7cc3-9a43-0d5f1e1e2a01";
+        assert_eq!(idempotency_record_task_id(&format!("{id} {digest}")), id);
+        assert_eq!(idempotency_record_task_id(id), id, "a record from before");
     }
 }

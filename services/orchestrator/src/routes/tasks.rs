@@ -9,6 +9,7 @@ use taskq::queue::CancelOutcome;
 use taskq::{Description, EnqueueOutcome, Priority, TaskId, TaskRecord};
 
 use crate::error::AppError;
+use crate::guard;
 use crate::startup::AppState;
 
 /// `axum::Json`, with rejections turned into [`AppError`] so every error has the JSON body.
@@ -25,7 +26,7 @@ pub struct AppPath<T>(pub T);
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTaskRequest {
-    /// What to do: 1–10,000 characters.
+    /// What to do: 1–10,000 characters, not all whitespace.
     pub description: String,
     /// 1 (most urgent) to 10; 5 when absent. An explicit `null` is a type error, not "absent".
     #[serde(default, deserialize_with = "present_integer")]
@@ -68,7 +69,9 @@ fn task_response(status: StatusCode, record: &TaskRecord) -> Response {
 }
 
 /// `POST /tasks`: validates, enqueues atomically, answers 201 with the record. A replayed
-/// `Idempotency-Key` answers 200 with the task it created first.
+/// `Idempotency-Key` (the caller's own, see [`guard::idempotency_scope`]) answers 200 with the
+/// task it created first, or 422 `idempotency_key_reused` when that task was asked for with
+/// another description or priority.
 pub async fn create_task(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -81,10 +84,15 @@ pub async fn create_task(
         .transpose()?
         .unwrap_or_default();
     let key = idempotency_key(&headers)?;
+    let scope = match key {
+        Some(_) => guard::idempotency_scope(&state.tokens, &headers),
+        None => taskq::IdempotencyScope::open(),
+    };
     let mut conn = state.redis.clone();
-    let outcome = state
-        .with_timeout_unknown_outcome(state.queue.enqueue(&mut conn, &description, priority, key))
-        .await?;
+    let enqueue = state
+        .queue
+        .enqueue_in_scope(&mut conn, &description, priority, &scope, key);
+    let outcome = state.with_timeout_unknown_outcome(enqueue).await?;
     match outcome {
         EnqueueOutcome::Created(record) => {
             metrics::counter!("agent_tasks_enqueued_total", "priority" => priority.get().to_string())

@@ -1,20 +1,56 @@
--- Enqueue one task atomically: task hash + stream entry (+ idempotency key).
--- KEYS[1] task hash, KEYS[2] priority stream, KEYS[3] idempotency key (optional)
+-- Enqueue one task atomically: task hash + stream entry (+ idempotency record).
+-- KEYS[1] task hash, KEYS[2] the task's priority stream, KEYS[3..12] the ten priority streams
+-- (for the backpressure check), KEYS[13] the caller's idempotency key (optional), KEYS[14] where
+-- the same key was stored before keys were scoped (optional; read, never written)
 -- ARGV[1] task id, ARGV[2] description, ARGV[3] priority, ARGV[4] max attempts,
--- ARGV[5] idempotency ttl (s), ARGV[6] record layout version
--- Returns {1, id, created_ms} for a new task, {0, existing id, 0} for a replay.
-if #KEYS == 3 then
-  local existing = redis.call('GET', KEYS[3])
-  if existing then
-    return {0, existing, 0}
+-- ARGV[5] idempotency ttl (s), ARGV[6] record layout version, ARGV[7] most tasks waiting (0 or
+-- absent: no limit), ARGV[8] digest of the request (description and priority)
+-- The call of earlier versions, KEYS[1..2] and ARGV[1..6] (the benchmark's ceilings), still
+-- works: no limit, no idempotency record.
+-- Returns {1, id, created_ms} for a new task, {0, existing id, 0} for a replay,
+-- {2, '', tasks waiting} when the queue is full, {3, existing id, 0} when the key created a task
+-- for another request.
+local idempotency_key, legacy_key = KEYS[13], KEYS[14]
+if idempotency_key then
+  local stored = redis.call('GET', idempotency_key)
+  if not stored and legacy_key then
+    stored = redis.call('GET', legacy_key)
+  end
+  if stored then
+    -- '{task id} {request digest}'. A record written before keys were bound to their request
+    -- holds the task id alone: with no digest to compare, it counts as a match and replays.
+    local id, digest = string.match(stored, '^(%S+) (%S+)$')
+    if not id then
+      return {0, stored, 0}
+    end
+    if digest ~= ARGV[8] then
+      return {3, id, 0}
+    end
+    return {0, id, 0}
   end
 end
+-- Backpressure. Waiting = entries in the ten streams: queued, plus delivered to a worker and not
+-- yet acknowledged (running); tasks waiting for a retry are not counted. XLEN is O(1), and
+-- summing the streams needs no counter that every other script would have to keep right.
+local limit = tonumber(ARGV[7]) or 0
+if limit > 0 then
+  local waiting = 0
+  for i = 3, 12 do
+    waiting = waiting + redis.call('XLEN', KEYS[i])
+  end
+  if waiting >= limit then
+    return {2, '', waiting}
+  end
+end
+-- All or nothing under a refusal: Redis refuses OOM, READONLY and MISCONF at a script's first
+-- write and lets later writes through, so the first write (XADD) is the only one that can be
+-- refused, and nothing is written before it.
 local now = now_ms()
 local entry = redis.call('XADD', KEYS[2], '*', 't', ARGV[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[6], 'id', ARGV[1], 'description', ARGV[2],
   'priority', ARGV[3], 'status', 'queued', 'attempts', 0, 'max_attempts', ARGV[4],
   'created_at', now, 'stream_id', entry)
-if #KEYS == 3 then
-  redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[5])
+if idempotency_key then
+  redis.call('SET', idempotency_key, ARGV[1] .. ' ' .. ARGV[8], 'EX', ARGV[5])
 end
 return {1, ARGV[1], now}
