@@ -1,0 +1,29 @@
+//! Free TCP ports on the loopback interface.
+
+use std::net::TcpListener;
+
+/// A free TCP port on 127.0.0.1: free when asked (the OS picks it; another process may take it
+/// before the caller binds it, a race accepted in tests and local runs).
+///
+/// # Panics
+/// When 127.0.0.1 cannot be bound at all; [`try_free_port`] returns the error instead.
+pub fn free_port() -> u16 {
+    try_free_port().expect("binding 127.0.0.1:0 to find a free port")
+}
+
+/// [`free_port`], with the error instead of a panic (for tools).
+pub fn try_free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_free_port_can_be_bound() {
+        let port = free_port();
+        assert_ne!(port, 0);
+        TcpListener::bind(("127.0.0.1", port)).expect("the port is free");
+    }
+}
