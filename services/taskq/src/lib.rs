@@ -15,8 +15,6 @@ pub mod keys;
 pub mod model;
 pub mod queue;
 pub mod support;
-#[cfg(feature = "testing")]
-pub mod testing;
 
 pub use keys::Keys;
 pub use model::{Description, Priority, Status, TaskId, TaskRecord, ValidationError};
