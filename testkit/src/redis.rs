@@ -130,11 +130,6 @@ impl RedisConfig {
         self
     }
 
-    /// The log configured.
-    pub fn log_target(&self) -> &Log {
-        &self.log
-    }
-
     fn args(&self, port: u16, dir: &Path) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
         args.extend(
@@ -236,7 +231,7 @@ impl RedisServer {
         let mut server = Self {
             process: None,
             config,
-            port: crate::port::try_free_port().context("finding a free port for redis")?,
+            port: crate::port::try_free_port()?,
             dir,
         };
         server.spawn()?;
@@ -288,6 +283,15 @@ impl RedisServer {
     /// The command line it runs, as a shell would show it.
     pub fn command_line(&self) -> String {
         self.config.command_line(self.port, self.dir.path())
+    }
+
+    /// Its log so far, over every start (empty when the output is discarded).
+    pub fn log_text(&self) -> String {
+        self.config
+            .log
+            .path()
+            .and_then(|path| crate::process::read_log(path).ok())
+            .unwrap_or_default()
     }
 
     /// The running process (`None` after [`RedisServer::kill`] or [`RedisServer::stop`]).
