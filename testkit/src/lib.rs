@@ -23,7 +23,7 @@ pub mod redis;
 pub mod wait;
 
 pub use self::redis::{Persistence, RedisConfig, RedisServer};
-pub use cargo::{cargo, cargo_build_release};
+pub use cargo::cargo_build_release;
 pub use port::{free_port, try_free_port};
 pub use process::{Exit, Log, Process};
 pub use wait::{Wait, assert_eventually, assert_eventually_async, wait_for, wait_for_async};

@@ -356,7 +356,7 @@ fn cargo_build_release(workspace_root: &Path) -> anyhow::Result<()> {
 /// `<target dir>/release`, honouring `CARGO_TARGET_DIR` and `.cargo/config.toml` via cargo metadata.
 fn release_dir(workspace_root: &Path) -> anyhow::Result<PathBuf> {
     // Under `cargo run`, CARGO names the cargo that launched us (same toolchain).
-    let output = testkit::cargo()
+    let output = testkit::cargo::cargo()
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .current_dir(workspace_root)
         .stdin(Stdio::null())
