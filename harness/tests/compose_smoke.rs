@@ -160,18 +160,10 @@ fn identity(container: &str) -> (String, String) {
 }
 
 /// Polls `probe` every 200 ms until it yields a value; panics after `timeout` naming `what`.
-fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
+fn wait_for<T>(what: &str, timeout: Duration, probe: impl FnMut() -> Option<T>) -> T {
+    testkit::Wait::new(what, timeout)
+        .every(Duration::from_millis(200))
+        .until(probe)
 }
 
 fn wait_healthy(project: &str, expected: usize) -> Vec<String> {

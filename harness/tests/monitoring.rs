@@ -25,15 +25,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use testkit::{
+    Exit, Log, Persistence, Process, RedisConfig, RedisServer, Wait, free_port, wait_for,
+};
 
 const DASHBOARD: &str = "compose/monitoring/dashboards/agent-system.json";
 const RULES: &str = "compose/monitoring/rules/agent-alerts.yml";
@@ -358,13 +360,6 @@ fn the_compose_prometheus_scrapes_the_orchestrator_and_every_worker_replica() {
 // The services under load
 // ---------------------------------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 fn sha256_hex(text: &str) -> String {
     Sha256::digest(text.as_bytes())
         .iter()
@@ -396,108 +391,28 @@ fn render_acl(admin_password: &str, agent_password: &str) -> String {
 }
 
 /// A child process, SIGKILLed on drop; its stdout and stderr go to `<dir>/<name>.log`.
-struct Process {
-    name: String,
-    child: Option<std::process::Child>,
-    log: PathBuf,
+fn spawn(name: &str, dir: &Path, command: &mut Command) -> Process {
+    Process::spawn(name, command, Log::Append(dir.join(format!("{name}.log"))))
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-impl Process {
-    fn spawn(name: &str, dir: &Path, command: &mut Command) -> Self {
-        let log = dir.join(format!("{name}.log"));
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Process {
-            name: name.to_owned(),
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGTERM, then waits up to `within` for a clean exit.
-    fn terminate(&mut self, within: Duration) {
-        let mut child = self.child.take().expect("process running");
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = child.try_wait().expect("waiting") {
-                assert!(
-                    status.success(),
-                    "{} exited with {status} after SIGTERM",
-                    self.name
-                );
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("{} did not exit within {within:?} of SIGTERM", self.name);
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(100));
+/// SIGTERM, then waits up to `within` for a clean exit.
+fn terminate(process: &mut Process, within: Duration) {
+    let name = process.name().to_owned();
+    match process.stop(within).expect("SIGTERM") {
+        Exit::Exited(status) => assert!(
+            status.success(),
+            "{name} exited with {status} after SIGTERM"
+        ),
+        Exit::Killed => panic!("{name} did not exit within {within:?} of SIGTERM"),
+        Exit::NotRunning => panic!("{name} was not running"),
     }
 }
 
 /// `cargo build --release -p orchestrator -p worker` (cargo skips fresh ones); the binaries' dir.
 fn release_binaries() -> PathBuf {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "orchestrator",
-            "-p",
-            "worker",
-        ])
-        .current_dir(workspace_root())
-        .status()
-        .expect("running cargo build");
-    assert!(
-        status.success(),
-        "cargo build --release -p orchestrator -p worker failed"
-    );
+    testkit::cargo_build_release(&workspace_root(), &["orchestrator", "worker"], true)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     harness::cluster::process::target_dir().join("release")
 }
 
@@ -553,7 +468,7 @@ struct System {
     admin_password: String,
     agent_password: String,
     redis_port: u16,
-    redis: Process,
+    redis: RedisServer,
     orchestrator: Process,
     api: String,
     steady: Process,
@@ -584,15 +499,20 @@ impl System {
         ));
         let acl = dir.path().join("users.acl");
         fs::write(&acl, render_acl(&admin_password, &agent_password)).expect("acl file");
-        let redis_port = free_port();
-        let redis = start_redis(dir.path(), redis_port, &acl);
+        // Waits until the admin (the ACL file's `default` user) gets a PONG.
+        let redis = RedisConfig::new()
+            .persistence(Persistence::AofEverysec)
+            .arg("--aclfile")
+            .arg(&acl)
+            .password(&admin_password)
+            .log(Log::Append(dir.path().join("redis.log")))
+            .start_in(dir.path())
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let redis_port = redis.port();
         let redis_url = format!("redis://agent:{agent_password}@127.0.0.1:{redis_port}");
-        wait_for("redis-server to answer", Duration::from_secs(10), || {
-            admin_connection(&admin_password, redis_port).ok()
-        });
 
         let api_port = free_port();
-        let orchestrator = Process::spawn(
+        let orchestrator = spawn(
             "orchestrator",
             dir.path(),
             Command::new(bin.join("orchestrator"))
@@ -624,7 +544,7 @@ impl System {
                 .env("RETRY_BASE", "50ms")
                 .env("RETRY_MAX", "200ms")
                 .envs(extra.iter().copied());
-            Process::spawn(name, dir.path(), &mut command)
+            spawn(name, dir.path(), &mut command)
         };
         let (steady_port, doomed_port) = (free_port(), free_port());
         let steady = worker(
@@ -723,32 +643,14 @@ impl System {
     }
 
     fn logs(&self) -> Vec<(String, String)> {
-        [&self.redis, &self.orchestrator, &self.steady, &self.doomed]
-            .iter()
-            .map(|p| (p.name.clone(), p.log_text()))
+        std::iter::once(("redis".to_owned(), self.redis.log_text()))
+            .chain(
+                [&self.orchestrator, &self.steady, &self.doomed]
+                    .iter()
+                    .map(|p| (p.name().to_owned(), p.log_text())),
+            )
             .collect()
     }
-}
-
-fn start_redis(dir: &Path, port: u16, acl: &Path) -> Process {
-    Process::spawn(
-        "redis",
-        dir,
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
-            .arg("--dir")
-            .arg(dir)
-            .arg("--aclfile")
-            .arg(acl),
-    )
 }
 
 fn admin_connection(password: &str, port: u16) -> redis::RedisResult<redis::Connection> {
@@ -798,7 +700,7 @@ impl LocalPrometheus {
         // JSON is YAML.
         fs::write(dir.join("prometheus.yml"), config.to_string()).expect("prometheus config");
         let port = free_port();
-        let process = Process::spawn(
+        let process = spawn(
             "prometheus",
             system.dir.path(),
             Command::new(binary)
@@ -888,7 +790,7 @@ fn under_load_as_the_redis_acl_user_the_services_export_every_metric_the_dashboa
     }
 
     // A graceful shutdown deregisters the worker (ZREM, XGROUP DELCONSUMER).
-    system.steady.terminate(Duration::from_secs(20));
+    terminate(&mut system.steady, Duration::from_secs(20));
     assert_no_acl_denials(
         &system,
         "after the Redis restart and a graceful worker shutdown",
@@ -994,8 +896,7 @@ fn kill_and_restart_redis(system: &mut System) {
             (scrape.total("agent_redis_errors_total") > 0.0).then_some(())
         },
     );
-    let acl = system.dir.path().join("users.acl");
-    system.redis = start_redis(system.dir.path(), system.redis_port, &acl);
+    system.redis.start_again();
     let task_id = wait_for(
         "a submit after Redis restarted",
         Duration::from_secs(20),
@@ -1146,18 +1047,15 @@ fn check_dashboard_against_prometheus(system: &System, prometheus: &LocalPrometh
             .map(|(title, _)| title.clone())
             .collect()
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let empty = empty_panels();
-        if empty.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "dashboard panels without data after 30 s of scraping: {empty:?}"
-        );
-        thread::sleep(Duration::from_millis(500));
-    }
+    Wait::new(
+        "every dashboard panel to get data from Prometheus",
+        Duration::from_secs(30),
+    )
+    .every(Duration::from_millis(500))
+    .until(|| match empty_panels() {
+        empty if empty.is_empty() => Ok(()),
+        empty => Err(format!("panels without data: {empty:?}")),
+    });
     let rules: Value = system
         .http
         .get(format!("{}/api/v1/rules", prometheus.url))

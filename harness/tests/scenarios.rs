@@ -325,18 +325,17 @@ async fn the_docker_cluster_obeys_every_action_and_leaves_nothing() {
 
     // The queue still works end to end after all that.
     assert_eq!(submit(http.clone(), url.clone()).await.ok(), Some(201));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let executions = cluster.executions().await.expect("reading executions");
-        if executions.len() >= 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "both tasks should execute, saw {executions:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    testkit::Wait::new("both tasks to execute", Duration::from_secs(20))
+        .every(Duration::from_millis(200))
+        .until_async(async || {
+            let executions = cluster.executions().await.expect("reading executions");
+            if executions.len() >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{executions:?}"))
+            }
+        })
+        .await;
 
     cluster
         .shutdown()

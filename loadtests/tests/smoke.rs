@@ -2,10 +2,10 @@
 //! the orchestrator and two workers in-process). Any failed or indeterminate request, or any
 //! acknowledged task that does not complete, fails the test.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use loadtests::{SubmitLoad, SubmitOutcome, run_submit_load};
-use taskq::testing::RedisServer;
+use testkit::{RedisServer, wait_for_async};
 use tokio_util::sync::CancellationToken;
 
 const PREFIX: &str = "smoke";
@@ -62,8 +62,7 @@ async fn ten_seconds_of_submit_load_get_no_request_error_and_every_task_complete
         errors.first()
     );
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_for_async("the queue to drain", Duration::from_secs(30), async || {
         let stats: serde_json::Value = client
             .get(format!("{host}/stats"))
             .send()
@@ -72,15 +71,11 @@ async fn ten_seconds_of_submit_load_get_no_request_error_and_every_task_complete
             .json()
             .await
             .expect("json");
-        if stats["queued_total"] == 0 && stats["in_flight"] == 0 && stats["retry_scheduled"] == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the queue did not drain: {stats}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let drained =
+            stats["queued_total"] == 0 && stats["in_flight"] == 0 && stats["retry_scheduled"] == 0;
+        if drained { Ok(()) } else { Err(stats) }
+    })
+    .await;
     stop.cancel();
     for worker in workers {
         worker.await.expect("worker task").expect("worker run");

@@ -348,29 +348,15 @@ fn build(opts: &ImageOptions, rebuild: Rebuild) -> anyhow::Result<ImageSet> {
     Ok(set)
 }
 
-fn cargo() -> Command {
-    // Under `cargo run`, CARGO names the cargo that launched us (same toolchain).
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-}
-
 fn cargo_build_release(workspace_root: &Path) -> anyhow::Result<()> {
     eprintln!("images: cargo build --release -p orchestrator -p worker");
-    let status = cargo()
-        .args(["build", "--release", "-p", "orchestrator", "-p", "worker"])
-        .current_dir(workspace_root)
-        .stdin(Stdio::null())
-        .status()
-        .context("running cargo build")?;
-    ensure!(
-        status.success(),
-        "cargo build --release -p orchestrator -p worker failed ({status})"
-    );
-    Ok(())
+    testkit::cargo_build_release(workspace_root, &["orchestrator", "worker"], false)
 }
 
 /// `<target dir>/release`, honouring `CARGO_TARGET_DIR` and `.cargo/config.toml` via cargo metadata.
 fn release_dir(workspace_root: &Path) -> anyhow::Result<PathBuf> {
-    let output = cargo()
+    // Under `cargo run`, CARGO names the cargo that launched us (same toolchain).
+    let output = testkit::cargo::cargo()
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .current_dir(workspace_root)
         .stdin(Stdio::null())

@@ -93,7 +93,7 @@ impl DockerCluster {
             network: network.clone(),
             volume: volume.clone(),
             labels: labels.clone(),
-            orchestrator_host_port: super::free_port()?,
+            orchestrator_host_port: testkit::try_free_port()?,
             containers: BTreeMap::new(),
             host_ports: Mutex::new(HashMap::new()),
             live,

@@ -621,13 +621,6 @@ pub async fn ping_redis(url: &str) -> anyhow::Result<()> {
         .context("PING timed out")?
 }
 
-/// Reads a free TCP port on 127.0.0.1 (the OS picks it; a race with other processes is possible
-/// but harmless in practice).
-pub fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
 /// Picks the runtime: `explicit` (a CLI flag) wins, then `HARNESS_RUNTIME`, then the scenario's
 /// own setting, then Docker when an engine answers, else processes. Returns the choice and why.
 pub async fn choose_runtime(

@@ -7,22 +7,25 @@
 //! across restarts, so the checker reads executions of killed workers too. Signals: kill =
 //! SIGKILL, stop = SIGTERM then SIGKILL after the grace, pause/unpause = SIGSTOP/SIGCONT. There
 //! is no network to partition: disconnect and connect fail with a clear message.
+//!
+//! The processes run under [`testkit::Process`] and the Redis command line is
+//! [`testkit::RedisConfig`]'s, as in the tests and the benchmark.
 
 use std::{
     collections::BTreeMap,
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
-use nix::{sys::signal::Signal, unistd::Pid};
-use tokio::process::{Child, Command};
+use testkit::{Log, Process, RedisConfig, process::read_log, try_free_port};
 
 use super::{ClusterSpec, Service};
 use crate::{
     cleanup::{self, LiveRun},
     executions::{Execution, parse_executions},
+    scenario::Persistence,
 };
 
 /// Env var naming the directory holding the `orchestrator` and `worker` binaries.
@@ -98,30 +101,17 @@ fn find_on_path(program: &str) -> Option<PathBuf> {
 
 /// Builds the release binaries of the orchestrator and the worker (cargo skips fresh ones).
 pub async fn build_release_binaries() -> anyhow::Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "orchestrator",
-            "-p",
-            "worker",
-        ])
-        .current_dir(xtask::images::default_workspace_root())
-        .stdin(Stdio::null())
-        .status()
-        .await
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build --release -p orchestrator -p worker failed ({status})");
-    }
-    Ok(())
+    let root = xtask::images::default_workspace_root();
+    tokio::task::spawn_blocking(move || {
+        testkit::cargo_build_release(&root, &["orchestrator", "worker"], true)
+    })
+    .await
+    .context("waiting for cargo build")?
 }
 
 struct Proc {
-    child: Option<Child>,
+    /// `None` while stopped.
+    process: Option<Process>,
     log: PathBuf,
     /// Port the process listens on (Redis, orchestrator) or serves metrics on (worker).
     port: u16,
@@ -150,8 +140,8 @@ impl ProcessCluster {
         let cluster = ProcessCluster {
             spec: spec.clone(),
             binaries,
-            redis_port: super::free_port()?,
-            orchestrator_port: super::free_port()?,
+            redis_port: try_free_port()?,
+            orchestrator_port: try_free_port()?,
             run_dir,
             procs: BTreeMap::new(),
             live,
@@ -184,21 +174,21 @@ impl ProcessCluster {
 
     fn command(&self, service: Service, port: u16) -> Command {
         let redis_url = self.redis_url();
-        let mut command = match service {
-            Service::Redis => {
-                let mut command = Command::new(&self.binaries.redis_server);
+        match service {
+            Service::Redis => RedisConfig::new()
+                .program(&self.binaries.redis_server)
                 // The password goes in a config file (first argument), not on the command line
                 // where `ps` would show it.
-                command
-                    .arg(self.run_dir.join("redis-auth.conf"))
-                    .arg("--port")
-                    .arg(port.to_string())
-                    .args(["--bind", "127.0.0.1", "--daemonize", "no", "--dir"])
-                    .arg(self.run_dir.join("redis"))
-                    .args(self.spec.persistence.redis_args())
-                    .args(super::REDIS_MEMORY_ARGS);
-                command
-            }
+                .config_file(self.run_dir.join("redis-auth.conf"))
+                .persistence(match self.spec.persistence {
+                    Persistence::AofAlways => testkit::Persistence::AofAlways,
+                    Persistence::AofEverysec => testkit::Persistence::AofEverysec,
+                    Persistence::None => testkit::Persistence::None,
+                })
+                .arg("--daemonize")
+                .arg("no")
+                .extra_args(super::REDIS_MEMORY_ARGS)
+                .command(port, &self.run_dir.join("redis")),
             Service::Orchestrator => {
                 let mut command = Command::new(&self.binaries.orchestrator);
                 command
@@ -217,9 +207,7 @@ impl ProcessCluster {
                     .envs(self.spec.worker_env());
                 command
             }
-        };
-        command.stdin(Stdio::null()).kill_on_drop(true);
-        command
+        }
     }
 
     /// Spawns a service (again), appending to its log file.
@@ -228,20 +216,16 @@ impl ProcessCluster {
             (Some(existing), _) => existing.port,
             (None, Service::Redis) => self.redis_port,
             (None, Service::Orchestrator) => self.orchestrator_port,
-            (None, Service::Worker(_)) => super::free_port()?,
+            (None, Service::Worker(_)) => try_free_port()?,
         };
         let log = self.run_dir.join(format!("{service}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .with_context(|| format!("opening {}", log.display()))?;
-        let mut command = self.command(service, port);
-        command.stdout(file.try_clone()?).stderr(file);
-        let child = command
-            .spawn()
-            .with_context(|| format!("spawning {service}"))?;
-        if let Some(pid) = child.id() {
+        let process = Process::spawn(
+            &service.to_string(),
+            &mut self.command(service, port),
+            Log::Append(log.clone()),
+        )
+        .with_context(|| format!("spawning {service}"))?;
+        if let Some(pid) = process.pid() {
             let program = match service {
                 Service::Redis => &self.binaries.redis_server,
                 Service::Orchestrator => &self.binaries.orchestrator,
@@ -252,7 +236,7 @@ impl ProcessCluster {
         self.procs.insert(
             service,
             Proc {
-                child: Some(child),
+                process: Some(process),
                 log,
                 port,
             },
@@ -274,76 +258,54 @@ impl ProcessCluster {
             .with_context(|| format!("{service} was never started"))
     }
 
-    fn signal(&mut self, service: Service, signal: Signal) -> anyhow::Result<()> {
-        let pid = self
-            .proc_mut(service)?
-            .child
-            .as_ref()
-            .and_then(Child::id)
-            .with_context(|| format!("{service} is not running"))?;
-        nix::sys::signal::kill(Pid::from_raw(pid as i32), signal)
-            .with_context(|| format!("sending {signal} to {service}"))
+    fn running(&mut self, service: Service) -> anyhow::Result<&mut Process> {
+        self.proc_mut(service)?
+            .process
+            .as_mut()
+            .with_context(|| format!("{service} is not running"))
     }
 
     /// SIGKILL and reap.
     pub async fn kill(&mut self, service: Service) -> anyhow::Result<()> {
-        let proc = self.proc_mut(service)?;
-        let mut child = proc
-            .child
+        let mut process = self
+            .proc_mut(service)?
+            .process
             .take()
             .with_context(|| format!("{service} is not running"))?;
-        child
-            .kill()
-            .await
-            .with_context(|| format!("killing {service}"))
+        process.kill_async().await;
+        Ok(())
     }
 
     /// SIGTERM, SIGKILL after `grace`, and reap.
     pub async fn stop(&mut self, service: Service, grace: Duration) -> anyhow::Result<()> {
-        self.signal(service, Signal::SIGTERM)?;
-        let proc = self.proc_mut(service)?;
-        let mut child = proc.child.take().context("no child")?;
-        match tokio::time::timeout(grace, child.wait()).await {
-            Ok(status) => {
-                status.with_context(|| format!("waiting for {service}"))?;
-                Ok(())
-            }
-            Err(_) => child
-                .kill()
-                .await
-                .with_context(|| format!("killing {service}")),
-        }
+        self.stop_many(&[service], grace).await
     }
 
     /// SIGTERM to all of them first, then reap each (SIGKILL after `grace`).
     pub async fn stop_many(&mut self, services: &[Service], grace: Duration) -> anyhow::Result<()> {
         for service in services {
-            self.signal(*service, Signal::SIGTERM)?;
+            self.running(*service)?.terminate()?;
         }
-        let deadline = tokio::time::Instant::now() + grace;
+        let deadline = Instant::now() + grace;
         for service in services {
-            let mut child = self.proc_mut(*service)?.child.take().context("no child")?;
-            if tokio::time::timeout_at(deadline, child.wait())
-                .await
-                .is_err()
-            {
-                child
-                    .kill()
-                    .await
-                    .with_context(|| format!("killing {service}"))?;
-            }
+            let mut process = self
+                .proc_mut(*service)?
+                .process
+                .take()
+                .context("no child")?;
+            process.reap_by_async(deadline).await?;
         }
         Ok(())
     }
 
     /// SIGSTOP.
     pub async fn pause(&mut self, service: Service) -> anyhow::Result<()> {
-        self.signal(service, Signal::SIGSTOP)
+        self.running(service)?.pause()
     }
 
     /// SIGCONT.
     pub async fn unpause(&mut self, service: Service) -> anyhow::Result<()> {
-        self.signal(service, Signal::SIGCONT)
+        self.running(service)?.resume()
     }
 
     /// Not possible without a network namespace.
@@ -383,12 +345,10 @@ impl ProcessCluster {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.shut_down = true;
         for proc in self.procs.values_mut() {
-            if let Some(mut child) = proc.child.take() {
+            if let Some(mut process) = proc.process.take() {
                 // A paused process must be continued to die promptly on some kernels.
-                if let Some(pid) = child.id() {
-                    let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGCONT);
-                }
-                let _ = child.kill().await;
+                let _ = process.resume();
+                process.kill_async().await;
             }
         }
         cleanup::remove_run_dir(&self.run_dir);
@@ -400,17 +360,9 @@ impl ProcessCluster {
 impl Drop for ProcessCluster {
     fn drop(&mut self) {
         if !self.shut_down {
-            // Children die through kill_on_drop; the sweep also removes the run directory.
+            // Children die when their `Process` drops; the sweep also removes the run directory.
             cleanup::cleanup_blocking(&self.live);
         }
-    }
-}
-
-fn read_log(path: &Path) -> anyhow::Result<String> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
 }
 

@@ -18,7 +18,7 @@ use criterion::{Criterion, Throughput};
 use http_body_util::BodyExt;
 use orchestrator::config::Config;
 use orchestrator::startup::{AppState, app};
-use taskq::testing::{Persistence, RedisServer};
+use testkit::{Persistence, RedisServer};
 use tower::ServiceExt;
 
 const BODY: &str =

@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use orchestrator::config::Config;
 use orchestrator::startup::{AppState, app};
 use serde_json::{Value, json};
-use taskq::testing::{RedisServer, free_port};
+use testkit::{RedisServer, free_port};
 use tower::ServiceExt;
 
 fn router_for(redis_url: &str) -> Router {

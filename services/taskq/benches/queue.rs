@@ -16,13 +16,7 @@ use taskq::{
     Description, EnqueueOutcome, ExecutionOutcome, Finish, Keys, Priority, QueueConfig, TaskRecord,
 };
 
-// The `testing` feature's fixture, compiled into this bench: a crate cannot turn on its own
-// feature for its benches, and a plain `cargo bench -p taskq` must work.
-#[allow(dead_code)]
-#[path = "../src/testing.rs"]
-mod testing;
-
-use testing::{Persistence, RedisServer};
+use testkit::{Persistence, RedisServer};
 
 /// A realistic description: one line, a few dozen characters.
 const DESCRIPTION: &str = "Resize thumbnail images for customer 4711 (order 2024-118)";

@@ -18,8 +18,6 @@ pub mod keys;
 pub mod model;
 pub mod queue;
 pub mod support;
-#[cfg(feature = "testing")]
-pub mod testing;
 
 pub use event::{Outcome, TaskExecuted};
 pub use keys::{IdempotencyScope, Keys};

@@ -2,11 +2,11 @@
 //! in-process or as child processes (for SIGKILL).
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use taskq::testing::{RedisServer, free_port};
+use testkit::{Log, Process, RedisServer, Wait, free_port, wait_for_async};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use worker::config::Config as WorkerConfig;
@@ -90,18 +90,13 @@ impl Api {
 
     /// Polls the task until `done` holds; panics with the last record after `within`.
     async fn wait_for(&self, id: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
-            let task = self.task(id).await;
-            if done(&task) {
-                return task;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "task {id} did not get there within {within:?}: {task}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        Wait::new(format!("task {id}"), within)
+            .every(Duration::from_millis(20))
+            .until_async(async || {
+                let task = self.task(id).await;
+                if done(&task) { Ok(task) } else { Err(task) }
+            })
+            .await
     }
 
     async fn wait_for_status(&self, id: &str, status: &str, within: Duration) -> Value {
@@ -134,15 +129,11 @@ impl RunningWorker {
     }
 }
 
-/// A worker child process, SIGKILLed on drop.
-struct WorkerProcess {
-    child: Child,
-    id: String,
-}
-
-impl WorkerProcess {
-    fn start(redis_url: &str, id: &str, work_ms: u64) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_worker"))
+/// A worker child process named `id`, SIGKILLed on drop.
+fn worker_process(redis_url: &str, id: &str, work_ms: u64) -> Process {
+    Process::spawn(
+        id,
+        Command::new(env!("CARGO_BIN_EXE_worker"))
             .env("REDIS_URL", redis_url)
             .env("KEY_PREFIX", PREFIX)
             .env("WORKER_ID", id)
@@ -150,27 +141,10 @@ impl WorkerProcess {
             .env("WORKER_HEARTBEAT", "250ms")
             .env("WORKER_DEAD_AFTER", "1s")
             .env("METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
-            .env("LOG_FORMAT", "json")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting the worker binary");
-        Self {
-            child,
-            id: id.to_owned(),
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
+            .env("LOG_FORMAT", "json"),
+        Log::Discard,
+    )
+    .expect("starting the worker binary")
 }
 
 #[tokio::test]
@@ -322,7 +296,7 @@ async fn permanent_failures_and_exhausted_retries_are_dead_lettered() {
 async fn a_task_whose_worker_is_sigkilled_mid_task_is_completed_by_another_within_5s() {
     let redis = RedisServer::start();
     let api = Api::start(&redis.url(), 5).await;
-    let mut doomed = WorkerProcess::start(&redis.url(), "doomed-worker", 3000);
+    let mut doomed = worker_process(&redis.url(), "doomed-worker", 3000);
     let id = api.create("survive a crash", 5).await;
     api.wait_for(&id, Duration::from_secs(10), |t| {
         t["status"] == "running" && t["worker"] == "doomed-worker"
@@ -343,7 +317,7 @@ async fn a_task_whose_worker_is_sigkilled_mid_task_is_completed_by_another_withi
         recovery < Duration::from_secs(5),
         "recovered in {recovery:?}"
     );
-    assert_eq!(doomed.id, "doomed-worker");
+    assert_eq!(doomed.name(), "doomed-worker");
     rescuer.stop().await;
 }
 
@@ -380,18 +354,15 @@ async fn after_redis_is_killed_and_restarted_on_its_aof_every_acknowledged_task_
     );
     redis.start_again();
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = api.submit("after the restart", 5).await.status();
-        if status == 201 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "orchestrator did not recover: last status {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_async(
+        "the orchestrator to recover",
+        Duration::from_secs(10),
+        async || match api.submit("after the restart", 5).await.status() {
+            status if status == 201 => Ok(()),
+            status => Err(status),
+        },
+    )
+    .await;
     for id in &acknowledged {
         api.wait_for_status(id, "succeeded", Duration::from_secs(30))
             .await;
@@ -401,7 +372,7 @@ async fn after_redis_is_killed_and_restarted_on_its_aof_every_acknowledged_task_
 
 #[tokio::test]
 async fn a_worker_recreates_the_consumer_group_after_redis_loses_its_data() {
-    let mut redis = RedisServer::start_with(taskq::testing::Persistence::None);
+    let mut redis = RedisServer::start_with(testkit::Persistence::None);
     let api = Api::start(&redis.url(), 5).await;
     let worker = RunningWorker::start(&redis.url(), |_| {}).await;
     let before = api.create("before", 5).await;
@@ -410,16 +381,19 @@ async fn a_worker_recreates_the_consumer_group_after_redis_loses_its_data() {
 
     redis.kill();
     redis.start_again();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let after = loop {
-        let response = api.submit("after data loss", 5).await;
-        if response.status() == 201 {
+    let after = wait_for_async(
+        "the orchestrator to recover",
+        Duration::from_secs(10),
+        async || {
+            let response = api.submit("after data loss", 5).await;
+            if response.status() != 201 {
+                return Err(response.status());
+            }
             let body: Value = response.json().await.expect("json");
-            break body["id"].as_str().expect("id").to_owned();
-        }
-        assert!(Instant::now() < deadline, "orchestrator did not recover");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+            Ok(body["id"].as_str().expect("id").to_owned())
+        },
+    )
+    .await;
 
     api.wait_for_status(&after, "succeeded", Duration::from_secs(10))
         .await;

@@ -18,7 +18,7 @@
 //! heartbeat (1 s) and dead-after (3 s). Every measurement also records where the CPU went
 //! (server, Redis, generator, other processes), because the 2 cores are shared by all of them.
 //!
-//! Modules: [`process`] (children and `/proc`), [`redis_server`], [`wrk`], [`open_loop`],
+//! Modules: [`process`] (the machine's CPU, helper commands), [`redis_server`], [`wrk`], [`open_loop`],
 //! [`redis_benchmark`], [`bare`], [`script`], [`phases`] (the run itself) and [`report`].
 
 pub mod bare;

@@ -121,7 +121,7 @@ async fn run_on_this_thread(load: &FixedRate) -> anyhow::Result<FixedRateResult>
     let warmup_n = rate * load.warmup.as_millis() as u64 / 1000;
     let url: Arc<str> = load.url.as_str().into();
     let self_pid = std::process::id();
-    let cpu_before = crate::perf::process::cpu_seconds(self_pid).unwrap_or(0.0);
+    let cpu_before = testkit::process::cpu_seconds(self_pid).unwrap_or(0.0);
     let start = Instant::now() + Duration::from_millis(20);
     // The pacer: a plain thread whose sleeps are precise to tens of microseconds (tokio's timer
     // ticks every millisecond), handing each due request to this runtime.
@@ -188,7 +188,7 @@ async fn run_on_this_thread(load: &FixedRate) -> anyhow::Result<FixedRateResult>
     while let Some(sample) = rx.recv().await {
         samples.push(sample);
     }
-    let generator_cpu_s = crate::perf::process::cpu_seconds(self_pid).unwrap_or(0.0) - cpu_before;
+    let generator_cpu_s = testkit::process::cpu_seconds(self_pid).unwrap_or(0.0) - cpu_before;
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mut latencies: Vec<f64> = samples.iter().map(|s| ms(s.latency)).collect();
     latencies.sort_by(f64::total_cmp);

@@ -10,9 +10,10 @@ use redis::aio::MultiplexedConnection;
 use taskq::event::{Logged, TaskExecuted};
 use taskq::queue::Queue;
 use taskq::{Description, EnqueueOutcome, Keys, Priority, QueueConfig, TaskId};
+use testkit::{Log, Process, try_free_port};
 
 use crate::perf::open_loop::{self, FixedRate, quantile};
-use crate::perf::process::{MachineCpu, Service, background_busy_percent, free_port, version_of};
+use crate::perf::process::{MachineCpu, background_busy_percent, version_of};
 use crate::perf::redis_server::{CommandStat, Fsync, RedisProcess};
 use crate::perf::report::{
     CpuUse, DrainResult, FixedRateMeasurement, LatencySummary, Machine, ModeReport, RecoveryResult,
@@ -104,8 +105,8 @@ impl Ctx<'_> {
             .set(self.quiet_budget.get().saturating_sub(waited));
     }
 
-    fn start_orchestrator(&self, redis: &RedisProcess) -> anyhow::Result<(Service, String)> {
-        let port = free_port()?;
+    fn start_orchestrator(&self, redis: &RedisProcess) -> anyhow::Result<(Process, String)> {
+        let port = try_free_port()?;
         let mut env = vec![
             ("REDIS_URL", redis.url()),
             ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
@@ -118,7 +119,7 @@ impl Ctx<'_> {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.clone())),
         );
-        let service = Service::start(
+        let service = spawn(
             "orchestrator",
             &self.bins.orchestrator,
             &[],
@@ -136,7 +137,7 @@ impl Ctx<'_> {
         worker_id: &str,
         work_ms: u64,
         concurrency: Option<u32>,
-    ) -> anyhow::Result<Service> {
+    ) -> anyhow::Result<Process> {
         let mut env = vec![
             ("REDIS_URL", redis.url()),
             ("KEY_PREFIX", prefix.to_owned()),
@@ -150,7 +151,7 @@ impl Ctx<'_> {
         if let Some(concurrency) = concurrency {
             env.push(("WORKER_CONCURRENCY", concurrency.to_string()));
         }
-        Service::start(
+        spawn(
             worker_id,
             &self.bins.worker,
             &[],
@@ -160,8 +161,23 @@ impl Ctx<'_> {
     }
 }
 
+/// Starts `program` with `args` and extra environment `env`, stdout and stderr to `log`.
+fn spawn(
+    name: &str,
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, String)],
+    log: PathBuf,
+) -> anyhow::Result<Process> {
+    let mut command = std::process::Command::new(program);
+    command
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    Process::spawn(name, &mut command, Log::Create(log))
+}
+
 /// Waits until `url` answers 2xx (any path; a 404/405 also proves the server is up).
-async fn wait_http(url: &str, service: &mut Service, within: Duration) -> anyhow::Result<()> {
+async fn wait_http(url: &str, service: &mut Process, within: Duration) -> anyhow::Result<()> {
     let client = reqwest::Client::builder().no_proxy().build()?;
     let deadline = Instant::now() + within;
     loop {
@@ -187,12 +203,12 @@ struct CpuSnapshot {
     generator: f64,
 }
 
-async fn snapshot(redis: &RedisProcess, servers: &[&Service], generator: f64) -> CpuSnapshot {
+async fn snapshot(redis: &RedisProcess, servers: &[&Process], generator: f64) -> CpuSnapshot {
     let redis_cpu = redis.cpu_seconds().await.unwrap_or((0.0, 0.0));
     CpuSnapshot {
         at: Instant::now(),
         machine: MachineCpu::now(),
-        server: servers.iter().map(|s| s.cpu_seconds()).sum(),
+        server: servers.iter().map(|s| s.cpu_seconds().unwrap_or(0.0)).sum(),
         redis: redis_cpu.0,
         redis_children: redis_cpu.1,
         generator,
@@ -216,7 +232,7 @@ fn cpu_use(before: &CpuSnapshot, after: &CpuSnapshot) -> CpuUse {
 }
 
 fn self_cpu() -> f64 {
-    crate::perf::process::cpu_seconds(std::process::id()).unwrap_or(0.0)
+    testkit::process::cpu_seconds(std::process::id()).unwrap_or(0.0)
 }
 
 fn queue(prefix: &str) -> Queue {
@@ -404,9 +420,9 @@ async fn ceilings(
     }
 
     log_phase("bare enqueue server under wrk");
-    let port = free_port()?;
+    let port = try_free_port()?;
     let listen = format!("127.0.0.1:{port}");
-    let mut bare = Service::start(
+    let mut bare = spawn(
         "bare_enqueue",
         &ctx.bins.xtask,
         &["bare-enqueue", redis.url().as_str(), listen.as_str()],
@@ -428,7 +444,7 @@ async fn ceilings(
         mode.bare.push(measurement);
         redis.reset().await?;
     }
-    bare.stop(Duration::from_secs(5));
+    let _ = bare.stop(Duration::from_secs(5));
     redis.reset().await?;
     Ok(())
 }
@@ -436,7 +452,7 @@ async fn ceilings(
 async fn wrk_measurement(
     ctx: &Ctx<'_>,
     redis: &RedisProcess,
-    server: &Service,
+    server: &Process,
     url: &str,
     name: &str,
     connections: u32,
@@ -463,7 +479,7 @@ async fn wrk_measurement(
         server: name.to_owned(),
         connections,
         cpu: cpu_use(&before, &after),
-        server_peak_rss_kib: server.peak_rss_kib(),
+        server_peak_rss_kib: server.peak_rss_kib().unwrap_or(0),
         wrk: result,
     })
 }
@@ -471,7 +487,7 @@ async fn wrk_measurement(
 async fn fixed_rates(
     ctx: &Ctx<'_>,
     redis: &RedisProcess,
-    orchestrator: &Service,
+    orchestrator: &Process,
     base: &str,
     mode: &mut ModeReport,
 ) -> anyhow::Result<()> {
@@ -500,7 +516,7 @@ async fn fixed_rates(
             warmup: WARMUP,
             duration: ctx.options.duration,
         };
-        let servers: Vec<&Service> = std::iter::once(orchestrator)
+        let servers: Vec<&Process> = std::iter::once(orchestrator)
             .chain(workers.iter())
             .collect();
         ctx.wait_quiet();
@@ -524,7 +540,7 @@ async fn fixed_rates(
         // The same wait to the microsecond, bracketed: the task was created after its POST was
         // sent and before the answer arrived; it started when the worker's `task_executed` line
         // says (its timestamp minus the execution's duration). Same machine, same clock.
-        let starts = execution_starts(workers.iter().map(Service::log));
+        let starts = execution_starts(workers.iter().filter_map(Process::log_path));
         let millis_between = |from: SystemTime, to: SystemTime| match to.duration_since(from) {
             Ok(d) => d.as_secs_f64() * 1000.0,
             Err(e) => -e.duration().as_secs_f64() * 1000.0,
@@ -550,7 +566,7 @@ async fn fixed_rates(
             http,
         });
         for worker in &mut workers {
-            worker.stop(Duration::from_secs(10));
+            let _ = worker.stop(Duration::from_secs(10));
         }
     }
     redis.reset().await?;
@@ -609,15 +625,23 @@ async fn drains(ctx: &Ctx<'_>, redis: &RedisProcess, mode: &mut ModeReport) -> a
             }
             wait_drained(&queue, &mut conn, Duration::from_millis(20), DRAIN_TIMEOUT).await?;
             let drain_s = before.at.elapsed().as_secs_f64();
-            let refs: Vec<&Service> = workers.iter().collect();
+            let refs: Vec<&Process> = workers.iter().collect();
             let mut after = snapshot(redis, &refs, 0.0).await;
             after.at = before.at + Duration::from_secs_f64(drain_s);
             let commands = redis.command_stats().await?;
-            let worker_peak_rss_kib = workers.iter().map(Service::peak_rss_kib).max().unwrap_or(0);
+            let worker_peak_rss_kib = workers
+                .iter()
+                .filter_map(Process::peak_rss_kib)
+                .max()
+                .unwrap_or(0);
             for worker in &mut workers {
-                worker.stop(Duration::from_secs(10));
+                let _ = worker.stop(Duration::from_secs(10));
             }
-            let executions_logged = workers.iter().map(|w| count_executions(w.log())).sum();
+            let executions_logged = workers
+                .iter()
+                .filter_map(Process::log_path)
+                .map(count_executions)
+                .sum();
             let times = task_times(
                 &mut conn,
                 queue.keys(),
@@ -709,7 +733,7 @@ async fn recovery(ctx: &Ctx<'_>, report: &mut Report) -> anyhow::Result<()> {
             .query_async(&mut conn)
             .await?;
         let killed_at = unix_ms();
-        victim.kill_hard();
+        victim.kill();
         wait_for_tasks(&mut conn, &keys, &ids, |status, worker| {
             worker == rescuer_id && (status == "running" || status == "succeeded")
         })
@@ -720,7 +744,7 @@ async fn recovery(ctx: &Ctx<'_>, report: &mut Report) -> anyhow::Result<()> {
         wait_for_tasks(&mut conn, &keys, &ids, |status, _| status == "succeeded").await?;
         let finished = task_times(&mut conn, &keys, &ids, &["finished_at"]).await?;
         let finished_at = finished.iter().filter_map(|r| r[0]).max().unwrap_or(0);
-        rescuer.stop(Duration::from_secs(10));
+        let _ = rescuer.stop(Duration::from_secs(10));
         report.recovery.push(RecoveryResult {
             tasks_held: ids.len(),
             heartbeat_age_at_kill_ms: last_heartbeat.map_or(-1, |hb| killed_at - hb as i64),
@@ -909,8 +933,8 @@ pub async fn run(options: &Options, command: String) -> anyhow::Result<Report> {
             if wants(Phase::Fixed) {
                 fixed_rates(&ctx, &redis, &orchestrator, &base, &mut mode).await?;
             }
-            mode.orchestrator_peak_rss_kib = orchestrator.peak_rss_kib();
-            orchestrator.stop(Duration::from_secs(10));
+            mode.orchestrator_peak_rss_kib = orchestrator.peak_rss_kib().unwrap_or(0);
+            let _ = orchestrator.stop(Duration::from_secs(10));
         }
         if wants(Phase::Drain) {
             drains(&ctx, &redis, &mut mode).await?;

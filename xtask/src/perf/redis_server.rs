@@ -2,14 +2,13 @@
 //! per-command call counts and times.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
-
-use crate::perf::process::{Service, free_port};
+use testkit::{Log, Persistence, RedisConfig, RedisServer};
 
 /// How Redis persists, as in DESIGN.md: AOF on, fsync per write or once a second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -29,13 +28,20 @@ impl Fsync {
             Fsync::Everysec => "everysec",
         }
     }
+
+    /// The Redis persistence mode: AOF with this fsync.
+    pub fn persistence(self) -> Persistence {
+        match self {
+            Fsync::Always => Persistence::AofAlways,
+            Fsync::Everysec => Persistence::AofEverysec,
+        }
+    }
 }
 
 /// A running `redis-server` on a free loopback port, its data in its own directory.
 #[derive(Debug)]
 pub struct RedisProcess {
-    service: Service,
-    port: u16,
+    server: RedisServer,
     /// The persistence it runs with.
     pub fsync: Fsync,
     /// The command line, for the report.
@@ -44,78 +50,32 @@ pub struct RedisProcess {
 
 impl RedisProcess {
     /// Starts `redis-server` with `appendonly yes` and `appendfsync` as asked, data in `dir`.
+    /// Returns once it answers `PING`.
     pub async fn start(fsync: Fsync, dir: &Path) -> anyhow::Result<Self> {
-        let port = free_port()?;
-        let data = dir.join(format!("redis-{}", fsync.as_str()));
-        std::fs::create_dir_all(&data)?;
-        let port_text = port.to_string();
-        let data_text = data.display().to_string();
-        let args = [
-            "--port",
-            port_text.as_str(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            fsync.as_str(),
+        let server = RedisConfig::new()
+            .persistence(fsync.persistence())
             // Redis's own record of its stalls (fork, AOF write and fsync, slow commands).
-            "--latency-monitor-threshold",
-            "1",
-            "--dir",
-            data_text.as_str(),
-        ];
-        let command = format!(
-            "redis-server {}",
-            args.join(" ").replace("--save  ", "--save '' ")
-        );
-        let service = Service::start(
-            "redis-server",
-            &PathBuf::from("redis-server"),
-            &args,
-            &[],
-            dir.join(format!("redis-{}.log", fsync.as_str())),
-        )?;
-        let redis = Self {
-            service,
-            port,
+            .arg("--latency-monitor-threshold")
+            .arg("1")
+            .log(Log::Create(
+                dir.join(format!("redis-{}.log", fsync.as_str())),
+            ))
+            .start_in(&dir.join(format!("redis-{}", fsync.as_str())))?;
+        Ok(Self {
+            command: server.command_line(),
+            server,
             fsync,
-            command,
-        };
-        redis.wait_ready(Duration::from_secs(10)).await?;
-        Ok(redis)
-    }
-
-    async fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Ok(mut conn) = self.connect().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .is_ok()
-            {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "redis-server on port {} did not answer within {within:?}",
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
     }
 
     /// `redis://127.0.0.1:{port}`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.server.url()
     }
 
     /// The port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port()
     }
 
     /// A new multiplexed connection.
@@ -265,7 +225,7 @@ impl RedisProcess {
 
     /// Stops the server.
     pub fn stop(&mut self) {
-        self.service.stop(Duration::from_secs(10));
+        let _ = self.server.stop(Duration::from_secs(10));
     }
 }
 

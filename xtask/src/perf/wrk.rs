@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::perf::process::cpu_seconds;
+use testkit::process::cpu_seconds;
 
 /// How wrk is run.
 #[derive(Debug, Clone, Serialize)]
