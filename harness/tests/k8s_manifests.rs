@@ -12,9 +12,10 @@
 //! and the services' `REDIS_URL` comes from a secret (compose: the env file `just up` writes;
 //! Kubernetes: the Secret `just k8s-secrets` creates, never a committed one). The template gives
 //! the services' user every command the queue protocol sends (checked against the Lua scripts
-//! and `queue.rs`) and nothing beyond its key prefix. `just _redis-secrets` is run into a
-//! temporary directory to check what it writes and that it prints no password.
-//! Needs no cluster and no Docker: the files are read as YAML; `just` must be on PATH.
+//! and `queue.rs`) and nothing beyond its key prefix. The real rendering (`xtask::secrets`, what
+//! `just _redis-secrets` and `just k8s-secrets` run) writes into a temporary directory to check
+//! what it writes and that it prints no password.
+//! Needs no cluster and no Docker: the files are read as YAML.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -33,7 +34,7 @@ const NAMESPACE: &str = "agent-system";
 /// deployments must take the same variables from secrets, whatever the secret values are.
 const FROM_SECRET: &str = "<secret>";
 
-/// The env files compose reads (written by `just _redis-secrets`) and the variables in each;
+/// The env files compose reads (written by `xtask::secrets::render`) and the variables in each;
 /// `redis_secrets_are_created_once_consistent_and_never_printed` checks the files match.
 const ENV_FILES: [(&str, &[&str]); 2] = [
     ("./secrets/services.env", &["REDIS_URL"]),
@@ -939,28 +940,32 @@ fn redis_requires_passwords_from_secrets_in_both_and_no_secret_is_committed() {
         );
     }
 
-    // Every key the pods read is one `just k8s-secrets` creates.
-    let justfile = fs::read_to_string(workspace_root().join("justfile")).expect("justfile");
-    let created: BTreeSet<String> = justfile
-        .split("--from-file=")
-        .skip(1)
-        .filter_map(|rest| rest.split_once('=').map(|(key, _)| key.to_owned()))
-        .collect();
-    let expected: BTreeSet<String> = [
+    // Every key the pods read is one `just k8s-secrets` (xtask::k8s) creates, with the REDIS_URL
+    // compose's services.env holds.
+    assert_eq!(xtask::secrets::K8S_SECRET, REDIS_SECRET);
+    assert_eq!(xtask::secrets::K8S_NAMESPACE, NAMESPACE);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secrets = xtask::secrets::SecretsDir::new(dir.path());
+    let files = xtask::secrets::k8s_secret_files(&secrets, &acl_template_path(), &mut Vec::new())
+        .expect("rendering the Secret's files");
+    let created: BTreeSet<&str> = files.iter().map(|f| f.key).collect();
+    let expected: BTreeSet<&str> = [
         "REDIS_URL",
         "REDIS_USERNAME",
         "REDIS_PASSWORD",
         "REDISCLI_AUTH",
         "users.acl",
     ]
-    .map(str::to_owned)
     .into();
     assert_eq!(created, expected, "keys created by `just k8s-secrets`");
+    let k8s_url = files
+        .iter()
+        .find(|f| f.key == "REDIS_URL")
+        .map(|f| fs::read_to_string(&f.path).expect("REDIS_URL file"))
+        .expect("REDIS_URL");
     assert_eq!(
-        justfile
-            .matches("redis://agent:%s@agent-redis:6379")
-            .count(),
-        2,
+        env_file(&secrets.services_env())["REDIS_URL"],
+        k8s_url,
         "compose (`_redis-secrets`) and Kubernetes (`k8s-secrets`) write the same REDIS_URL"
     );
 }
@@ -1125,35 +1130,29 @@ fn env_file(path: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn sha256_hex(text: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+fn acl_template_path() -> PathBuf {
+    workspace_root().join(xtask::secrets::ACL_TEMPLATE)
+}
+
+/// `#<sha256>` as Redis's ACL file names a password.
+fn hash(password: &str) -> String {
+    xtask::secrets::password_hash(password)
 }
 
 #[test]
 fn redis_secrets_are_created_once_consistent_and_never_printed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let secrets = dir.path().join("secrets");
+    // What `just _redis-secrets` (every compose recipe) runs; returns what it printed.
     let render = || {
-        let output = Command::new("just")
-            .arg("_redis-secrets")
-            .arg(&secrets)
-            .current_dir(workspace_root())
-            .output()
-            .expect("this test needs `just` on PATH (pip install rust-just)");
-        assert!(
-            output.status.success(),
-            "just _redis-secrets failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+        let mut output = Vec::new();
+        xtask::secrets::render(
+            &xtask::secrets::SecretsDir::new(&secrets),
+            &acl_template_path(),
+            &mut output,
         )
+        .expect("rendering the Redis secrets");
+        String::from_utf8(output).expect("utf-8 output")
     };
 
     let first_output = render();
@@ -1167,7 +1166,7 @@ fn redis_secrets_are_created_once_consistent_and_never_printed() {
         for output in [&first_output, &second_output] {
             assert!(
                 !output.contains(password.as_str()),
-                "the recipe printed a password"
+                "rendering printed a password"
             );
         }
     }
@@ -1196,8 +1195,8 @@ fn redis_secrets_are_created_once_consistent_and_never_printed() {
         acl.lines().all(|l| l.starts_with("user ")),
         "Redis's ACL file allows no comments or blank lines:\n{acl}"
     );
-    assert!(acl.contains(&format!("user default on #{} ", sha256_hex(&admin))));
-    assert!(acl.contains(&format!("user agent on #{} ", sha256_hex(&agent))));
+    assert!(acl.contains(&format!("user default on {} ", hash(&admin))));
+    assert!(acl.contains(&format!("user agent on {} ", hash(&agent))));
     assert!(
         !acl.contains(&admin) && !acl.contains(&agent),
         "the ACL file holds hashes only"
@@ -1222,9 +1221,9 @@ fn redis_secrets_are_created_once_consistent_and_never_printed() {
     let acl = fs::read_to_string(secrets.join("redis-acl/users.acl")).expect("ACL file");
     assert!(
         acl.contains(&format!(
-            "user agent on #{} #{} ",
-            sha256_hex(&"f".repeat(64)),
-            sha256_hex(&agent)
+            "user agent on {} {} ",
+            hash(&"f".repeat(64)),
+            hash(&agent)
         )),
         "{acl}"
     );

@@ -28,11 +28,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use testkit::{
     Exit, Log, Persistence, Process, RedisConfig, RedisServer, Wait, free_port, wait_for,
 };
@@ -360,34 +359,17 @@ fn the_compose_prometheus_scrapes_the_orchestrator_and_every_worker_replica() {
 // The services under load
 // ---------------------------------------------------------------------------------------------
 
-fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// The ACL file as `just up` renders it: the template's `user` lines, placeholders replaced.
-fn render_acl(admin_password: &str, agent_password: &str) -> String {
-    let rendered: String = read(ACL_TEMPLATE)
-        .lines()
-        .filter(|line| line.starts_with("user "))
-        .map(|line| {
-            line.replace(
-                "@ADMIN_PASSWORD_HASHES@",
-                &format!("#{}", sha256_hex(admin_password)),
-            )
-            .replace(
-                "@AGENT_PASSWORD_HASHES@",
-                &format!("#{}", sha256_hex(agent_password)),
-            ) + "\n"
-        })
-        .collect();
-    assert!(
-        rendered.contains("user default on #") && rendered.contains("user agent on #"),
-        "{ACL_TEMPLATE} must define the users default and agent with password placeholders:\n{rendered}"
-    );
-    rendered
+/// The Redis secrets of the system under test in `<dir>/secrets`, written by the rendering
+/// `just up` runs (`xtask::secrets`): random passwords, and the ACL file from [`ACL_TEMPLATE`].
+fn render_secrets(dir: &Path) -> xtask::secrets::SecretsDir {
+    let secrets = xtask::secrets::SecretsDir::new(dir.join("secrets"));
+    xtask::secrets::render(
+        &secrets,
+        &workspace_root().join(ACL_TEMPLATE),
+        &mut Vec::new(),
+    )
+    .unwrap_or_else(|e| panic!("rendering the Redis secrets from {ACL_TEMPLATE}: {e:#}"));
+    secrets
 }
 
 /// A child process, SIGKILLed on drop; its stdout and stderr go to `<dir>/<name>.log`.
@@ -487,18 +469,14 @@ impl System {
             .tempdir()
             .expect("tempdir");
         // Random per run, so a leak in a log cannot match by chance.
-        let admin_password = sha256_hex(&format!(
-            "admin {:?} {}",
-            Instant::now(),
-            std::process::id()
-        ));
-        let agent_password = sha256_hex(&format!(
-            "agent {:?} {}",
-            Instant::now(),
-            std::process::id()
-        ));
-        let acl = dir.path().join("users.acl");
-        fs::write(&acl, render_acl(&admin_password, &agent_password)).expect("acl file");
+        let secrets = render_secrets(dir.path());
+        let admin_password = secrets
+            .password(xtask::secrets::User::Admin)
+            .expect("admin password");
+        let agent_password = secrets
+            .password(xtask::secrets::User::Agent)
+            .expect("agent password");
+        let acl = secrets.acl_file();
         // Waits until the admin (the ACL file's `default` user) gets a PONG.
         let redis = RedisConfig::new()
             .persistence(Persistence::AofEverysec)

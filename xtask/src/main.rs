@@ -1,17 +1,28 @@
-//! `cargo xtask <command>`: packaging and developer chores.
+//! `cargo xtask <command>`: packaging and developer chores; the justfile's recipes call these.
 //!
 //! ```text
 //! cargo xtask images [--force] [--only worker]     # build the container images when stale
+//! cargo xtask up [WORKERS]                         # the compose deployment, waited for (just up)
+//! cargo xtask restart|upgrade SERVICE, scale N, logs [SERVICE], ps, network, monitoring-up
+//! cargo xtask redis-secrets [--dir DIR]            # passwords, env files, ACL file (just _redis-secrets)
+//! cargo xtask redis-rotate-password                # new password for the Redis user agent
+//! cargo xtask k8s-secrets | k8s-apply              # the Kubernetes Secret, the manifests
+//! cargo xtask run | dev                            # the services as local processes
+//! cargo xtask require docker|redis-server|prometheus|bench
 //! cargo xtask bench [--phases drain] ...           # benchmark a local system (just bench)
 //! cargo xtask bare-enqueue REDIS_URL LISTEN_ADDR   # the bench-only minimal enqueue server
 //! ```
 
 mod perf;
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use xtask::compose::{self, Deployment, Service};
+use xtask::secrets::SecretsDir;
+use xtask::tools::{self, Tool};
 
 #[derive(Parser)]
 #[command(
@@ -25,9 +36,65 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build the container images agent-redis, agent-orchestrator, agent-worker when stale.
+    /// Build the container images agent-redis, agent-orchestrator, agent-worker when stale
+    /// (only the orchestrator and the worker when REDIS_IMAGE names another Redis image).
     Images(xtask::images::ImagesArgs),
-    /// Benchmark a local system and write docs/benchmarks.md and .json (`just bench`).
+    /// Start redis → orchestrator → WORKERS workers in containers, wait until healthy, print them.
+    Up {
+        /// Worker replicas.
+        #[arg(default_value_t = 1)]
+        workers: usize,
+    },
+    /// Restart one service (redis | orchestrator | worker) in place and wait until it is healthy.
+    Restart {
+        /// redis, orchestrator or worker.
+        service: Service,
+    },
+    /// Rebuild stale images and recreate one service if its image changed.
+    Upgrade {
+        /// redis, orchestrator or worker.
+        service: Service,
+    },
+    /// Run N worker containers.
+    Scale {
+        /// Worker replicas.
+        n: usize,
+    },
+    /// Follow the logs of one service, or of all three.
+    Logs {
+        /// redis, orchestrator or worker; all three when omitted.
+        service: Option<Service>,
+    },
+    /// Show the service containers with their health and published ports.
+    Ps,
+    /// Create the external network agent-system-net if it does not exist.
+    Network,
+    /// Start Prometheus on agent-system-net and wait until it is healthy.
+    MonitoringUp,
+    /// Create the Redis passwords when missing and derive the env files and the ACL file.
+    RedisSecrets {
+        /// The secrets directory (default: compose/secrets of the workspace).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Rotate the password of the Redis user `agent` with no failed Redis call.
+    RedisRotatePassword,
+    /// Create the Kubernetes Secret agent-system/agent-redis unless it exists.
+    K8sSecrets,
+    /// Apply k8s/ to the current kubectl context, creating the Secret first.
+    K8sApply,
+    /// Run redis-server, the orchestrator and a worker (release builds) as local processes.
+    Run,
+    /// Like `run` with debug builds rebuilt and restarted on every edit (cargo-watch).
+    Dev,
+    /// Fail (or install, when root) unless a tool the chores need is there.
+    Require {
+        /// What to check.
+        #[arg(value_enum)]
+        tool: Tool,
+    },
+    /// Benchmark a local system and write docs/benchmarks.md and .json (`just bench`; run it
+    /// from a release build: `cargo run --release -p xtask -- bench`).
     Bench(Box<perf::Options>),
     /// The bench-only minimal enqueue server the benchmark measures as a ceiling.
     BareEnqueue {
@@ -40,9 +107,29 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let deployment = Deployment::default();
+    let root = deployment.root().to_path_buf();
     let result = match cli.command {
-        Command::Images(args) => xtask::images::run(&args),
-        Command::Bench(options) => perf::bench(&options),
+        Command::Images(args) => deployment.images(args),
+        Command::Up { workers } => deployment.up(workers),
+        Command::Restart { service } => deployment.restart(service),
+        Command::Upgrade { service } => deployment.upgrade(service),
+        Command::Scale { n } => deployment.scale(n),
+        Command::Logs { service } => deployment.logs(service),
+        Command::Ps => tools::require_docker().and_then(|()| compose::ps()),
+        Command::Network => tools::require_docker().and_then(|()| compose::ensure_network()),
+        Command::MonitoringUp => deployment.monitoring_up(),
+        Command::RedisSecrets { dir } => match dir {
+            Some(dir) => deployment.render_secrets_in(&SecretsDir::new(dir)),
+            None => deployment.render_secrets(),
+        },
+        Command::RedisRotatePassword => deployment.rotate_redis_password(),
+        Command::K8sSecrets => xtask::k8s::create_secret(&root),
+        Command::K8sApply => xtask::k8s::apply(&root),
+        Command::Run => xtask::local::run(&root),
+        Command::Dev => xtask::local::dev(&root),
+        Command::Require { tool } => tools::require(tool),
+        Command::Bench(options) => bench(&root, *options),
         Command::BareEnqueue {
             redis_url,
             listen_addr,
@@ -55,6 +142,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The tools the benchmark drives, release builds of everything it starts, then the run.
+fn bench(root: &Path, mut options: perf::Options) -> anyhow::Result<()> {
+    tools::require_bench_tools()?;
+    tools::cargo_build(root, true, &["orchestrator", "worker", "xtask"])?;
+    // The default names cargo's usual target directory; resolve it (CARGO_TARGET_DIR and
+    // .cargo/config.toml may move it), as the bare-enqueue and service binaries are there.
+    if options.bin_dir == Path::new("target/release") {
+        options.bin_dir = tools::target_dir(root)?.join("release");
+    }
+    perf::bench(&options)
 }
 
 fn bare_enqueue(redis_url: &str, listen_addr: &str) -> anyhow::Result<()> {

@@ -1,0 +1,560 @@
+//! The compose deployment: one compose project per service on the external network
+//! `agent-system-net`, driven through the `docker` and compose CLIs as the justfile did.
+//!
+//! Each service is its own project (`agent-redis`, `agent-orchestrator`, `agent-worker`, and
+//! the optional `agent-monitoring`), so restarting, rebuilding or scaling one never touches the
+//! others. Compose v1 has no `up --wait`: [`wait_healthy`] polls `docker ps --filter
+//! health=healthy`. Every compose command is echoed to stderr before it runs, as `just` echoes a
+//! recipe line; no secret is ever on one of these command lines.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+
+use crate::images::{self, ImageName, ImagesArgs};
+use crate::secrets::{self, RotationTarget, SecretsDir};
+use crate::tools;
+
+/// The external network every service joins.
+pub const NETWORK: &str = "agent-system-net";
+
+/// The Redis container, fixed name.
+pub const REDIS_CONTAINER: &str = "agent-redis";
+
+/// `docker ps` columns of [`ps`] and of the diagnostics of [`wait_healthy`].
+pub const PS_FORMAT: &str = "table {{.Names}}\t{{.Image}}\t{{.Status}}\t{{.Ports}}";
+
+/// The containers [`ps`] shows: the three services and Prometheus.
+pub const PS_FILTERS: [&str; 4] = [
+    "name=^agent-redis$",
+    "name=^agent-orchestrator$",
+    "name=^agent-worker[-_]worker[-_]",
+    "name=^agent-prometheus$",
+];
+
+/// Default of `HEALTH_TIMEOUT` (seconds) for [`wait_healthy`].
+pub const DEFAULT_HEALTH_TIMEOUT_S: u64 = 120;
+
+/// One service of the deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// `agent-redis`.
+    Redis,
+    /// `agent-orchestrator`.
+    Orchestrator,
+    /// `agent-worker` (scaled).
+    Worker,
+}
+
+impl Service {
+    /// In start order.
+    pub const ALL: [Service; 3] = [Service::Redis, Service::Orchestrator, Service::Worker];
+
+    /// `redis`, `orchestrator` or `worker`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Redis => "redis",
+            Service::Orchestrator => "orchestrator",
+            Service::Worker => "worker",
+        }
+    }
+
+    /// Its compose project.
+    pub fn project(self) -> Project {
+        Project {
+            name: format!("agent-{}", self.name()),
+            file: PathBuf::from(format!("compose/{}.yml", self.name())),
+        }
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Service {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Service::ALL
+            .into_iter()
+            .find(|service| service.name() == s)
+            .ok_or_else(|| {
+                format!("unknown service '{s}' (expected redis, orchestrator or worker)")
+            })
+    }
+}
+
+/// A compose project and its file (relative to the workspace root).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    /// `-p`, also the label `com.docker.compose.project` of its containers.
+    pub name: String,
+    /// `-f`.
+    pub file: PathBuf,
+}
+
+impl Project {
+    /// Prometheus, `compose/monitoring/compose.yml`.
+    pub fn monitoring() -> Self {
+        Project {
+            name: "agent-monitoring".to_owned(),
+            file: PathBuf::from("compose/monitoring/compose.yml"),
+        }
+    }
+
+    fn label_filter(&self) -> String {
+        format!("label=com.docker.compose.project={}", self.name)
+    }
+}
+
+/// The compose deployment of the workspace at `root`.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    root: PathBuf,
+}
+
+impl Default for Deployment {
+    fn default() -> Self {
+        Self::new(images::default_workspace_root())
+    }
+}
+
+impl Deployment {
+    /// The deployment described by `root/compose/`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The workspace root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `compose/secrets`.
+    pub fn secrets(&self) -> SecretsDir {
+        SecretsDir::compose(&self.root)
+    }
+
+    /// `compose/redis-users.acl.template`.
+    pub fn acl_template(&self) -> PathBuf {
+        self.root.join(secrets::ACL_TEMPLATE)
+    }
+
+    /// `_redis-secrets`: creates the missing passwords, derives the env files and the ACL file,
+    /// and says when a running Redis needs a restart to read a changed ACL file.
+    pub fn render_secrets(&self) -> anyhow::Result<()> {
+        self.render_secrets_in(&self.secrets())
+    }
+
+    /// [`Deployment::render_secrets`] into another directory.
+    pub fn render_secrets_in(&self, dir: &SecretsDir) -> anyhow::Result<()> {
+        let rendered = secrets::render(dir, &self.acl_template(), &mut io::stdout().lock())?;
+        if let Some(hint) = rendered.restart_hint()
+            && container_running(REDIS_CONTAINER)
+        {
+            println!("{hint}");
+        }
+        Ok(())
+    }
+
+    /// `{docker compose | docker-compose} -p PROJECT -f FILE ARGS...`, echoed, in the workspace root.
+    pub fn compose(&self, project: &Project, args: &[&str]) -> anyhow::Result<()> {
+        let program = compose_program();
+        let mut command = Command::new(&program[0]);
+        command
+            .args(&program[1..])
+            .arg("-p")
+            .arg(&project.name)
+            .arg("-f")
+            .arg(&project.file)
+            .args(args)
+            .current_dir(&self.root);
+        eprintln!(
+            "{} -p {} -f {} {}",
+            program.join(" "),
+            project.name,
+            project.file.display(),
+            args.join(" ")
+        );
+        let status = command
+            .status()
+            .with_context(|| format!("running {}", program.join(" ")))?;
+        ensure!(
+            status.success(),
+            "{} -p {} failed ({status})",
+            program.join(" "),
+            project.name
+        );
+        Ok(())
+    }
+
+    /// Images for the deployment: `just images`. With `REDIS_IMAGE` naming another image (and no
+    /// `--only`), the user brings their own Redis and only the orchestrator and the worker are
+    /// built. The Debian binaries an image needs are checked (and installed when root) first.
+    pub fn images(&self, mut args: ImagesArgs) -> anyhow::Result<()> {
+        tools::require_docker()?;
+        if args.only.is_empty() {
+            let redis_image = std::env::var("REDIS_IMAGE").unwrap_or_default();
+            if !redis_image.is_empty() && redis_image != ImageName::Redis.reference() {
+                args.only = vec![ImageName::Orchestrator, ImageName::Worker];
+            }
+        }
+        let wanted = |name| args.only.is_empty() || args.only.contains(&name);
+        if wanted(ImageName::Redis) {
+            tools::require_redis_server()?;
+        }
+        if args.only.contains(&ImageName::Prometheus) {
+            tools::require_prometheus()?;
+        }
+        images::run(&args)
+    }
+
+    fn default_images_args(&self) -> ImagesArgs {
+        ImagesArgs {
+            force: false,
+            no_cargo_build: false,
+            keep_debug_info: false,
+            only: Vec::new(),
+            workspace_root: self.root.clone(),
+        }
+    }
+
+    /// `just up`: images, secrets, network, then redis → orchestrator → `workers` workers, each
+    /// waited for until healthy; prints the containers and where to reach them.
+    pub fn up(&self, workers: usize) -> anyhow::Result<()> {
+        self.images(self.default_images_args())?;
+        self.render_secrets()?;
+        ensure_network()?;
+        let [redis, orchestrator, worker] = Service::ALL.map(Service::project);
+        self.compose(&redis, &["up", "-d"])?;
+        wait_healthy(&redis, 1)?;
+        self.compose(&orchestrator, &["up", "-d"])?;
+        self.compose(
+            &worker,
+            &["up", "-d", "--scale", &format!("worker={workers}")],
+        )?;
+        wait_healthy(&orchestrator, 1)?;
+        wait_healthy(&worker, workers)?;
+        ps()?;
+        let api_port = env_or("ORCHESTRATOR_HOST_PORT", "8001");
+        println!();
+        println!(
+            "orchestrator: http://localhost:{api_port}   redis: {}:{} (password required: {}/)",
+            env_or("REDIS_HOST_BIND", "127.0.0.1"),
+            env_or("REDIS_HOST_PORT", "6380"),
+            secrets::SECRETS_DIR
+        );
+        println!(
+            "try: curl -sS -X POST http://localhost:{api_port}/tasks -H 'content-type: \
+             application/json' -d '{{\"description\":\"hello\",\"priority\":5}}'"
+        );
+        Ok(())
+    }
+
+    /// `just restart SERVICE`: in place, then waits for as many healthy containers as run.
+    pub fn restart(&self, service: Service) -> anyhow::Result<()> {
+        tools::require_docker()?;
+        self.render_secrets()?;
+        let project = service.project();
+        self.compose(&project, &["restart"])?;
+        wait_healthy(&project, running_containers(&project)?)
+    }
+
+    /// `just upgrade SERVICE`: rebuilds stale images and recreates the service if its image
+    /// changed; the worker keeps its replica count (at least one).
+    pub fn upgrade(&self, service: Service) -> anyhow::Result<()> {
+        self.images(self.default_images_args())?;
+        self.render_secrets()?;
+        let project = service.project();
+        let scale;
+        let mut args = vec!["up", "-d"];
+        if service == Service::Worker {
+            scale = format!("worker={}", running_containers(&project)?.max(1));
+            args.extend(["--scale", scale.as_str()]);
+        }
+        self.compose(&project, &args)?;
+        wait_healthy(&project, running_containers(&project)?)
+    }
+
+    /// `just scale N`: N worker containers; the running ones are kept.
+    pub fn scale(&self, workers: usize) -> anyhow::Result<()> {
+        tools::require_docker()?;
+        self.render_secrets()?;
+        let project = Service::Worker.project();
+        let scale = format!("worker={workers}");
+        self.compose(&project, &["up", "-d", "--no-recreate", "--scale", &scale])?;
+        wait_healthy(&project, workers)
+    }
+
+    /// `just logs [SERVICE]`: follows one service, or all three (one follower per project; Ctrl-C
+    /// reaches them all, they share the terminal's process group).
+    pub fn logs(&self, service: Option<Service>) -> anyhow::Result<()> {
+        tools::require_docker()?;
+        self.render_secrets()?;
+        let services = service.map_or(Service::ALL.to_vec(), |s| vec![s]);
+        let program = compose_program();
+        let mut followers: Vec<Child> = Vec::new();
+        for service in services {
+            let project = service.project();
+            let child = Command::new(&program[0])
+                .args(&program[1..])
+                .arg("-p")
+                .arg(&project.name)
+                .arg("-f")
+                .arg(&project.file)
+                .args(["logs", "-f", "--tail=100"])
+                .current_dir(&self.root)
+                .spawn()
+                .with_context(|| format!("running {}", program.join(" ")))?;
+            followers.push(child);
+        }
+        for mut child in followers {
+            child.wait().context("waiting for a log follower")?;
+        }
+        Ok(())
+    }
+
+    /// `just monitoring-up`: Prometheus on the network, waited for until healthy.
+    pub fn monitoring_up(&self) -> anyhow::Result<()> {
+        let mut args = self.default_images_args();
+        args.only = vec![ImageName::Prometheus];
+        self.images(args)?;
+        ensure_network()?;
+        let project = Project::monitoring();
+        self.compose(&project, &["up", "-d"])?;
+        wait_healthy(&project, 1)?;
+        println!(
+            "prometheus: http://127.0.0.1:{}/targets and /alerts; Grafana dashboard to import: \
+             compose/monitoring/dashboards/agent-system.json",
+            env_or("PROMETHEUS_HOST_PORT", "9090")
+        );
+        Ok(())
+    }
+
+    /// `just redis-rotate-password`: see [`secrets::rotate_agent_password`].
+    pub fn rotate_redis_password(&self) -> anyhow::Result<()> {
+        tools::require_docker()?;
+        self.render_secrets()?;
+        secrets::rotate_agent_password(
+            &self.secrets(),
+            &self.acl_template(),
+            &mut DockerRedis { deployment: self },
+            &mut io::stdout().lock(),
+        )
+    }
+}
+
+/// The running deployment as a [`RotationTarget`]: `redis-cli` inside `agent-redis`, which
+/// authenticates through the container's `REDISCLI_AUTH`.
+struct DockerRedis<'a> {
+    deployment: &'a Deployment,
+}
+
+impl RotationTarget for DockerRedis<'_> {
+    fn redis_running(&mut self) -> anyhow::Result<bool> {
+        Ok(container_running(REDIS_CONTAINER))
+    }
+
+    fn acl_setuser(&mut self, rule: &str) -> anyhow::Result<String> {
+        // The command goes to redis-cli on stdin, so not even a hash shows in `ps`; in this mode
+        // redis-cli exits 0 whatever Redis answers, so the reply is what tells.
+        let output = run_with_stdin(
+            Command::new("docker").args(["exec", "-i", REDIS_CONTAINER, "redis-cli"]),
+            &format!("ACL SETUSER {} {rule}\n", secrets::AGENT_USER),
+        )
+        .context("docker exec agent-redis redis-cli")?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
+    fn recreate_services(&mut self) -> anyhow::Result<()> {
+        let [_, orchestrator, worker] = Service::ALL.map(Service::project);
+        let workers = running_containers(&worker)?;
+        self.deployment.compose(&orchestrator, &["up", "-d"])?;
+        wait_healthy(&orchestrator, 1)?;
+        if workers > 0 {
+            let scale = format!("worker={workers}");
+            self.deployment
+                .compose(&worker, &["up", "-d", "--scale", &scale])?;
+            wait_healthy(&worker, workers)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `command` with `input` on its stdin and its stderr passed through; fails unless it exits 0.
+pub fn run_with_stdin(command: &mut Command, input: &str) -> anyhow::Result<std::process::Output> {
+    use std::io::Write;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut stdin = child.stdin.take().context("no stdin")?;
+    stdin.write_all(input.as_bytes())?;
+    drop(stdin);
+    let output = child.wait_with_output()?;
+    ensure!(output.status.success(), "exited with {}", output.status);
+    Ok(output)
+}
+
+/// `docker compose` when the v2 plugin answers, else `docker-compose` (v1.29).
+pub fn compose_program() -> &'static [String] {
+    static PROGRAM: OnceLock<Vec<String>> = OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        if tools::succeeds("docker", &["compose", "version"]) {
+            vec!["docker".to_owned(), "compose".to_owned()]
+        } else {
+            vec!["docker-compose".to_owned()]
+        }
+    })
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+fn docker_output(args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running docker")?;
+    ensure!(
+        output.status.success(),
+        "docker {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Whether the container `name` exists and runs.
+pub fn container_running(name: &str) -> bool {
+    docker_output(&["inspect", "--format", "{{.State.Running}}", name])
+        .is_ok_and(|out| out.trim() == "true")
+}
+
+/// How many containers of `project` run.
+pub fn running_containers(project: &Project) -> anyhow::Result<usize> {
+    Ok(
+        docker_output(&["ps", "-q", "--filter", &project.label_filter()])?
+            .lines()
+            .count(),
+    )
+}
+
+fn healthy_containers(project: &Project) -> anyhow::Result<usize> {
+    Ok(docker_output(&[
+        "ps",
+        "-q",
+        "--filter",
+        &project.label_filter(),
+        "--filter",
+        "health=healthy",
+    ])?
+    .lines()
+    .count())
+}
+
+/// Waits until `expected` containers of `project` run and are healthy, for `HEALTH_TIMEOUT`
+/// seconds (default [`DEFAULT_HEALTH_TIMEOUT_S`]); on timeout prints their state and last log
+/// lines to stderr and fails.
+pub fn wait_healthy(project: &Project, expected: usize) -> anyhow::Result<()> {
+    let timeout_s = match std::env::var("HEALTH_TIMEOUT") {
+        Ok(text) if !text.is_empty() => text
+            .parse::<u64>()
+            .with_context(|| format!("HEALTH_TIMEOUT={text:?} is not a number of seconds"))?,
+        _ => DEFAULT_HEALTH_TIMEOUT_S,
+    };
+    let deadline = Instant::now() + Duration::from_secs(timeout_s);
+    loop {
+        let healthy = healthy_containers(project)?;
+        if healthy >= expected {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let filter = project.label_filter();
+            let _ = Command::new("docker")
+                .args(["ps", "-a", "--filter", &filter, "--format", PS_FORMAT])
+                .stdout(io::stderr())
+                .status();
+            for id in docker_output(&["ps", "-aq", "--filter", &filter])?.split_whitespace() {
+                let _ = Command::new("docker")
+                    .args(["logs", "--tail", "20", id])
+                    .stdout(io::stderr())
+                    .status();
+            }
+            bail!(
+                "{}: {healthy} of {expected} containers healthy after {timeout_s}s (their state \
+                 and last log lines are above)",
+                project.name
+            );
+        }
+        thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Creates the external network [`NETWORK`] unless it exists.
+pub fn ensure_network() -> anyhow::Result<()> {
+    if tools::succeeds("docker", &["network", "inspect", NETWORK]) {
+        return Ok(());
+    }
+    docker_output(&["network", "create", NETWORK])?;
+    println!("created network {NETWORK}");
+    Ok(())
+}
+
+/// Prints the service containers (and Prometheus) with their health and published ports.
+pub fn ps() -> anyhow::Result<()> {
+    let mut args = vec!["ps", "-a"];
+    for filter in &PS_FILTERS {
+        args.extend(["--filter", filter]);
+    }
+    args.extend(["--format", PS_FORMAT]);
+    print!("{}", docker_output(&args)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_parse_by_name_and_map_to_their_compose_project() {
+        for service in Service::ALL {
+            assert_eq!(service.name().parse::<Service>(), Ok(service));
+        }
+        assert_eq!(
+            "postgres".parse::<Service>(),
+            Err("unknown service 'postgres' (expected redis, orchestrator or worker)".to_owned())
+        );
+        let worker = Service::Worker.project();
+        assert_eq!(worker.name, "agent-worker");
+        assert_eq!(worker.file, Path::new("compose/worker.yml"));
+        let root = images::default_workspace_root();
+        for project in Service::ALL
+            .map(Service::project)
+            .into_iter()
+            .chain([Project::monitoring()])
+        {
+            assert!(
+                root.join(&project.file).is_file(),
+                "{}",
+                project.file.display()
+            );
+        }
+    }
+}
