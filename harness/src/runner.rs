@@ -481,12 +481,12 @@ async fn reconcile(
         for chunk in lookups.chunks(500) {
             let mut pipe = redis::pipe();
             for (id, _) in chunk {
-                let key = match taskq::TaskId::parse(id) {
-                    Ok(task_id) => keys.task(&task_id),
+                match taskq::TaskId::parse(id) {
+                    Ok(task_id) => pipe.cmd("HMGET").arg(keys.task(&task_id)),
                     // Not an id this system makes: no record can exist under it.
-                    Err(_) => format!("{}:task:{id}", keys.prefix()),
+                    Err(_) => pipe.cmd("HMGET").arg(keys.task_prefix()),
                 };
-                pipe.cmd("HMGET").arg(key).arg("status").arg("attempts");
+                pipe.arg("status").arg("attempts");
             }
             let rows: Vec<(Option<String>, Option<u32>)> = pipe.query_async(&mut conn).await?;
             for ((id, key), (status, attempts)) in chunk.iter().zip(rows) {

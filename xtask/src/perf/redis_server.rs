@@ -10,7 +10,7 @@ use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 use testkit::{Log, Persistence, RedisConfig, RedisServer};
 
-/// How Redis persists, as in DESIGN.md: AOF on, fsync per write or once a second.
+/// How Redis persists (README.md, "Durability"): AOF on, fsync per write or once a second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Fsync {
