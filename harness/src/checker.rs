@@ -70,6 +70,8 @@ pub struct Analysis {
     pub unplanned_exits: u64,
     /// Executed again after an execution that died without logging (see the module docs).
     pub reclaimed: u64,
+    /// Distinct workers that executed at least one task.
+    pub workers: u64,
     /// Submit latency of acknowledged attempts.
     pub submit_latency_ms: Latency,
     /// Up to [`SAMPLE_IDS`] ids per anomaly, by count name.
@@ -102,6 +104,12 @@ pub fn analyze(events: &[Event]) -> Analysis {
         }
     }
     analysis.executions = runs.values().map(Vec::len).sum::<usize>() as u64;
+    analysis.workers = runs
+        .values()
+        .flatten()
+        .map(|e| e.worker.as_str())
+        .collect::<HashSet<_>>()
+        .len() as u64;
     analysis.executed = runs.len() as u64;
 
     let mut acknowledged: BTreeSet<&str> = BTreeSet::new();
@@ -414,6 +422,7 @@ mod tests {
             fin("a", FinalStatus::Succeeded),
         ]);
         assert_eq!((a.acknowledged, a.executed, a.executions), (1, 1, 2));
+        assert_eq!(a.workers, 1);
         assert_eq!(
             (a.lost, a.stuck, a.wrong_status, a.duplicated, a.unexpected),
             (0, 0, 0, 0, 0),

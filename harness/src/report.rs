@@ -72,6 +72,12 @@ pub struct Report {
     pub executions: u64,
     /// Tasks executed again after an execution died without logging (worker killed mid-task).
     pub reclaimed: u64,
+    /// Submits refused or left unanswered (`failed` + `indeterminate`).
+    #[serde(default)]
+    pub unavailable: u64,
+    /// Distinct workers that executed at least one task.
+    #[serde(default)]
+    pub workers_executed: u64,
     /// Sum of the steps' `carried_over`.
     pub carried_over: u64,
     /// Time to start the cluster (Redis, orchestrator, workers, all ready), ms.

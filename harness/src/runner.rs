@@ -556,6 +556,8 @@ fn fill_counts(report: &mut Report, analysis: &Analysis, load_ms: u64) {
     report.wrong_status = analysis.wrong_status;
     report.unplanned_exits = analysis.unplanned_exits;
     report.reclaimed = analysis.reclaimed;
+    report.unavailable = analysis.failed + analysis.indeterminate;
+    report.workers_executed = analysis.workers;
     report.carried_over = report.steps.iter().filter_map(|s| s.carried_over).sum();
     report.submit_latency_ms = analysis.submit_latency_ms;
     report.throughput_per_s = if load_ms == 0 {
@@ -646,6 +648,22 @@ pub fn evaluate(expect: &Expectations, report: &Report) -> Vec<ExpectationReport
             expected: format!(">= {minimum}"),
             actual: report.carried_over.to_string(),
             passed: report.carried_over >= minimum,
+        });
+    }
+    if let Some(minimum) = expect.min_unavailable {
+        out.push(ExpectationReport {
+            name: "min_unavailable".into(),
+            expected: format!(">= {minimum} submits refused or unanswered"),
+            actual: report.unavailable.to_string(),
+            passed: report.unavailable >= minimum,
+        });
+    }
+    if let Some(minimum) = expect.min_workers {
+        out.push(ExpectationReport {
+            name: "min_workers".into(),
+            expected: format!(">= {minimum} distinct workers executed"),
+            actual: report.workers_executed.to_string(),
+            passed: report.workers_executed >= minimum,
         });
     }
     if let Some(minimum) = expect.min_reclaimed {

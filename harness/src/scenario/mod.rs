@@ -331,6 +331,12 @@ pub struct Expectations {
     /// At least this many tasks acknowledged before a fault must run only after it was healed
     /// (proves a backlog crossed the fault); `None`: not checked.
     pub min_carried_over: Option<u64>,
+    /// At least this many submits must have been refused or left unanswered (`fail` or `info`):
+    /// proves a fault on Redis or the orchestrator reached the clients; `None`: not checked.
+    pub min_unavailable: Option<u64>,
+    /// At least this many distinct workers must have executed a task (proves a scale-up or a
+    /// restart brought new workers in); `None`: not checked.
+    pub min_workers: Option<u64>,
 }
 
 impl Scenario {

@@ -170,6 +170,8 @@ struct RawExpect {
     min_acknowledged: u64,
     min_reclaimed: Option<u64>,
     min_carried_over: Option<u64>,
+    min_unavailable: Option<u64>,
+    min_workers: Option<u64>,
 }
 
 impl Default for RawExpect {
@@ -186,6 +188,8 @@ impl Default for RawExpect {
             min_acknowledged: default_min_acknowledged(),
             min_reclaimed: None,
             min_carried_over: None,
+            min_unavailable: None,
+            min_workers: None,
         }
     }
 }
@@ -206,6 +210,8 @@ impl Default for Expectations {
             min_acknowledged: raw.min_acknowledged,
             min_reclaimed: raw.min_reclaimed,
             min_carried_over: raw.min_carried_over,
+            min_unavailable: raw.min_unavailable,
+            min_workers: raw.min_workers,
         }
     }
 }
@@ -447,6 +453,8 @@ impl Scenario {
                 min_acknowledged: raw.expect.min_acknowledged,
                 min_reclaimed: raw.expect.min_reclaimed,
                 min_carried_over: raw.expect.min_carried_over,
+                min_unavailable: raw.expect.min_unavailable,
+                min_workers: raw.expect.min_workers,
             },
         })
     }
