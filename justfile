@@ -31,10 +31,15 @@ run:
 scenario NAME *args:
     cargo run -q -p harness -- run {{NAME}} {{args}}
 
-# Run every scenario (quick mode, time scale 0.25) and write reports/scenarios.json
+# Run every scenario (quick mode, time scale 0.25) and write reports/scenarios.json, then the controls
 scenarios *args:
     mkdir -p reports
     cargo run -q -p harness -- run scenarios/*.toml --time-scale 0.25 --report reports/scenarios.json {{args}}
+    @just controls {{args}}
+
+# Run the negative controls (scenarios/controls/): each must FAIL (exit 1), or this recipe fails
+controls *args:
+    mkdir -p reports && cargo run -q -p harness -- run scenarios/controls/*.toml --time-scale 0.25 --report reports/controls.json {{args}}; test $? -eq 1
 
 # Fuzz the task decoder and input validation for `seconds` (cargo-fuzz; stable Rust via RUSTC_BOOTSTRAP)
 fuzz seconds="30":

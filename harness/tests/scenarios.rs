@@ -262,7 +262,7 @@ async fn worker_kill_mid_task_passes_in_the_process_runtime() {
 /// The checker must be able to fail: Redis without persistence, killed with a backlog queued,
 /// really loses acknowledged tasks, and `harness run` must say so in its exit status and report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scenario_that_really_loses_tasks_fails() {
+async fn the_persistence_control_loses_tasks_and_its_twin_does_not() {
     init();
     let _serial = SERIAL.lock().await;
     prepare(RuntimeKind::Docker).await;
@@ -270,10 +270,27 @@ async fn a_scenario_that_really_loses_tasks_fails() {
         "harness-lossy-{}.json",
         uuid::Uuid::new_v4().simple()
     ));
-    let fixture = workspace().join("harness/tests/fixtures/lossy-kill-redis.toml");
+    let fixture = workspace().join("scenarios/controls/kill-redis-none.toml");
+    let twin_path = workspace().join("scenarios/kill-redis.toml");
+    // The control and its twin differ in the one setting under test, nothing else.
+    let control = Scenario::from_file(&fixture).unwrap_or_else(|e| panic!("{e}"));
+    let twin = Scenario::from_file(&twin_path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(control.cluster.redis_persistence, Persistence::None);
+    assert_eq!(twin.cluster.redis_persistence, Persistence::AofAlways);
+    let mut normalised = control.clone();
+    normalised.name = twin.name.clone();
+    normalised.description = twin.description.clone();
+    normalised.path = twin.path.clone();
+    normalised.cluster.redis_persistence = twin.cluster.redis_persistence;
+    assert_eq!(
+        normalised, twin,
+        "the control must be its twin but for redis_persistence"
+    );
 
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_harness"))
-        .args(["run", "--runtime", "docker", "--no-build", "--report"])
+        .args(["run", "--runtime", "docker", "--no-build", "--time-scale"])
+        .arg(time_scale().to_string())
+        .arg("--report")
         .arg(&report_path)
         .arg(&fixture)
         .output()
@@ -311,6 +328,14 @@ async fn a_scenario_that_really_loses_tasks_fails() {
     assert!(!lost.passed, "the `lost` expectation failed");
     assert!(stdout.contains("FAILED"), "the summary says FAILED");
     assert_nothing_left(&report.run_id).await;
+
+    // Same load, timing and fault with the AOF on: nothing is lost.
+    let twin_report = run_file(&twin_path, RuntimeKind::Docker).await;
+    assert!(
+        twin_report.passed && twin_report.lost == 0,
+        "the twin with appendfsync always must pass with nothing lost: {}",
+        failed_expectations(&twin_report)
+    );
 }
 
 /// Cluster control without a scenario: start times, re-addressing after a Redis restart,
