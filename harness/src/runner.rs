@@ -25,7 +25,9 @@ use crate::{
     checker::{self, Analysis},
     cluster::{self, Cluster, ClusterSpec, Service},
     executions::Execution,
-    history::{Event, Execution as HistoryExecution, Fault, Final, FinalStatus, OpOutcome, Submit},
+    history::{
+        Event, Execution as HistoryExecution, Exit, Fault, Final, FinalStatus, OpOutcome, Submit,
+    },
     load::{self, SubmitLoad, SubmitOutcome, SubmitRecord},
     report::{ExpectationReport, Report, StepReport, secs},
     scenario::{Expectations, Plan, RuntimeKind, Scenario},
@@ -208,8 +210,11 @@ async fn drive(
     );
 
     let mut steps: Vec<(StepReport, u64)> = Vec::new();
+    // Services that exit while no step stops them (unix ms, service, code): their peers would
+    // cover for them, so the harness watches.
+    let mut exits: Vec<(u64, Service, Option<i64>)> = Vec::new();
     for step in &plan.steps {
-        tokio::time::sleep_until((load_started + step.at).into()).await;
+        watch_until(cluster, load_started + step.at, &mut exits).await;
         let at = load_started.elapsed();
         let started_unix = unix_ms();
         let result = cluster.apply(step.action, step.target, step.replicas).await;
@@ -243,6 +248,9 @@ async fn drive(
         ));
     }
 
+    while !load_task.is_finished() {
+        watch_until(cluster, Instant::now() + WATCH_PERIOD, &mut exits).await;
+    }
     let (submits, load_ended) = load_task.await.context("the load task panicked")?;
     let submits = submits.context("running the load")?;
     report.load_start_delay_ms = submits
@@ -274,6 +282,14 @@ async fn drive(
         })
     }));
     events.extend(execution_events(&executions, origin_unix));
+    events.extend(exits.iter().map(|(at_unix, service, code)| {
+        Event::Exit(Exit {
+            t_ms: *at_unix as f64 - origin_unix as f64,
+            service: service.to_string(),
+            code: *code,
+            planned: false,
+        })
+    }));
     events.extend(reconcile(cluster, &submits, &executions).await?);
 
     let load_ms = checker::load_window(&events)
@@ -509,6 +525,29 @@ async fn reconcile(
         .await
         .context("reading the final task states timed out")?
         .context("reading the final task states from Redis")
+}
+
+/// How often the harness looks for services that exited on their own.
+const WATCH_PERIOD: Duration = Duration::from_millis(500);
+
+/// Sleeps until `deadline`, looking every [`WATCH_PERIOD`] for services that exited although no
+/// step stopped them, and records them.
+async fn watch_until(
+    cluster: &mut Cluster,
+    deadline: Instant,
+    exits: &mut Vec<(u64, Service, Option<i64>)>,
+) {
+    loop {
+        for (service, code) in cluster.unplanned_exits().await {
+            tracing::warn!(%service, ?code, "a service exited although no step stopped it");
+            exits.push((unix_ms(), service, code));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        tokio::time::sleep((deadline - now).min(WATCH_PERIOD)).await;
+    }
 }
 
 /// How long to wait for the load's first request to reach Redis.

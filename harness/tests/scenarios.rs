@@ -338,6 +338,56 @@ async fn the_persistence_control_loses_tasks_and_its_twin_does_not() {
     );
 }
 
+/// Liveness: a service that dies on its own (here: SIGKILLed behind the harness's back) is
+/// reported once as an unplanned exit; one a step stops is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_dies_on_its_own_is_an_unplanned_exit_and_a_stepped_one_is_not() {
+    init();
+    let _serial = SERIAL.lock().await;
+    prepare(RuntimeKind::Docker).await;
+    let spec = ClusterSpec::new("liveness", 2);
+    let run_id = spec.run_id.clone();
+    let mut cluster = Cluster::start(RuntimeKind::Docker, spec)
+        .await
+        .expect("the cluster starts");
+    assert!(
+        cluster.unplanned_exits().await.is_empty(),
+        "nothing exited yet"
+    );
+
+    cluster
+        .kill(Service::Worker(2))
+        .await
+        .expect("a step kills worker.2");
+    let container = format!("agent-harness-{run_id}-worker-1");
+    let killed = std::process::Command::new("docker")
+        .args(["kill", "--signal", "SIGKILL", &container])
+        .output()
+        .expect("running docker kill");
+    assert!(
+        killed.status.success(),
+        "docker kill {container}: {killed:?}"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while seen.is_empty() && Instant::now() < deadline {
+        seen = cluster.unplanned_exits().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        seen,
+        vec![(Service::Worker(1), Some(137))],
+        "worker.1 died on its own (137 = killed by SIGKILL); worker.2 was stopped by a step"
+    );
+    assert!(
+        cluster.unplanned_exits().await.is_empty(),
+        "an exit is reported once"
+    );
+    cluster.shutdown().await.expect("teardown");
+    assert_nothing_left(&run_id).await;
+}
+
 /// Cluster control without a scenario: start times, re-addressing after a Redis restart,
 /// pause, partition, scale, and complete removal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

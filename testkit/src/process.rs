@@ -116,6 +116,21 @@ impl Process {
             .unwrap_or_default()
     }
 
+    /// `Some(code)` once the child has ended on its own, without being stopped through this
+    /// supervisor: its exit status, or the number of the signal that ended it (negative when
+    /// neither is known). `None` while it runs, or when it was stopped here.
+    pub fn exited(&mut self) -> Option<i64> {
+        use std::os::unix::process::ExitStatusExt;
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        Some(
+            status
+                .code()
+                .map(i64::from)
+                .or(status.signal().map(i64::from))
+                .unwrap_or(-1),
+        )
+    }
+
     /// Fails with the end of the log if the process has exited (or was stopped).
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {
         let Some(child) = self.child.as_mut() else {

@@ -455,6 +455,24 @@ impl DockerCluster {
         self.refresh_address(service).await
     }
 
+    /// Of `services` (those the harness believes running), the ones whose container is not
+    /// running, with its exit code. A container that cannot be inspected counts as gone.
+    pub async fn exited(&self, services: &[Service]) -> Vec<(Service, Option<i64>)> {
+        let mut gone = Vec::new();
+        for service in services {
+            let name = self.container_name(*service);
+            let state = match self.docker.inspect_container(&name, None).await {
+                Ok(details) => details.state,
+                Err(_) => None,
+            };
+            let running = state.as_ref().and_then(|s| s.running).unwrap_or(false);
+            if !running {
+                gone.push((*service, state.and_then(|s| s.exit_code)));
+            }
+        }
+        gone
+    }
+
     /// Full logs (stdout and stderr) of a service's container, across its restarts.
     pub async fn logs(&self, service: Service) -> anyhow::Result<String> {
         let name = self.container_name(service);

@@ -331,6 +331,30 @@ impl Cluster {
         self.replicas
     }
 
+    /// Services that ended although no action of the harness stopped them (a panic, an exit,
+    /// an OOM kill), each reported once with its exit status or signal number when known; they
+    /// count as stopped from then on.
+    pub async fn unplanned_exits(&mut self) -> Vec<(Service, Option<i64>)> {
+        let running: Vec<Service> = self
+            .status
+            .iter()
+            .filter(|(_, s)| s.state != ServiceState::Stopped)
+            .map(|(service, _)| *service)
+            .collect();
+        let exited = match &mut self.backend {
+            Backend::Docker(b) => b.exited(&running).await,
+            Backend::Process(b) => b.exited().await,
+        };
+        let exited: Vec<(Service, Option<i64>)> = exited
+            .into_iter()
+            .filter(|(service, _)| running.contains(service))
+            .collect();
+        for (service, _) in &exited {
+            self.status_mut(*service).state = ServiceState::Stopped;
+        }
+        exited
+    }
+
     /// State of a service.
     pub fn state(&self, service: Service) -> Option<ServiceState> {
         self.status.get(&service).map(|s| s.state)

@@ -318,6 +318,17 @@ impl ProcessCluster {
         bail!("the process runtime cannot reconnect {service}; use --runtime docker")
     }
 
+    /// Services whose process ended by itself, with its exit status or signal number.
+    pub async fn exited(&mut self) -> Vec<(Service, Option<i64>)> {
+        self.procs
+            .iter_mut()
+            .filter_map(|(service, proc)| {
+                let code = proc.process.as_mut()?.exited()?;
+                Some((*service, Some(code)))
+            })
+            .collect()
+    }
+
     /// The log file of a service.
     pub async fn logs(&self, service: Service) -> anyhow::Result<String> {
         let proc = self
