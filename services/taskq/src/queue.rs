@@ -784,7 +784,8 @@ impl Queue {
 
     /// Takes over, for `consumer`, up to `limit` entries pending at workers whose heartbeat is
     /// older than `dead_after`, and entries idle longer than `lease` (orphans). Start them with
-    /// [`Queue::claim`].
+    /// [`Queue::claim`]. The orphan sweep resumes, per stream, where the previous call (by any
+    /// worker) stopped, so every pending entry is examined within a few calls.
     pub async fn reclaim<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
@@ -798,6 +799,7 @@ impl Queue {
             .reclaim
             .key(self.config.keys.workers())
             .key(self.streams.as_slice())
+            .key(self.config.keys.sweep_cursor())
             .arg(CONSUMER_GROUP)
             .arg(consumer)
             .arg(millis(dead_after))

@@ -510,3 +510,148 @@ async fn entries_delivered_by_a_lost_reply_are_recovered_without_waiting_for_the
     assert_eq!(task["worker"], "w-1");
     worker.stop().await;
 }
+
+/// A TCP proxy in front of Redis that holds every chunk a client sends that contains `needle`
+/// for `delay` before passing it on: a slow Redis for some calls only. Returns its port.
+async fn delaying_proxy(redis_port: u16, needle: &'static [u8], delay: Duration) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await else {
+                continue;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match client_read.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if buf[..n].windows(needle.len()).any(|w| w == needle) {
+                        tokio::time::sleep(delay).await;
+                    }
+                    if server_write.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+#[ignore = "reproduces a defect fixed in a later commit"]
+async fn item_4_heartbeats_stay_fresh_while_other_redis_calls_are_slow() {
+    let redis = RedisServer::start();
+    // Every call that names the retry schedule (promote, finish) takes 1.5 s: slow, yet within
+    // the 2 s REDIS_TIMEOUT.
+    let proxy = delaying_proxy(
+        redis.port(),
+        b"worker-test:retry",
+        Duration::from_millis(1500),
+    )
+    .await;
+    let worker = RunningWorker::start(&format!("redis://127.0.0.1:{proxy}"), |c| {
+        c.worker_id = Some("slow-calls".into());
+    })
+    .await;
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let dead_after = Duration::from_millis(1000);
+
+    let mut oldest = Duration::ZERO;
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        let (score, (secs, micros)): (Option<u64>, (u64, u64)) = redis::pipe()
+            .cmd("ZSCORE")
+            .arg(format!("{PREFIX}:workers"))
+            .arg("slow-calls")
+            .cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .expect("ZSCORE");
+        if let Some(score) = score {
+            let now = secs * 1000 + micros / 1000;
+            oldest = oldest.max(Duration::from_millis(now.saturating_sub(score)));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    assert!(
+        oldest < dead_after,
+        "the heartbeat aged {oldest:?}, past WORKER_DEAD_AFTER {dead_after:?}: peers would take over live work"
+    );
+    worker.stop().await;
+}
+
+/// An agent endpoint on a loopback port: answers `size` bytes of JSON string to a task whose
+/// description contains "big", a small object otherwise.
+async fn agent(size: usize) -> String {
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| async move {
+            let description = body["description"].as_str().unwrap_or_default();
+            if description.contains("big") {
+                axum::Json(Value::String("x".repeat(size)))
+            } else {
+                axum::Json(json!({"ok": true}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}/")
+}
+
+#[tokio::test]
+#[ignore = "reproduces a defect fixed in a later commit"]
+async fn item_8_an_outcome_that_cannot_be_recorded_never_blocks_later_ones() {
+    // Redis refuses any argument over 1 MiB (and drops the connection), as it refuses one over
+    // 512 MiB by default: an oversized result can never be recorded.
+    let redis = testkit::RedisConfig::new()
+        .extra_args(["--proto-max-bulk-len", "1mb"])
+        .start()
+        .expect("redis");
+    let api = Api::start(&redis.url(), 5).await;
+    let url = agent(3 << 20).await;
+    let worker = RunningWorker::start(&redis.url(), |c| {
+        c.handler = worker::config::HandlerKind::Http;
+        c.agent_url = Some(url);
+    })
+    .await;
+
+    let big = api.create("a big answer", 5).await;
+    api.wait_for(&big, Duration::from_secs(5), |t| t["attempts"] == 1)
+        .await;
+    let small = api.create("a small answer", 5).await;
+
+    api.wait_for_status(&small, "succeeded", Duration::from_secs(5))
+        .await;
+    let big = api
+        .wait_for(&big, Duration::from_secs(5), |t| t["status"] != "running")
+        .await;
+    assert_eq!(big["status"], "dead", "{big}");
+    assert!(
+        big["error"].as_str().is_some_and(|e| e.contains("result")),
+        "the error says why: {big}"
+    );
+    worker.stop().await;
+}
