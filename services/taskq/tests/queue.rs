@@ -104,7 +104,6 @@ async fn item_6_the_orphan_sweep_reaches_entries_beyond_the_first_page() {
 }
 
 #[tokio::test]
-#[ignore = "reproduces a defect fixed in a later commit"]
 async fn item_2_a_late_success_after_a_last_attempt_takeover_is_kept() {
     let redis = RedisServer::start();
     let (queue, mut conn) = setup(&redis, 1).await;

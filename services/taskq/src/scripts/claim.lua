@@ -46,10 +46,12 @@ local function start(p, entry, task_id, delivered)
   local attempts = tonumber(f[2]) or 0
   local max_attempts = tonumber(f[3]) or 1
   if attempts >= max_attempts then
-    -- every allowed execution started and none finished: the task keeps losing its workers
+    -- every allowed execution started and none finished: the task keeps losing its workers.
+    -- Provisional ('lost'): an execution presumed lost may still be running, and its success,
+    -- should it come, replaces this verdict and withdraws the dead letter (see finish.lua).
     local err = 'gave up after ' .. attempts .. ' executions that never finished (worker lost)'
-    redis.call('HSET', key, 'status', 'dead', 'finished_at', now, 'error', err)
-    redis.call('XADD', KEYS[11], 'MAXLEN', '~', 100000, '*', 't', task_id, 'error', err)
+    local letter = redis.call('XADD', KEYS[11], 'MAXLEN', '~', 100000, '*', 't', task_id, 'error', err)
+    redis.call('HSET', key, 'status', 'dead', 'finished_at', now, 'error', err, 'lost', letter)
     if retention > 0 then redis.call('EXPIRE', key, retention) end
     drop(stream, entry)
     return
