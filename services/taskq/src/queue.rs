@@ -361,6 +361,9 @@ pub struct Queue {
     config: Arc<QueueConfig>,
     scripts: Arc<Scripts>,
     streams: Arc<Vec<String>>,
+    /// This process's run id (one per [`Queue::new`]), recorded with every claim: a claim handed
+    /// in again by the same run for the same entry is the same execution, not a new attempt.
+    run: Arc<str>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -404,6 +407,7 @@ impl Queue {
             config: Arc::new(config),
             scripts: Arc::new(Scripts::new()),
             streams: Arc::new(streams),
+            run: uuid::Uuid::new_v4().simple().to_string().into(),
         }
     }
 
@@ -602,6 +606,10 @@ impl Queue {
 
     /// Claims up to `count` fresh tasks, most urgent first, after starting the already delivered
     /// entries in `delivered`. Every returned task is marked running under `consumer`.
+    ///
+    /// Claiming again an entry this queue (this process) claimed already and that still runs
+    /// under `consumer` returns it with the same attempt: the first reply was lost and the
+    /// execution never started. Attempts count executions that started.
     pub async fn claim<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
@@ -617,7 +625,8 @@ impl Queue {
             .arg(consumer)
             .arg(self.config.keys.task_prefix())
             .arg(count)
-            .arg(seconds(self.config.task_retention));
+            .arg(seconds(self.config.task_retention))
+            .arg(&*self.run);
         for delivery in delivered {
             invocation
                 .arg(delivery.priority.get())

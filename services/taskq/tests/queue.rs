@@ -190,7 +190,6 @@ async fn item_2_a_late_success_after_a_last_attempt_takeover_is_kept() {
 }
 
 #[tokio::test]
-#[ignore = "reproduces a defect fixed in a later commit"]
 async fn item_3_a_lost_claim_reply_does_not_burn_an_attempt() {
     let redis = RedisServer::start();
     let (queue, mut conn) = setup(&redis, 1).await;

@@ -1,12 +1,14 @@
 -- Claim and start tasks, most urgent first, in one atomic step.
 -- KEYS[1..10] priority streams (p1 first), KEYS[11] dead-letter stream
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] task key prefix, ARGV[4] how many fresh entries to read,
--- ARGV[5] retention (s) for tasks dead-lettered here, ARGV[6..] triples (priority, entry id, task id)
--- of entries already delivered to this consumer (blocking read, reclaim) that must be started.
+-- ARGV[5] retention (s) for tasks dead-lettered here, ARGV[6] the calling process's run id (a new
+-- one per process), ARGV[7..] triples (priority, entry id, task id) of entries already delivered
+-- to this consumer (blocking read, reclaim, a claim whose reply was lost) that must be started.
 -- Returns {priority, entry id, task id, description, attempt, max attempts} per started task.
 local group, consumer, prefix = ARGV[1], ARGV[2], ARGV[3]
 local want = tonumber(ARGV[4])
 local retention = tonumber(ARGV[5])
+local run = ARGV[6]
 local now = now_ms()
 local out = {}
 
@@ -26,7 +28,8 @@ local function start(p, entry, task_id, delivered)
     end
   end
   local key = prefix .. task_id
-  local f = redis.call('HMGET', key, 'status', 'attempts', 'max_attempts', 'description', 'v', 'stream_id')
+  local f = redis.call('HMGET', key, 'status', 'attempts', 'max_attempts', 'description', 'v', 'stream_id',
+    'worker', 'run')
   if (not f[1]) or is_final(f[1]) or (f[6] and f[6] ~= entry) then
     -- expired, cancelled or finished meanwhile, or a stray entry that is not the task's current
     -- one: nothing to run
@@ -45,6 +48,15 @@ local function start(p, entry, task_id, delivered)
   end
   local attempts = tonumber(f[2]) or 0
   local max_attempts = tonumber(f[3]) or 1
+  if delivered and f[1] == 'running' and f[7] == consumer and f[8] == run then
+    -- claimed already by this very process for this very entry (stream_id matched above), and
+    -- handed in again: the first claim's reply was lost, so its execution never started. Same
+    -- attempt; attempts count executions that started. (A restarted process has another run id:
+    -- its predecessor's execution may have started, so that one counts.)
+    redis.call('HSET', key, 'started_at', now)
+    out[#out + 1] = {p, entry, task_id, f[4], attempts, max_attempts}
+    return
+  end
   if attempts >= max_attempts then
     -- every allowed execution started and none finished: the task keeps losing its workers.
     -- Provisional ('lost'): an execution presumed lost may still be running, and its success,
@@ -58,11 +70,11 @@ local function start(p, entry, task_id, delivered)
   end
   attempts = attempts + 1
   redis.call('HSET', key, 'status', 'running', 'attempts', attempts, 'started_at', now,
-    'worker', consumer, 'stream_id', entry)
+    'worker', consumer, 'stream_id', entry, 'run', run)
   out[#out + 1] = {p, entry, task_id, f[4], attempts, max_attempts}
 end
 
-local i = 6
+local i = 7
 while ARGV[i] do
   start(tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], true)
   i = i + 3
