@@ -550,7 +550,6 @@ async fn delaying_proxy(redis_port: u16, needle: &'static [u8], delay: Duration)
 }
 
 #[tokio::test]
-#[ignore = "reproduces a defect fixed in a later commit"]
 async fn item_4_heartbeats_stay_fresh_while_other_redis_calls_are_slow() {
     let redis = RedisServer::start();
     // Every call that names the retry schedule (promote, finish) takes 1.5 s: slow, yet within
