@@ -28,6 +28,15 @@ const PRELUDE: &str = include_str!("scripts/prelude.lua");
 /// in Redis, but one call holds Redis for all of them (about 5 µs each), delaying other clients.
 pub const FINISH_CHUNK: usize = 64;
 
+/// Largest result (its JSON) a task may store. Redis refuses a single argument over
+/// `proto-max-bulk-len` (512 MiB by default, as little as 1 MiB when configured) and an oversized
+/// value can push it over `maxmemory`: an outcome that can never be recorded. Workers record a
+/// bigger result as a failure instead ([`ExecutionOutcome::bounded`]).
+pub const MAX_RESULT_BYTES: usize = 512 * 1024;
+
+/// Longest error text an outcome records; longer ones are cut (at a character boundary).
+pub const MAX_ERROR_BYTES: usize = 8 * 1024;
+
 /// A queue operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -253,6 +262,42 @@ pub enum ExecutionOutcome {
 }
 
 impl ExecutionOutcome {
+    /// This outcome within what the queue can always record: a result over
+    /// [`MAX_RESULT_BYTES`] becomes a permanent failure saying so, an error text over
+    /// [`MAX_ERROR_BYTES`] is cut.
+    pub fn bounded(self) -> Self {
+        fn cut(mut text: String) -> String {
+            if text.len() > MAX_ERROR_BYTES {
+                let mut end = MAX_ERROR_BYTES;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.truncate(end);
+                text.push_str(" [cut]");
+            }
+            text
+        }
+        match self {
+            ExecutionOutcome::Succeeded(result) => {
+                let size = result.to_string().len();
+                if size > MAX_RESULT_BYTES {
+                    ExecutionOutcome::Dead {
+                        error: format!(
+                            "the result of {size} bytes exceeds the limit of {MAX_RESULT_BYTES} bytes"
+                        ),
+                    }
+                } else {
+                    ExecutionOutcome::Succeeded(result)
+                }
+            }
+            ExecutionOutcome::Retrying { error, delay } => ExecutionOutcome::Retrying {
+                error: cut(error),
+                delay,
+            },
+            ExecutionOutcome::Dead { error } => ExecutionOutcome::Dead { error: cut(error) },
+        }
+    }
+
     /// Which outcome this is, without its payload.
     pub fn kind(&self) -> Outcome {
         match self {

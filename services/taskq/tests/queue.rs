@@ -232,3 +232,32 @@ async fn item_3_a_lost_claim_reply_does_not_burn_an_attempt() {
         "dead"
     );
 }
+
+#[tokio::test]
+async fn item_8_a_record_that_is_not_a_hash_never_fails_a_claim() {
+    let redis = RedisServer::start();
+    let (queue, mut conn) = setup(&redis, 5).await;
+    let id = enqueue(&queue, &mut conn, "its record breaks").await;
+    let healthy = enqueue(&queue, &mut conn, "a healthy one").await;
+    let delivered = queue
+        .wait_for_entries(&mut conn, "w", 10, Duration::from_millis(100))
+        .await
+        .expect("read");
+    assert_eq!(delivered.len(), 2);
+    redis::cmd("SET")
+        .arg(queue.keys().task(&id))
+        .arg("not a hash")
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("SET");
+
+    let started = queue
+        .claim(&mut conn, "w", 0, &delivered)
+        .await
+        .expect("a claim never fails on one bad record");
+
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].delivery.task_id, healthy.to_string());
+    let pending = queue.own_pending(&mut conn, "w", 10).await.expect("own");
+    assert_eq!(pending.len(), 1, "the bad entry is dropped: {pending:?}");
+}

@@ -621,7 +621,6 @@ async fn agent(size: usize) -> String {
 }
 
 #[tokio::test]
-#[ignore = "reproduces a defect fixed in a later commit"]
 async fn item_8_an_outcome_that_cannot_be_recorded_never_blocks_later_ones() {
     // Redis refuses any argument over 1 MiB (and drops the connection), as it refuses one over
     // 512 MiB by default: an oversized result can never be recorded.
@@ -652,5 +651,38 @@ async fn item_8_an_outcome_that_cannot_be_recorded_never_blocks_later_ones() {
         big["error"].as_str().is_some_and(|e| e.contains("result")),
         "the error says why: {big}"
     );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn item_8_a_finish_that_fails_for_good_never_blocks_later_outcomes() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url(), 5).await;
+    let worker = RunningWorker::start(&redis.url(), |c| {
+        c.concurrency = 4;
+        c.work = Duration::from_millis(600);
+    })
+    .await;
+    let broken = api.create("its record breaks while it runs", 5).await;
+    api.wait_for_status(&broken, "running", Duration::from_secs(5))
+        .await;
+    // The record is overwritten with another type while the task runs: every finish of it fails
+    // with WRONGTYPE, as deterministically as an oversized value or an ACL gap would.
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let key = taskq::Keys::new(PREFIX).task(&taskq::TaskId::parse(&broken).expect("id"));
+    redis::cmd("SET")
+        .arg(&key)
+        .arg("not a hash")
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("SET");
+    let later = api.create("finishes after the broken one", 5).await;
+
+    api.wait_for_status(&later, "succeeded", Duration::from_secs(5))
+        .await;
     worker.stop().await;
 }

@@ -28,8 +28,16 @@ local function start(p, entry, task_id, delivered)
     end
   end
   local key = prefix .. task_id
-  local f = redis.call('HMGET', key, 'status', 'attempts', 'max_attempts', 'description', 'v', 'stream_id',
+  local f = redis.pcall('HMGET', key, 'status', 'attempts', 'max_attempts', 'description', 'v', 'stream_id',
     'worker', 'run')
+  if f.err then
+    -- not a hash at all (WRONGTYPE): unreadable, and an error here would fail every claim that
+    -- hands this entry in, for ever
+    redis.call('XADD', KEYS[11], 'MAXLEN', '~', 100000, '*', 't', task_id, 'error',
+      'unreadable task record (not a hash)')
+    drop(stream, entry)
+    return
+  end
   if (not f[1]) or is_final(f[1]) or (f[6] and f[6] ~= entry) then
     -- expired, cancelled or finished meanwhile, or a stray entry that is not the task's current
     -- one: nothing to run
