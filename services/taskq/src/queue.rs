@@ -662,6 +662,36 @@ impl Queue {
         count: usize,
         delivered: &[Delivery],
     ) -> Result<Vec<ClaimedTask>, QueueError> {
+        let (started, _) = self
+            .invoke_claim(conn, consumer, count, delivered, "all")
+            .await?;
+        Ok(started)
+    }
+
+    /// Starts up to `slots` tasks for `consumer`, strictly most urgent first across the entries
+    /// already delivered to it (`delivered`: taken over, recovered) and fresh ones; at one
+    /// priority, delivered entries go first. Returns the started tasks, and the delivered
+    /// entries there was no slot for (still pending for `consumer`, to hand in again later).
+    /// Same attempt rule as [`Queue::claim`].
+    pub async fn claim_by_priority<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        slots: usize,
+        delivered: &[Delivery],
+    ) -> Result<(Vec<ClaimedTask>, Vec<Delivery>), QueueError> {
+        self.invoke_claim(conn, consumer, slots, delivered, "slots")
+            .await
+    }
+
+    async fn invoke_claim<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        count: usize,
+        delivered: &[Delivery],
+        mode: &str,
+    ) -> Result<(Vec<ClaimedTask>, Vec<Delivery>), QueueError> {
         let mut invocation = self.scripts.claim.prepare_invoke();
         invocation
             .key(self.streams.as_slice())
@@ -671,16 +701,19 @@ impl Queue {
             .arg(self.config.keys.task_prefix())
             .arg(count)
             .arg(seconds(self.config.task_retention))
-            .arg(&*self.run);
+            .arg(&*self.run)
+            .arg(mode);
         for delivery in delivered {
             invocation
                 .arg(delivery.priority.get())
                 .arg(&delivery.entry_id)
                 .arg(&delivery.task_id);
         }
-        let rows: Vec<(i64, String, String, String, u32, u32)> =
+        type Started = Vec<(i64, String, String, String, u32, u32)>;
+        let (rows, deferred): (Started, Vec<(i64, String, String)>) =
             invocation.invoke_async(conn).await?;
-        rows.into_iter()
+        let started = rows
+            .into_iter()
             .map(
                 |(priority, entry_id, task_id, description, attempt, max_attempts)| {
                     Ok(ClaimedTask {
@@ -695,7 +728,8 @@ impl Queue {
                     })
                 },
             )
-            .collect()
+            .collect::<Result<_, QueueError>>()?;
+        Ok((started, deliveries_from_rows(deferred)?))
     }
 
     /// Waits up to `block` for new entries on any priority stream and takes up to `count` of them

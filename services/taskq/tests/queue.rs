@@ -30,9 +30,18 @@ async fn setup(redis: &RedisServer, max_attempts: u32) -> (Queue, MultiplexedCon
 }
 
 async fn enqueue(queue: &Queue, conn: &mut MultiplexedConnection, what: &str) -> TaskId {
+    enqueue_at(queue, conn, what, Priority::DEFAULT).await
+}
+
+async fn enqueue_at(
+    queue: &Queue,
+    conn: &mut MultiplexedConnection,
+    what: &str,
+    priority: Priority,
+) -> TaskId {
     let description = Description::parse(what.to_owned()).expect("valid");
     match queue
-        .enqueue(conn, &description, Priority::DEFAULT, None)
+        .enqueue(conn, &description, priority, None)
         .await
         .expect("enqueue")
     {
@@ -260,4 +269,49 @@ async fn item_8_a_record_that_is_not_a_hash_never_fails_a_claim() {
     assert_eq!(started[0].delivery.task_id, healthy.to_string());
     let pending = queue.own_pending(&mut conn, "w", 10).await.expect("own");
     assert_eq!(pending.len(), 1, "the bad entry is dropped: {pending:?}");
+}
+
+#[tokio::test]
+async fn item_1_taken_over_and_fresh_entries_start_strictly_by_priority() {
+    let redis = RedisServer::start();
+    let (queue, mut conn) = setup(&redis, 5).await;
+    let at = |p: u8| Priority::parse(i64::from(p)).expect("priority");
+    enqueue_at(&queue, &mut conn, "taken over, p3", at(3)).await;
+    enqueue_at(&queue, &mut conn, "taken over, p7", at(7)).await;
+    // Both delivered to a worker that died; "w" takes them over.
+    let ghost = queue
+        .claim(&mut conn, "ghost", 2, &[])
+        .await
+        .expect("claim");
+    assert_eq!(ghost.len(), 2);
+    mark_dead(&queue, &mut conn, "ghost").await;
+    let taken = queue
+        .reclaim(
+            &mut conn,
+            "w",
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            10,
+        )
+        .await
+        .expect("reclaim");
+    assert_eq!(taken.len(), 2);
+    enqueue_at(&queue, &mut conn, "fresh, p5", at(5)).await;
+
+    let mut order = Vec::new();
+    let mut waiting = taken;
+    for _ in 0..3 {
+        let (started, deferred) = queue
+            .claim_by_priority(&mut conn, "w", 1, &waiting)
+            .await
+            .expect("claim");
+        assert_eq!(started.len(), 1, "one slot, one start");
+        order.push((started[0].delivery.priority.get(), started[0].attempt));
+        waiting = deferred;
+    }
+
+    // (priority, attempt): the taken-over p3 before the fresh p5, the fresh p5 before the
+    // taken-over p7.
+    assert_eq!(order, vec![(3, 2), (5, 1), (7, 2)]);
+    assert!(waiting.is_empty());
 }

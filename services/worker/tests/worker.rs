@@ -686,3 +686,94 @@ async fn item_8_a_finish_that_fails_for_good_never_blocks_later_outcomes() {
         .await;
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn item_1_a_dead_workers_tasks_are_taken_over_and_started_first_while_survivors_are_saturated()
+ {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url(), 5).await;
+    let queue = taskq::queue::Queue::new(taskq::QueueConfig {
+        keys: taskq::Keys::new(PREFIX),
+        ..taskq::QueueConfig::default()
+    });
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    queue.ensure_groups(&mut conn).await.expect("groups");
+    // "ghost" runs an urgent task, then dies (below); a backlog of less urgent work waits.
+    let urgent = api.create("urgent, its worker dies", 1).await;
+    queue
+        .heartbeat(&mut conn, "ghost")
+        .await
+        .expect("heartbeat");
+    let ghost = queue
+        .claim(&mut conn, "ghost", 1, &[])
+        .await
+        .expect("claim");
+    assert_eq!(ghost.len(), 1);
+    let mut backlog = Vec::new();
+    for i in 0..40 {
+        backlog.push(api.create(&format!("backlog {i}"), 5).await);
+    }
+    // One survivor, saturated: every slot it frees is taken again at once by the backlog.
+    let survivor = RunningWorker::start(&redis.url(), |c| {
+        c.concurrency = 1;
+        c.work = Duration::from_millis(200);
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // alive for WORKER_DEAD_AFTER
+
+    // The ghost dies: its heartbeat is as old as can be.
+    let (secs, micros): (u64, u64) = redis::cmd("TIME")
+        .query_async(&mut conn)
+        .await
+        .expect("TIME");
+    let died_ms = secs * 1000 + micros / 1000;
+    redis::cmd("ZADD")
+        .arg(queue.keys().workers())
+        .arg(0)
+        .arg("ghost")
+        .query_async::<i64>(&mut conn)
+        .await
+        .expect("ZADD");
+    // Taken over within one heartbeat (250 ms), started at the next free slot (200 ms), before
+    // any more of the backlog.
+    let task = api
+        .wait_for(&urgent, Duration::from_millis(1500), |t| {
+            t["worker"] == survivor.id.as_str()
+        })
+        .await;
+
+    assert_eq!(task["attempts"], 2, "{task}");
+    let started_ms = async |conn: &mut redis::aio::MultiplexedConnection, id: &str| {
+        let key = taskq::Keys::new(PREFIX).task(&taskq::TaskId::parse(id).expect("id"));
+        redis::cmd("HGET")
+            .arg(key)
+            .arg("started_at")
+            .query_async::<Option<u64>>(conn)
+            .await
+            .expect("HGET")
+    };
+    let urgent_started = started_ms(&mut conn, &urgent).await.expect("started");
+    let mut overtaking = 0;
+    for id in &backlog {
+        if started_ms(&mut conn, id)
+            .await
+            .is_some_and(|at| at > died_ms && at < urgent_started)
+        {
+            overtaking += 1;
+        }
+    }
+    // One backlog task may start between the death and the next heartbeat's takeover.
+    assert!(
+        overtaking <= 2,
+        "{overtaking} less urgent tasks started before the taken-over urgent one"
+    );
+    let queued = api.stats().await["queued_total"]
+        .as_u64()
+        .expect("queued_total");
+    assert!(queued > 20, "the backlog is still there: {queued}");
+    survivor.stop().await;
+}

@@ -1,14 +1,20 @@
 -- Claim and start tasks, most urgent first, in one atomic step.
 -- KEYS[1..10] priority streams (p1 first), KEYS[11] dead-letter stream
--- ARGV[1] group, ARGV[2] consumer, ARGV[3] task key prefix, ARGV[4] how many fresh entries to read,
+-- ARGV[1] group, ARGV[2] consumer, ARGV[3] task key prefix, ARGV[4] how many to start (see ARGV[7]),
 -- ARGV[5] retention (s) for tasks dead-lettered here, ARGV[6] the calling process's run id (a new
--- one per process), ARGV[7..] triples (priority, entry id, task id) of entries already delivered
--- to this consumer (blocking read, reclaim, a claim whose reply was lost) that must be started.
--- Returns {priority, entry id, task id, description, attempt, max attempts} per started task.
+-- one per process), ARGV[7] mode, ARGV[8..] triples (priority, entry id, task id) of entries already
+-- delivered to this consumer (blocking read, reclaim, a claim whose reply was lost).
+-- Mode 'all': start every delivered entry, then up to ARGV[4] fresh ones, most urgent first.
+-- Mode 'slots': start up to ARGV[4] tasks in all, strictly most urgent first across delivered and
+-- fresh entries (at one priority, delivered ones first: they are older); delivered entries left
+-- over are returned as deferred, still pending for this consumer.
+-- Returns {started, deferred}: {priority, entry id, task id, description, attempt, max attempts}
+-- per started task, {priority, entry id, task id} per deferred entry.
 local group, consumer, prefix = ARGV[1], ARGV[2], ARGV[3]
 local want = tonumber(ARGV[4])
 local retention = tonumber(ARGV[5])
 local run = ARGV[6]
+local mode = ARGV[7]
 local now = now_ms()
 local out = {}
 
@@ -63,7 +69,7 @@ local function start(p, entry, task_id, delivered)
     -- its predecessor's execution may have started, so that one counts.)
     redis.call('HSET', key, 'started_at', now)
     out[#out + 1] = {p, entry, task_id, f[4], attempts, max_attempts}
-    return
+    return true
   end
   if attempts >= max_attempts then
     -- every allowed execution started and none finished: the task keeps losing its workers.
@@ -80,26 +86,50 @@ local function start(p, entry, task_id, delivered)
   redis.call('HSET', key, 'status', 'running', 'attempts', attempts, 'started_at', now,
     'worker', consumer, 'stream_id', entry, 'run', run)
   out[#out + 1] = {p, entry, task_id, f[4], attempts, max_attempts}
+  return true
 end
 
-local i = 7
-while ARGV[i] do
-  start(tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], true)
-  i = i + 3
-end
-
-if want > 0 then
-  for p = 1, 10 do
-    local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', want,
-      'STREAMS', KEYS[p], '>')
-    if reply then
-      local entries = reply[1][2]
-      for _, e in ipairs(entries) do
-        start(p, e[1], e[2][2], false)
-      end
-      want = want - #entries
+local function read_fresh(p)
+  local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', want,
+    'STREAMS', KEYS[p], '>')
+  if reply then
+    local entries = reply[1][2]
+    for _, e in ipairs(entries) do
+      start(p, e[1], e[2][2], false)
     end
-    if want <= 0 then break end
+    want = want - #entries
   end
 end
-return out
+
+local deferred = {}
+if mode == 'slots' then
+  local delivered = {}
+  for p = 1, 10 do delivered[p] = {} end
+  local i = 8
+  while ARGV[i] do
+    local list = delivered[tonumber(ARGV[i])]
+    list[#list + 1] = {ARGV[i + 1], ARGV[i + 2]}
+    i = i + 3
+  end
+  for p = 1, 10 do
+    for _, d in ipairs(delivered[p]) do
+      if want > 0 then
+        if start(p, d[1], d[2], true) then want = want - 1 end
+      else
+        deferred[#deferred + 1] = {p, d[1], d[2]}
+      end
+    end
+    if want > 0 then read_fresh(p) end
+  end
+else
+  local i = 8
+  while ARGV[i] do
+    start(tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], true)
+    i = i + 3
+  end
+  for p = 1, 10 do
+    if want <= 0 then break end
+    read_fresh(p)
+  end
+end
+return {out, deferred}

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use redis::aio::ConnectionManager;
 use taskq::queue::Delivery;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::{Runner, Shared, entry_key, lock, record_redis_error};
@@ -60,7 +59,6 @@ impl Runner {
     pub(super) async fn maintenance(
         self: Arc<Self>,
         shared: Arc<Shared>,
-        slots: Arc<Semaphore>,
         shutdown: CancellationToken,
         stop: CancellationToken,
     ) {
@@ -86,10 +84,12 @@ impl Runner {
             if let Err(err) = self.queue.promote_due_retries(&mut conn, 1000).await {
                 record_redis_error("promote", &err);
             }
-            // Take over only what this worker can start soon; a busier worker leaves the rest to
-            // its peers.
+            // Take over whatever the free slots are, busy or not: a dead worker's entries must
+            // change hands within a heartbeat whatever the load, and then compete for this
+            // worker's slots by priority. At most one worker's worth waits here at a time; the
+            // rest is left to peers (and to the next pass).
             let waiting = lock(&shared.reclaimed).len();
-            let budget = slots.available_permits().saturating_sub(waiting);
+            let budget = self.settings.concurrency.saturating_sub(waiting);
             if budget == 0 || alive_for < self.settings.dead_after {
                 continue;
             }

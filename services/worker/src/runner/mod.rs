@@ -201,7 +201,6 @@ impl Runner {
         );
         let maintenance = tokio::spawn(Arc::clone(&this).maintenance(
             Arc::clone(&shared),
-            Arc::clone(&slots),
             shutdown.clone(),
             stop_maintenance.clone(),
         ));
