@@ -2,8 +2,8 @@
 //! while Redis is away so no result is dropped, and only then forgets the entries.
 //!
 //! One outcome that can never be recorded must not hold the others: when a batch fails, its
-//! outcomes are tried one by one, and later outcomes join the next try. An outcome that keeps
-//! failing while Redis answers (a deterministic refusal, not an outage) is replaced by a short
+//! outcomes are tried one by one (when Redis answers at all), and later outcomes join the next
+//! try. An outcome that keeps failing while Redis answers (a deterministic refusal, not an outage) is replaced by a short
 //! `dead` outcome naming the error, and if even that cannot be recorded it is left pending in
 //! Redis, to be executed again after its lease.
 
@@ -20,23 +20,14 @@ use super::{Backoff, Runner, Shared, entry_key, lock, record_redis_error};
 /// Failed tries of one outcome, while Redis answers, before it is replaced or given up.
 const STRIKES: u32 = 3;
 
-/// An outcome not recorded yet.
-struct Unrecorded {
-    finish: Finish,
+/// How an outcome not recorded yet has fared (kept beside the batch, which
+/// [`taskq::queue::Queue::finish_many`] takes as it is).
+#[derive(Clone, Copy, Default)]
+struct Tries {
     /// Failed tries while Redis answered.
     strikes: u32,
-    /// Whether `finish` is already the replacement of an outcome that could not be recorded.
+    /// Whether the outcome is already the replacement of one that could not be recorded.
     replaced: bool,
-}
-
-impl Unrecorded {
-    fn new(finish: Finish) -> Self {
-        Self {
-            finish,
-            strikes: 0,
-            replaced: false,
-        }
-    }
 }
 
 impl Runner {
@@ -49,12 +40,12 @@ impl Runner {
         const MAX_BATCH: usize = 512;
         let mut conn = self.conn.clone();
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        let mut received = Vec::with_capacity(MAX_BATCH);
-        let mut batch: Vec<Unrecorded> = Vec::with_capacity(MAX_BATCH);
+        let mut batch: Vec<Finish> = Vec::with_capacity(MAX_BATCH);
+        let mut tries: Vec<Tries> = Vec::with_capacity(MAX_BATCH);
         loop {
             if batch.is_empty() {
                 let n = tokio::select! {
-                    n = finish_rx.recv_many(&mut received, MAX_BATCH) => n,
+                    n = finish_rx.recv_many(&mut batch, MAX_BATCH) => n,
                     () = give_up.cancelled() => 0,
                 };
                 if n == 0 {
@@ -71,28 +62,29 @@ impl Runner {
                         return;
                     }
                 }
-                while batch.len() + received.len() < MAX_BATCH
+                while batch.len() < MAX_BATCH
                     && let Ok(finish) = finish_rx.try_recv()
                 {
-                    received.push(finish);
+                    batch.push(finish);
                 }
             }
-            batch.extend(received.drain(..).map(Unrecorded::new));
+            tries.resize(batch.len(), Tries::default());
 
-            let finishes: Vec<Finish> = batch.iter().map(|u| u.finish.clone()).collect();
             match self
                 .queue
-                .finish_many(&mut conn, &self.worker_id, &finishes)
+                .finish_many(&mut conn, &self.worker_id, &batch)
                 .await
             {
                 Ok(results) => {
                     backoff.reset();
-                    self.forget(&shared, &finishes, &results);
+                    self.forget(&shared, &batch, &results);
                     batch.clear();
+                    tries.clear();
                 }
                 Err(err) => {
                     record_redis_error("finish", &err);
-                    self.one_by_one(&mut conn, &shared, &mut batch).await;
+                    self.one_by_one(&mut conn, &shared, &mut batch, &mut tries)
+                        .await;
                     if batch.is_empty() {
                         backoff.reset();
                     }
@@ -101,40 +93,41 @@ impl Runner {
         }
     }
 
-    /// Tries each outcome of a failed batch alone; keeps those that fail, counting a strike
-    /// against each when Redis answers otherwise (the failure is the outcome's, not an outage).
+    /// Tries each outcome of a failed batch alone, if Redis answers at all (in an outage the batch
+    /// waits whole: one call per outcome would each wait for the timeout); keeps those that fail,
+    /// with a strike each (Redis answers, so the failure is the outcome's).
     async fn one_by_one(
         &self,
         conn: &mut ConnectionManager,
         shared: &Shared,
-        batch: &mut Vec<Unrecorded>,
+        batch: &mut Vec<Finish>,
+        tries: &mut Vec<Tries>,
     ) {
-        let mut failed: Vec<(Unrecorded, QueueError)> = Vec::new();
-        for unrecorded in batch.drain(..) {
-            let one = std::slice::from_ref(&unrecorded.finish);
-            match self.queue.finish_many(conn, &self.worker_id, one).await {
-                Ok(results) => self.forget(shared, one, &results),
-                Err(err) => failed.push((unrecorded, err)),
-            }
-        }
-        if failed.is_empty() {
-            return;
-        }
         let answers = redis::cmd("PING")
             .query_async::<String>(&mut *conn)
             .await
             .is_ok();
-        for (mut unrecorded, err) in failed {
-            if answers {
-                unrecorded.strikes += 1;
+        if !answers {
+            return;
+        }
+        let mut failed: Vec<(Finish, Tries, QueueError)> = Vec::new();
+        for (finish, tried) in batch.drain(..).zip(tries.drain(..)) {
+            let one = std::slice::from_ref(&finish);
+            match self.queue.finish_many(conn, &self.worker_id, one).await {
+                Ok(results) => self.forget(shared, one, &results),
+                Err(err) => failed.push((finish, tried, err)),
             }
-            if unrecorded.strikes < STRIKES {
-                batch.push(unrecorded);
+        }
+        for (mut finish, mut tried, err) in failed {
+            tried.strikes += 1;
+            if tried.strikes < STRIKES {
+                batch.push(finish);
+                tries.push(tried);
                 continue;
             }
-            let task = &unrecorded.finish.task;
+            let task = &finish.task;
             metrics::counter!("agent_finish_failures_total").increment(1);
-            if unrecorded.replaced {
+            if tried.replaced {
                 // Not even a short failure can be recorded: leave the entry pending; once its
                 // lease runs out it is taken over and executed again (at least once).
                 tracing::error!(task_id = %task.delivery.task_id, attempt = task.attempt, error = %err,
@@ -146,12 +139,14 @@ impl Runner {
                 "an outcome cannot be recorded; recording it as a failure");
             let error = format!(
                 "the {} outcome could not be recorded: {err}",
-                unrecorded.finish.outcome.kind().as_str()
+                finish.outcome.kind().as_str()
             );
-            unrecorded.finish.outcome = ExecutionOutcome::Dead { error }.bounded();
-            unrecorded.strikes = 0;
-            unrecorded.replaced = true;
-            batch.push(unrecorded);
+            finish.outcome = ExecutionOutcome::Dead { error }.bounded();
+            batch.push(finish);
+            tries.push(Tries {
+                strikes: 0,
+                replaced: true,
+            });
         }
     }
 
