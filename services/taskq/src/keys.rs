@@ -86,6 +86,13 @@ impl Keys {
     pub fn workers(&self) -> String {
         format!("{}:workers", self.prefix)
     }
+
+    /// Hash of the orphan sweep's cursor per priority stream (field `1`..`10`: the entry id the
+    /// next `XAUTOCLAIM` starts at), shared by every worker so the sweep covers each stream's
+    /// whole pending list in turn.
+    pub fn sweep_cursor(&self) -> String {
+        format!("{}:sweep", self.prefix)
+    }
 }
 
 /// Whose `Idempotency-Key`s: the same key sent by two callers names two tasks.
@@ -142,6 +149,7 @@ mod tests {
             keys.retry_schedule(),
             keys.dead_letter(),
             keys.workers(),
+            keys.sweep_cursor(),
         ] {
             assert!(key.starts_with("run42:"), "{key} lacks the prefix");
         }

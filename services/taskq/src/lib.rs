@@ -23,6 +23,6 @@ pub use event::{Outcome, TaskExecuted};
 pub use keys::{IdempotencyScope, Keys};
 pub use model::{Description, Priority, Status, TaskId, TaskRecord, ValidationError};
 pub use queue::{
-    ClaimedTask, EnqueueOutcome, ExecutionOutcome, Finish, FinishResult, QueueConfig, QueueError,
-    Stats,
+    ClaimedTask, EnqueueOutcome, ExecutionOutcome, Finish, FinishResult, MAX_ERROR_BYTES,
+    MAX_RESULT_BYTES, QueueConfig, QueueError, Stats,
 };

@@ -28,6 +28,15 @@ const PRELUDE: &str = include_str!("scripts/prelude.lua");
 /// in Redis, but one call holds Redis for all of them (about 5 µs each), delaying other clients.
 pub const FINISH_CHUNK: usize = 64;
 
+/// Largest result (its JSON) a task may store. Redis refuses a single argument over
+/// `proto-max-bulk-len` (512 MiB by default, as little as 1 MiB when configured) and an oversized
+/// value can push it over `maxmemory`: an outcome that can never be recorded. Workers record a
+/// bigger result as a failure instead ([`ExecutionOutcome::bounded`]).
+pub const MAX_RESULT_BYTES: usize = 512 * 1024;
+
+/// Longest error text an outcome records; longer ones are cut (at a character boundary).
+pub const MAX_ERROR_BYTES: usize = 8 * 1024;
+
 /// A queue operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -253,6 +262,42 @@ pub enum ExecutionOutcome {
 }
 
 impl ExecutionOutcome {
+    /// This outcome within what the queue can always record: a result over
+    /// [`MAX_RESULT_BYTES`] becomes a permanent failure saying so, an error text over
+    /// [`MAX_ERROR_BYTES`] is cut.
+    pub fn bounded(self) -> Self {
+        fn cut(mut text: String) -> String {
+            if text.len() > MAX_ERROR_BYTES {
+                let mut end = MAX_ERROR_BYTES;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.truncate(end);
+                text.push_str(" [cut]");
+            }
+            text
+        }
+        match self {
+            ExecutionOutcome::Succeeded(result) => {
+                let size = result.to_string().len();
+                if size > MAX_RESULT_BYTES {
+                    ExecutionOutcome::Dead {
+                        error: format!(
+                            "the result of {size} bytes exceeds the limit of {MAX_RESULT_BYTES} bytes"
+                        ),
+                    }
+                } else {
+                    ExecutionOutcome::Succeeded(result)
+                }
+            }
+            ExecutionOutcome::Retrying { error, delay } => ExecutionOutcome::Retrying {
+                error: cut(error),
+                delay,
+            },
+            ExecutionOutcome::Dead { error } => ExecutionOutcome::Dead { error: cut(error) },
+        }
+    }
+
     /// Which outcome this is, without its payload.
     pub fn kind(&self) -> Outcome {
         match self {
@@ -361,6 +406,9 @@ pub struct Queue {
     config: Arc<QueueConfig>,
     scripts: Arc<Scripts>,
     streams: Arc<Vec<String>>,
+    /// This process's run id (one per [`Queue::new`]), recorded with every claim: a claim handed
+    /// in again by the same run for the same entry is the same execution, not a new attempt.
+    run: Arc<str>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -404,6 +452,7 @@ impl Queue {
             config: Arc::new(config),
             scripts: Arc::new(Scripts::new()),
             streams: Arc::new(streams),
+            run: uuid::Uuid::new_v4().simple().to_string().into(),
         }
     }
 
@@ -602,6 +651,10 @@ impl Queue {
 
     /// Claims up to `count` fresh tasks, most urgent first, after starting the already delivered
     /// entries in `delivered`. Every returned task is marked running under `consumer`.
+    ///
+    /// Claiming again an entry this queue (this process) claimed already and that still runs
+    /// under `consumer` returns it with the same attempt: the first reply was lost and the
+    /// execution never started. Attempts count executions that started.
     pub async fn claim<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
@@ -609,6 +662,36 @@ impl Queue {
         count: usize,
         delivered: &[Delivery],
     ) -> Result<Vec<ClaimedTask>, QueueError> {
+        let (started, _) = self
+            .invoke_claim(conn, consumer, count, delivered, "all")
+            .await?;
+        Ok(started)
+    }
+
+    /// Starts up to `slots` tasks for `consumer`, strictly most urgent first across the entries
+    /// already delivered to it (`delivered`: taken over, recovered) and fresh ones; at one
+    /// priority, delivered entries go first. Returns the started tasks, and the delivered
+    /// entries there was no slot for (still pending for `consumer`, to hand in again later).
+    /// Same attempt rule as [`Queue::claim`].
+    pub async fn claim_by_priority<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        slots: usize,
+        delivered: &[Delivery],
+    ) -> Result<(Vec<ClaimedTask>, Vec<Delivery>), QueueError> {
+        self.invoke_claim(conn, consumer, slots, delivered, "slots")
+            .await
+    }
+
+    async fn invoke_claim<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        count: usize,
+        delivered: &[Delivery],
+        mode: &str,
+    ) -> Result<(Vec<ClaimedTask>, Vec<Delivery>), QueueError> {
         let mut invocation = self.scripts.claim.prepare_invoke();
         invocation
             .key(self.streams.as_slice())
@@ -617,16 +700,20 @@ impl Queue {
             .arg(consumer)
             .arg(self.config.keys.task_prefix())
             .arg(count)
-            .arg(seconds(self.config.task_retention));
+            .arg(seconds(self.config.task_retention))
+            .arg(&*self.run)
+            .arg(mode);
         for delivery in delivered {
             invocation
                 .arg(delivery.priority.get())
                 .arg(&delivery.entry_id)
                 .arg(&delivery.task_id);
         }
-        let rows: Vec<(i64, String, String, String, u32, u32)> =
+        type Started = Vec<(i64, String, String, String, u32, u32)>;
+        let (rows, deferred): (Started, Vec<(i64, String, String)>) =
             invocation.invoke_async(conn).await?;
-        rows.into_iter()
+        let started = rows
+            .into_iter()
             .map(
                 |(priority, entry_id, task_id, description, attempt, max_attempts)| {
                     Ok(ClaimedTask {
@@ -641,7 +728,8 @@ impl Queue {
                     })
                 },
             )
-            .collect()
+            .collect::<Result<_, QueueError>>()?;
+        Ok((started, deliveries_from_rows(deferred)?))
     }
 
     /// Waits up to `block` for new entries on any priority stream and takes up to `count` of them
@@ -784,7 +872,8 @@ impl Queue {
 
     /// Takes over, for `consumer`, up to `limit` entries pending at workers whose heartbeat is
     /// older than `dead_after`, and entries idle longer than `lease` (orphans). Start them with
-    /// [`Queue::claim`].
+    /// [`Queue::claim`]. The orphan sweep resumes, per stream, where the previous call (by any
+    /// worker) stopped, so every pending entry is examined within a few calls.
     pub async fn reclaim<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
@@ -798,6 +887,7 @@ impl Queue {
             .reclaim
             .key(self.config.keys.workers())
             .key(self.streams.as_slice())
+            .key(self.config.keys.sweep_cursor())
             .arg(CONSUMER_GROUP)
             .arg(consumer)
             .arg(millis(dead_after))

@@ -1,13 +1,322 @@
-//! The queue protocol against a real `redis-server` (never a mock): the guarantees the scripts
-//! give on their own, without a worker around them.
+//! The queue protocol against a real `redis-server`: each test drives the scripts the way a
+//! worker does, step by step, so a race can be replayed deterministically.
 
 use std::time::Duration;
 
-use taskq::queue::{Delivery, ExecutionOutcome, Finish, FinishResult, Queue};
-use taskq::{Description, EnqueueOutcome, Keys, Priority, QueueConfig, Status};
+use redis::aio::MultiplexedConnection;
+use taskq::queue::{ClaimedTask, Delivery, ExecutionOutcome, Finish, FinishResult, Queue};
+use taskq::{Description, EnqueueOutcome, Keys, Priority, QueueConfig, Status, TaskId, TaskRecord};
 use testkit::RedisServer;
 
-async fn queue_on(redis: &RedisServer, prefix: &str) -> (Queue, redis::aio::MultiplexedConnection) {
+const PREFIX: &str = "queue-test";
+
+async fn connect(redis: &RedisServer) -> MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis")
+}
+
+async fn setup(redis: &RedisServer, max_attempts: u32) -> (Queue, MultiplexedConnection) {
+    let queue = Queue::new(QueueConfig {
+        keys: Keys::new(PREFIX),
+        max_attempts,
+        ..QueueConfig::default()
+    });
+    let mut conn = connect(redis).await;
+    queue.ensure_groups(&mut conn).await.expect("groups");
+    (queue, conn)
+}
+
+async fn enqueue(queue: &Queue, conn: &mut MultiplexedConnection, what: &str) -> TaskId {
+    enqueue_at(queue, conn, what, Priority::DEFAULT).await
+}
+
+async fn enqueue_at(
+    queue: &Queue,
+    conn: &mut MultiplexedConnection,
+    what: &str,
+    priority: Priority,
+) -> TaskId {
+    let description = Description::parse(what.to_owned()).expect("valid");
+    match queue
+        .enqueue(conn, &description, priority, None)
+        .await
+        .expect("enqueue")
+    {
+        EnqueueOutcome::Created(record) => record.id,
+        EnqueueOutcome::Replayed(id) => panic!("replayed {id}"),
+    }
+}
+
+async fn record(queue: &Queue, conn: &mut MultiplexedConnection, id: &TaskId) -> TaskRecord {
+    queue.get(conn, id).await.expect("get").expect("exists")
+}
+
+/// Makes `worker` look dead: its heartbeat is as old as can be.
+async fn mark_dead(queue: &Queue, conn: &mut MultiplexedConnection, worker: &str) {
+    redis::cmd("ZADD")
+        .arg(queue.keys().workers())
+        .arg(0)
+        .arg(worker)
+        .query_async::<i64>(conn)
+        .await
+        .expect("ZADD");
+}
+
+fn success(task: &ClaimedTask) -> Finish {
+    Finish {
+        task: task.clone(),
+        outcome: ExecutionOutcome::Succeeded(serde_json::json!({"done": true})),
+    }
+}
+
+#[tokio::test]
+async fn item_6_the_orphan_sweep_reaches_entries_beyond_the_first_page() {
+    let redis = RedisServer::start();
+    let (queue, mut conn) = setup(&redis, 5).await;
+    for i in 0..15 {
+        enqueue(&queue, &mut conn, &format!("task {i}")).await;
+    }
+    // A live worker holds all fifteen; it keeps renewing the twelve oldest (long tasks), the
+    // three newest are orphans (their execution was lost without the worker dying).
+    let claimed = queue
+        .claim(&mut conn, "live", 15, &[])
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 15);
+    let lease = Duration::from_millis(200);
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let long: Vec<Delivery> = claimed[..12].iter().map(|t| t.delivery.clone()).collect();
+    queue
+        .renew_leases(&mut conn, "live", &long)
+        .await
+        .expect("renew");
+
+    // A sweeper with room for one entry per pass: XAUTOCLAIM examines 10 × COUNT entries a pass.
+    let mut swept = Vec::new();
+    for _ in 0..10 {
+        let reclaimed = queue
+            .reclaim(&mut conn, "sweeper", Duration::from_secs(60), lease, 1)
+            .await
+            .expect("reclaim");
+        swept.extend(reclaimed.into_iter().map(|d| d.entry_id));
+    }
+
+    let orphans: Vec<String> = claimed[12..]
+        .iter()
+        .map(|t| t.delivery.entry_id.clone())
+        .collect();
+    swept.sort();
+    assert_eq!(swept, orphans, "the orphans behind the long-running head");
+}
+
+#[tokio::test]
+async fn item_2_a_late_success_after_a_last_attempt_takeover_is_kept() {
+    let redis = RedisServer::start();
+    let (queue, mut conn) = setup(&redis, 1).await;
+    let id = enqueue(&queue, &mut conn, "slow, and its worker stalls").await;
+    let original = queue.claim(&mut conn, "a", 1, &[]).await.expect("claim");
+    assert_eq!(original.len(), 1);
+
+    // "a" stalls (SIGSTOP) past dead-after: "b" takes its entry over, on the last attempt.
+    mark_dead(&queue, &mut conn, "a").await;
+    let reclaimed = queue
+        .reclaim(
+            &mut conn,
+            "b",
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            10,
+        )
+        .await
+        .expect("reclaim");
+    assert_eq!(reclaimed.len(), 1);
+    let started = queue
+        .claim(&mut conn, "b", 0, &reclaimed)
+        .await
+        .expect("claim");
+    assert!(started.is_empty(), "no attempt left for b: {started:?}");
+
+    // "a" resumes (SIGCONT) and its execution succeeds.
+    let results = queue
+        .finish_many(&mut conn, "a", &[success(&original[0])])
+        .await
+        .expect("finish");
+
+    let task = record(&queue, &mut conn, &id).await;
+    assert_eq!(
+        task.status.to_string(),
+        "succeeded",
+        "a success must never end as dead: {task:?} ({results:?})"
+    );
+    assert_eq!(task.result, Some(serde_json::json!({"done": true})));
+    let dead_lettered: u64 = redis::cmd("XLEN")
+        .arg(queue.keys().dead_letter())
+        .query_async(&mut conn)
+        .await
+        .expect("XLEN");
+    assert_eq!(dead_lettered, 0, "the provisional dead letter is withdrawn");
+
+    // The same through the non-owner path: the takeover started an execution of its own first.
+    let (queue, mut conn) = (
+        Queue::new(QueueConfig {
+            keys: Keys::new("queue-test-2"),
+            max_attempts: 2,
+            ..QueueConfig::default()
+        }),
+        conn,
+    );
+    queue.ensure_groups(&mut conn).await.expect("groups");
+    let id = enqueue(&queue, &mut conn, "two attempts").await;
+    let first = queue.claim(&mut conn, "a", 1, &[]).await.expect("claim");
+    mark_dead(&queue, &mut conn, "a").await;
+    let reclaimed = queue
+        .reclaim(
+            &mut conn,
+            "b",
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            10,
+        )
+        .await
+        .expect("reclaim");
+    let second = queue
+        .claim(&mut conn, "b", 0, &reclaimed)
+        .await
+        .expect("claim");
+    assert_eq!(second.len(), 1);
+    let late = queue
+        .finish_many(&mut conn, "a", &[success(&first[0])])
+        .await
+        .expect("finish");
+    assert_eq!(late, vec![FinishResult::Stale]);
+    assert_eq!(
+        record(&queue, &mut conn, &id).await.status.to_string(),
+        "succeeded"
+    );
+}
+
+#[tokio::test]
+async fn item_3_a_lost_claim_reply_does_not_burn_an_attempt() {
+    let redis = RedisServer::start();
+    let (queue, mut conn) = setup(&redis, 1).await;
+    let id = enqueue(&queue, &mut conn, "claimed, reply lost").await;
+    // The claim runs in Redis, its reply is lost to a timeout: the worker never starts it.
+    let _lost = queue.claim(&mut conn, "w", 1, &[]).await.expect("claim");
+
+    // The worker's recovery finds the entry pending for it and claims it again.
+    let pending = queue.own_pending(&mut conn, "w", 100).await.expect("own");
+    assert_eq!(pending.len(), 1);
+    let started = queue
+        .claim(&mut conn, "w", 0, &pending)
+        .await
+        .expect("claim");
+
+    let task = record(&queue, &mut conn, &id).await;
+    assert_eq!(
+        started.len(),
+        1,
+        "the task must start, never having run: {task:?}"
+    );
+    assert_eq!(started[0].attempt, 1);
+    assert_eq!(task.status.to_string(), "running");
+    assert_eq!(task.attempts, 1);
+
+    // A restarted process with the same WORKER_ID counts a new execution: the first one may
+    // have started before the crash.
+    let restarted = Queue::new(queue.config().clone());
+    let pending = restarted
+        .own_pending(&mut conn, "w", 100)
+        .await
+        .expect("own");
+    let again = restarted
+        .claim(&mut conn, "w", 0, &pending)
+        .await
+        .expect("claim");
+    assert!(again.is_empty(), "max_attempts is 1: {again:?}");
+    assert_eq!(
+        record(&queue, &mut conn, &id).await.status.to_string(),
+        "dead"
+    );
+}
+
+#[tokio::test]
+async fn item_8_a_record_that_is_not_a_hash_never_fails_a_claim() {
+    let redis = RedisServer::start();
+    let (queue, mut conn) = setup(&redis, 5).await;
+    let id = enqueue(&queue, &mut conn, "its record breaks").await;
+    let healthy = enqueue(&queue, &mut conn, "a healthy one").await;
+    let delivered = queue
+        .wait_for_entries(&mut conn, "w", 10, Duration::from_millis(100))
+        .await
+        .expect("read");
+    assert_eq!(delivered.len(), 2);
+    redis::cmd("SET")
+        .arg(queue.keys().task(&id))
+        .arg("not a hash")
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("SET");
+
+    let started = queue
+        .claim(&mut conn, "w", 0, &delivered)
+        .await
+        .expect("a claim never fails on one bad record");
+
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].delivery.task_id, healthy.to_string());
+    let pending = queue.own_pending(&mut conn, "w", 10).await.expect("own");
+    assert_eq!(pending.len(), 1, "the bad entry is dropped: {pending:?}");
+}
+
+#[tokio::test]
+async fn item_1_taken_over_and_fresh_entries_start_strictly_by_priority() {
+    let redis = RedisServer::start();
+    let (queue, mut conn) = setup(&redis, 5).await;
+    let at = |p: u8| Priority::parse(i64::from(p)).expect("priority");
+    enqueue_at(&queue, &mut conn, "taken over, p3", at(3)).await;
+    enqueue_at(&queue, &mut conn, "taken over, p7", at(7)).await;
+    // Both delivered to a worker that died; "w" takes them over.
+    let ghost = queue
+        .claim(&mut conn, "ghost", 2, &[])
+        .await
+        .expect("claim");
+    assert_eq!(ghost.len(), 2);
+    mark_dead(&queue, &mut conn, "ghost").await;
+    let taken = queue
+        .reclaim(
+            &mut conn,
+            "w",
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            10,
+        )
+        .await
+        .expect("reclaim");
+    assert_eq!(taken.len(), 2);
+    enqueue_at(&queue, &mut conn, "fresh, p5", at(5)).await;
+
+    let mut order = Vec::new();
+    let mut waiting = taken;
+    for _ in 0..3 {
+        let (started, deferred) = queue
+            .claim_by_priority(&mut conn, "w", 1, &waiting)
+            .await
+            .expect("claim");
+        assert_eq!(started.len(), 1, "one slot, one start");
+        order.push((started[0].delivery.priority.get(), started[0].attempt));
+        waiting = deferred;
+    }
+
+    // (priority, attempt): the taken-over p3 before the fresh p5, the fresh p5 before the
+    // taken-over p7.
+    assert_eq!(order, vec![(3, 2), (5, 1), (7, 2)]);
+    assert!(waiting.is_empty());
+}
+
+async fn queue_on(redis: &RedisServer, prefix: &str) -> (Queue, MultiplexedConnection) {
     let client = redis::Client::open(redis.url()).expect("redis url");
     let mut conn = client
         .get_multiplexed_async_connection()
@@ -23,11 +332,7 @@ async fn queue_on(redis: &RedisServer, prefix: &str) -> (Queue, redis::aio::Mult
 }
 
 /// How many entries are pending for `consumer` on `stream`.
-async fn pending_for(
-    conn: &mut redis::aio::MultiplexedConnection,
-    stream: &str,
-    consumer: &str,
-) -> usize {
+async fn pending_for(conn: &mut MultiplexedConnection, stream: &str, consumer: &str) -> usize {
     let rows: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
         .arg(stream)
         .arg(taskq::keys::CONSUMER_GROUP)

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, HandlerKind};
 use crate::handler::{FailureKnobs, Http, Simulate, TaskHandler};
-use crate::runner::{Runner, RunnerSettings};
+use crate::runner::{Runner, RunnerSettings, heartbeat_timeout};
 
 /// A worker ready to run: its metrics listener is bound.
 pub struct Worker {
@@ -46,6 +46,12 @@ impl Worker {
         let redis = config.redis.settings();
         let mut blocking = redis.clone();
         blocking.response_timeout = redis.response_timeout + block;
+        // The heartbeat's own connection, its waits bounded too: a heartbeat that comes too late
+        // to keep this worker alive is worth nothing, the next one is due.
+        let beat_timeout = heartbeat_timeout(config.heartbeat, config.liveness.worker_dead_after);
+        let mut beating = redis.clone();
+        beating.response_timeout = redis.response_timeout.min(beat_timeout);
+        beating.connect_timeout = redis.connect_timeout.min(beat_timeout);
         let metrics_listener = TcpListener::bind(config.metrics_addr)
             .await
             .with_context(|| {
@@ -58,6 +64,7 @@ impl Worker {
             queue: Queue::new(config.queue_config()),
             conn: redis.connection_manager()?,
             blocking_conn: blocking.connection_manager()?,
+            heartbeat_conn: beating.connection_manager()?,
             handler,
             worker_id: config.resolved_worker_id().into(),
             settings: RunnerSettings {

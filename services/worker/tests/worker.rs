@@ -510,3 +510,270 @@ async fn entries_delivered_by_a_lost_reply_are_recovered_without_waiting_for_the
     assert_eq!(task["worker"], "w-1");
     worker.stop().await;
 }
+
+/// A TCP proxy in front of Redis that holds every chunk a client sends that contains `needle`
+/// for `delay` before passing it on: a slow Redis for some calls only. Returns its port.
+async fn delaying_proxy(redis_port: u16, needle: &'static [u8], delay: Duration) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await else {
+                continue;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match client_read.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if buf[..n].windows(needle.len()).any(|w| w == needle) {
+                        tokio::time::sleep(delay).await;
+                    }
+                    if server_write.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn item_4_heartbeats_stay_fresh_while_other_redis_calls_are_slow() {
+    let redis = RedisServer::start();
+    // Every call that names the retry schedule (promote, finish) takes 1.5 s: slow, yet within
+    // the 2 s REDIS_TIMEOUT.
+    let proxy = delaying_proxy(
+        redis.port(),
+        b"worker-test:retry",
+        Duration::from_millis(1500),
+    )
+    .await;
+    let worker = RunningWorker::start(&format!("redis://127.0.0.1:{proxy}"), |c| {
+        c.worker_id = Some("slow-calls".into());
+    })
+    .await;
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let dead_after = Duration::from_millis(1000);
+
+    let mut oldest = Duration::ZERO;
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        let (score, (secs, micros)): (Option<u64>, (u64, u64)) = redis::pipe()
+            .cmd("ZSCORE")
+            .arg(format!("{PREFIX}:workers"))
+            .arg("slow-calls")
+            .cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .expect("ZSCORE");
+        if let Some(score) = score {
+            let now = secs * 1000 + micros / 1000;
+            oldest = oldest.max(Duration::from_millis(now.saturating_sub(score)));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    assert!(
+        oldest < dead_after,
+        "the heartbeat aged {oldest:?}, past WORKER_DEAD_AFTER {dead_after:?}: peers would take over live work"
+    );
+    worker.stop().await;
+}
+
+/// An agent endpoint on a loopback port: answers `size` bytes of JSON string to a task whose
+/// description contains "big", a small object otherwise.
+async fn agent(size: usize) -> String {
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| async move {
+            let description = body["description"].as_str().unwrap_or_default();
+            if description.contains("big") {
+                axum::Json(Value::String("x".repeat(size)))
+            } else {
+                axum::Json(json!({"ok": true}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}/")
+}
+
+#[tokio::test]
+async fn item_8_an_outcome_that_cannot_be_recorded_never_blocks_later_ones() {
+    // Redis refuses any argument over 1 MiB (and drops the connection), as it refuses one over
+    // 512 MiB by default: an oversized result can never be recorded.
+    let redis = testkit::RedisConfig::new()
+        .extra_args(["--proto-max-bulk-len", "1mb"])
+        .start()
+        .expect("redis");
+    let api = Api::start(&redis.url(), 5).await;
+    let url = agent(3 << 20).await;
+    let worker = RunningWorker::start(&redis.url(), |c| {
+        c.handler = worker::config::HandlerKind::Http;
+        c.agent_url = Some(url);
+    })
+    .await;
+
+    let big = api.create("a big answer", 5).await;
+    api.wait_for(&big, Duration::from_secs(5), |t| t["attempts"] == 1)
+        .await;
+    let small = api.create("a small answer", 5).await;
+
+    api.wait_for_status(&small, "succeeded", Duration::from_secs(5))
+        .await;
+    let big = api
+        .wait_for(&big, Duration::from_secs(5), |t| t["status"] != "running")
+        .await;
+    assert_eq!(big["status"], "dead", "{big}");
+    assert!(
+        big["error"].as_str().is_some_and(|e| e.contains("result")),
+        "the error says why: {big}"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn item_8_a_finish_that_fails_for_good_never_blocks_later_outcomes() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url(), 5).await;
+    let worker = RunningWorker::start(&redis.url(), |c| {
+        c.concurrency = 4;
+        c.work = Duration::from_millis(600);
+    })
+    .await;
+    let broken = api.create("its record breaks while it runs", 5).await;
+    api.wait_for_status(&broken, "running", Duration::from_secs(5))
+        .await;
+    // The record is overwritten with another type while the task runs: every finish of it fails
+    // with WRONGTYPE, as deterministically as an oversized value or an ACL gap would.
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let key = taskq::Keys::new(PREFIX).task(&taskq::TaskId::parse(&broken).expect("id"));
+    redis::cmd("SET")
+        .arg(&key)
+        .arg("not a hash")
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("SET");
+    let later = api.create("finishes after the broken one", 5).await;
+
+    api.wait_for_status(&later, "succeeded", Duration::from_secs(5))
+        .await;
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn item_1_a_dead_workers_tasks_are_taken_over_and_started_first_while_survivors_are_saturated()
+ {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url(), 5).await;
+    let queue = taskq::queue::Queue::new(taskq::QueueConfig {
+        keys: taskq::Keys::new(PREFIX),
+        ..taskq::QueueConfig::default()
+    });
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    queue.ensure_groups(&mut conn).await.expect("groups");
+    // "ghost" runs an urgent task, then dies (below); a backlog of less urgent work waits.
+    let urgent = api.create("urgent, its worker dies", 1).await;
+    queue
+        .heartbeat(&mut conn, "ghost")
+        .await
+        .expect("heartbeat");
+    let ghost = queue
+        .claim(&mut conn, "ghost", 1, &[])
+        .await
+        .expect("claim");
+    assert_eq!(ghost.len(), 1);
+    let mut backlog = Vec::new();
+    for i in 0..40 {
+        backlog.push(api.create(&format!("backlog {i}"), 5).await);
+    }
+    // One survivor, saturated: every slot it frees is taken again at once by the backlog.
+    let survivor = RunningWorker::start(&redis.url(), |c| {
+        c.concurrency = 1;
+        c.work = Duration::from_millis(200);
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // alive for WORKER_DEAD_AFTER
+
+    // The ghost dies: its heartbeat is as old as can be.
+    let (secs, micros): (u64, u64) = redis::cmd("TIME")
+        .query_async(&mut conn)
+        .await
+        .expect("TIME");
+    let died_ms = secs * 1000 + micros / 1000;
+    redis::cmd("ZADD")
+        .arg(queue.keys().workers())
+        .arg(0)
+        .arg("ghost")
+        .query_async::<i64>(&mut conn)
+        .await
+        .expect("ZADD");
+    // Taken over within one heartbeat (250 ms), started at the next free slot (200 ms), before
+    // any more of the backlog.
+    let task = api
+        .wait_for(&urgent, Duration::from_millis(1500), |t| {
+            t["worker"] == survivor.id.as_str()
+        })
+        .await;
+
+    assert_eq!(task["attempts"], 2, "{task}");
+    let started_ms = async |conn: &mut redis::aio::MultiplexedConnection, id: &str| {
+        let key = taskq::Keys::new(PREFIX).task(&taskq::TaskId::parse(id).expect("id"));
+        redis::cmd("HGET")
+            .arg(key)
+            .arg("started_at")
+            .query_async::<Option<u64>>(conn)
+            .await
+            .expect("HGET")
+    };
+    let urgent_started = started_ms(&mut conn, &urgent).await.expect("started");
+    let mut overtaking = 0;
+    for id in &backlog {
+        if started_ms(&mut conn, id)
+            .await
+            .is_some_and(|at| at > died_ms && at < urgent_started)
+        {
+            overtaking += 1;
+        }
+    }
+    // One backlog task may start between the death and the next heartbeat's takeover.
+    assert!(
+        overtaking <= 2,
+        "{overtaking} less urgent tasks started before the taken-over urgent one"
+    );
+    let queued = api.stats().await["queued_total"]
+        .as_u64()
+        .expect("queued_total");
+    assert!(queued > 20, "the backlog is still there: {queued}");
+    survivor.stop().await;
+}

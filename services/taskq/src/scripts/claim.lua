@@ -1,12 +1,20 @@
 -- Claim and start tasks, most urgent first, in one atomic step.
 -- KEYS[1..10] priority streams (p1 first), KEYS[11] dead-letter stream
--- ARGV[1] group, ARGV[2] consumer, ARGV[3] task key prefix, ARGV[4] how many fresh entries to read,
--- ARGV[5] retention (s) for tasks dead-lettered here, ARGV[6..] triples (priority, entry id, task id)
--- of entries already delivered to this consumer (blocking read, reclaim) that must be started.
--- Returns {priority, entry id, task id, description, attempt, max attempts} per started task.
+-- ARGV[1] group, ARGV[2] consumer, ARGV[3] task key prefix, ARGV[4] how many to start (see ARGV[7]),
+-- ARGV[5] retention (s) for tasks dead-lettered here, ARGV[6] the calling process's run id (a new
+-- one per process), ARGV[7] mode, ARGV[8..] triples (priority, entry id, task id) of entries already
+-- delivered to this consumer (blocking read, reclaim, a claim whose reply was lost).
+-- Mode 'all': start every delivered entry, then up to ARGV[4] fresh ones, most urgent first.
+-- Mode 'slots': start up to ARGV[4] tasks in all, strictly most urgent first across delivered and
+-- fresh entries (at one priority, delivered ones first: they are older); delivered entries left
+-- over are returned as deferred, still pending for this consumer.
+-- Returns {started, deferred}: {priority, entry id, task id, description, attempt, max attempts}
+-- per started task, {priority, entry id, task id} per deferred entry.
 local group, consumer, prefix = ARGV[1], ARGV[2], ARGV[3]
 local want = tonumber(ARGV[4])
 local retention = tonumber(ARGV[5])
+local run = ARGV[6]
+local mode = ARGV[7]
 local now = now_ms()
 local out = {}
 
@@ -26,7 +34,16 @@ local function start(p, entry, task_id, delivered)
     end
   end
   local key = prefix .. task_id
-  local f = redis.call('HMGET', key, 'status', 'attempts', 'max_attempts', 'description', 'v', 'stream_id')
+  local f = redis.pcall('HMGET', key, 'status', 'attempts', 'max_attempts', 'description', 'v', 'stream_id',
+    'worker', 'run')
+  if f.err then
+    -- not a hash at all (WRONGTYPE): unreadable, and an error here would fail every claim that
+    -- hands this entry in, for ever
+    redis.call('XADD', KEYS[11], 'MAXLEN', '~', 100000, '*', 't', task_id, 'error',
+      'unreadable task record (not a hash)')
+    drop(stream, entry)
+    return
+  end
   if (not f[1]) or is_final(f[1]) or (f[6] and f[6] ~= entry) then
     -- expired, cancelled or finished meanwhile, or a stray entry that is not the task's current
     -- one: nothing to run
@@ -45,39 +62,74 @@ local function start(p, entry, task_id, delivered)
   end
   local attempts = tonumber(f[2]) or 0
   local max_attempts = tonumber(f[3]) or 1
+  if delivered and f[1] == 'running' and f[7] == consumer and f[8] == run then
+    -- claimed already by this very process for this very entry (stream_id matched above), and
+    -- handed in again: the first claim's reply was lost, so its execution never started. Same
+    -- attempt; attempts count executions that started. (A restarted process has another run id:
+    -- its predecessor's execution may have started, so that one counts.)
+    redis.call('HSET', key, 'started_at', now)
+    out[#out + 1] = {p, entry, task_id, f[4], attempts, max_attempts}
+    return true
+  end
   if attempts >= max_attempts then
-    -- every allowed execution started and none finished: the task keeps losing its workers
+    -- every allowed execution started and none finished: the task keeps losing its workers.
+    -- Provisional ('lost'): an execution presumed lost may still be running, and its success,
+    -- should it come, replaces this verdict and withdraws the dead letter (see finish.lua).
     local err = 'gave up after ' .. attempts .. ' executions that never finished (worker lost)'
-    redis.call('HSET', key, 'status', 'dead', 'finished_at', now, 'error', err)
-    redis.call('XADD', KEYS[11], 'MAXLEN', '~', 100000, '*', 't', task_id, 'error', err)
+    local letter = redis.call('XADD', KEYS[11], 'MAXLEN', '~', 100000, '*', 't', task_id, 'error', err)
+    redis.call('HSET', key, 'status', 'dead', 'finished_at', now, 'error', err, 'lost', letter)
     if retention > 0 then redis.call('EXPIRE', key, retention) end
     drop(stream, entry)
     return
   end
   attempts = attempts + 1
   redis.call('HSET', key, 'status', 'running', 'attempts', attempts, 'started_at', now,
-    'worker', consumer, 'stream_id', entry)
+    'worker', consumer, 'stream_id', entry, 'run', run)
   out[#out + 1] = {p, entry, task_id, f[4], attempts, max_attempts}
+  return true
 end
 
-local i = 6
-while ARGV[i] do
-  start(tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], true)
-  i = i + 3
-end
-
-if want > 0 then
-  for p = 1, 10 do
-    local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', want,
-      'STREAMS', KEYS[p], '>')
-    if reply then
-      local entries = reply[1][2]
-      for _, e in ipairs(entries) do
-        start(p, e[1], e[2][2], false)
-      end
-      want = want - #entries
+local function read_fresh(p)
+  local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', want,
+    'STREAMS', KEYS[p], '>')
+  if reply then
+    local entries = reply[1][2]
+    for _, e in ipairs(entries) do
+      start(p, e[1], e[2][2], false)
     end
-    if want <= 0 then break end
+    want = want - #entries
   end
 end
-return out
+
+local deferred = {}
+if mode == 'slots' then
+  local delivered = {}
+  for p = 1, 10 do delivered[p] = {} end
+  local i = 8
+  while ARGV[i] do
+    local list = delivered[tonumber(ARGV[i])]
+    list[#list + 1] = {ARGV[i + 1], ARGV[i + 2]}
+    i = i + 3
+  end
+  for p = 1, 10 do
+    for _, d in ipairs(delivered[p]) do
+      if want > 0 then
+        if start(p, d[1], d[2], true) then want = want - 1 end
+      else
+        deferred[#deferred + 1] = {p, d[1], d[2]}
+      end
+    end
+    if want > 0 then read_fresh(p) end
+  end
+else
+  local i = 8
+  while ARGV[i] do
+    start(tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], true)
+    i = i + 3
+  end
+  for p = 1, 10 do
+    if want <= 0 then break end
+    read_fresh(p)
+  end
+end
+return {out, deferred}

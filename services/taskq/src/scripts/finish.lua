@@ -23,16 +23,25 @@ end
 
 local function finish(p, entry, task_id, attempt, outcome, payload, delay)
   local key = prefix .. task_id
-  local f = redis.call('HMGET', key, 'status', 'worker', 'attempts')
+  local f = redis.call('HMGET', key, 'status', 'worker', 'attempts', 'lost')
   if not f[1] then
     ack(p, entry)
     return 'missing'
   end
+  -- Dead-lettered by claim.lua because every attempt was presumed lost (f[4]: the dead letter's
+  -- id): provisional, a success of one of those executions still counts.
+  local lost = f[1] == 'dead' and f[4] and f[4] ~= ''
+  -- Whether a success may still be recorded: the task is not final, or its verdict is 'lost'.
+  local open = lost or not is_final(f[1])
 
   local function succeed()
     redis.call('HSET', key, 'status', 'succeeded', 'finished_at', now, 'result', payload)
     -- Only a retrying task can be in the retry schedule (a late success of a lost execution).
     if f[1] == 'retrying' then redis.call('ZREM', KEYS[1], task_id) end
+    if lost then
+      redis.call('XDEL', KEYS[2], f[4])
+      redis.call('HSET', key, 'lost', '')
+    end
     if retention > 0 then redis.call('EXPIRE', key, retention) end
   end
 
@@ -40,13 +49,18 @@ local function finish(p, entry, task_id, attempt, outcome, payload, delay)
   if not owner then
     -- This execution was presumed lost and the task handed to another worker, whose stream
     -- entry must stay pending until that worker finishes. A late success is still worth keeping.
-    if outcome == 'succeeded' and not is_final(f[1]) then
+    if outcome == 'succeeded' and open then
       succeed()
     end
     return 'stale'
   end
 
   ack(p, entry)
+  if outcome == 'succeeded' and lost then
+    -- the owner's own success after its execution was presumed lost: the same rule as above
+    succeed()
+    return 'ok'
+  end
   if f[1] ~= 'running' then
     -- final already, or this is a resent finish whose first reply was lost (the retry may even
     -- have been promoted): recording it again would schedule a second execution

@@ -1,5 +1,6 @@
 -- Take over the pending entries of dead workers (missing heartbeat) and of orphans (idle too long).
--- KEYS[1] worker heartbeats, KEYS[2..11] priority streams
+-- KEYS[1] worker heartbeats, KEYS[2..11] priority streams, KEYS[12] sweep cursors (hash: priority
+-- -> entry id where the next XAUTOCLAIM of that stream starts)
 -- ARGV[1] group, ARGV[2] this consumer, ARGV[3] dead after (ms), ARGV[4] lease (ms), ARGV[5] limit
 -- Returns {priority, entry id, task id} per entry now owned by this consumer.
 local group, me = ARGV[1], ARGV[2]
@@ -51,10 +52,15 @@ for _, worker in ipairs(dead) do
   end
 end
 
+-- The orphan sweep. XAUTOCLAIM examines at most 10 x COUNT entries a call, so each stream's
+-- sweep resumes where the previous one (by any worker) stopped, and wraps to 0-0 at the end:
+-- long-running entries at the head of a pending list cannot hide the orphans behind them.
 for p = 1, 10 do
   if budget <= 0 then break end
-  local reply = redis.pcall('XAUTOCLAIM', KEYS[1 + p], group, me, ARGV[4], '0-0', 'COUNT', budget)
+  local cursor = redis.call('HMGET', KEYS[12], p)[1] or '0-0'
+  local reply = redis.pcall('XAUTOCLAIM', KEYS[1 + p], group, me, ARGV[4], cursor, 'COUNT', budget)
   if type(reply) == 'table' and not reply.err then
+    redis.call('HSET', KEYS[12], p, reply[1])
     take(p, reply[2])
   end
 end

@@ -25,8 +25,17 @@ pub fn retry_delay(attempt: u32, base: Duration, max: Duration) -> Duration {
     delay.mul_f64(jitter).min(max)
 }
 
-/// Turns a handler result into what the queue records.
+/// Turns a handler result into what the queue records, within what it can always record
+/// ([`ExecutionOutcome::bounded`]: a result too big to store is a permanent failure).
 pub fn classify(
+    result: Result<serde_json::Value, HandlerError>,
+    task: &ClaimedTask,
+    settings: &RunnerSettings,
+) -> ExecutionOutcome {
+    classify_unbounded(result, task, settings).bounded()
+}
+
+fn classify_unbounded(
     result: Result<serde_json::Value, HandlerError>,
     task: &ClaimedTask,
     settings: &RunnerSettings,

@@ -66,19 +66,21 @@ impl Runner {
                 }
                 continue;
             }
-            let delivered: Vec<Delivery> = {
-                let mut reclaimed = lock(&shared.reclaimed);
-                let n = reclaimed.len().min(free);
-                reclaimed.drain(..n).collect()
-            };
-            let fresh = free - delivered.len();
+            // Every entry waiting here competes with fresh ones for the free slots, strictly
+            // most urgent first: a taken-over urgent task starts before less urgent new work, and
+            // a taken-over less urgent one waits behind more urgent new work.
+            let delivered: Vec<Delivery> = lock(&shared.reclaimed).drain(..).collect();
             let claimed = match self
                 .queue
-                .claim(&mut conn, &self.worker_id, fresh, &delivered)
+                .claim_by_priority(&mut conn, &self.worker_id, free, &delivered)
                 .await
             {
-                Ok(claimed) => {
+                Ok((claimed, deferred)) => {
                     backoff.reset();
+                    let mut reclaimed = lock(&shared.reclaimed);
+                    for delivery in deferred.into_iter().rev() {
+                        reclaimed.push_front(delivery);
+                    }
                     claimed
                 }
                 Err(err) => {

@@ -1,42 +1,82 @@
-//! The maintenance loop: heartbeats, renews the lease of long tasks, promotes due retries and
-//! takes over the entries of workers whose heartbeat stopped.
+//! The heartbeat loop, and the maintenance loop: renews the lease of long tasks, promotes due
+//! retries and takes over the entries of workers whose heartbeat stopped.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use redis::aio::ConnectionManager;
 use taskq::queue::Delivery;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::{Runner, Shared, entry_key, lock, record_redis_error};
 
 impl Runner {
+    /// Records that this worker is alive, every heartbeat period, on a connection no other call
+    /// uses and each call bounded by [`super::heartbeat_timeout`]: slow maintenance calls, claims or finishes can
+    /// never delay a heartbeat past `WORKER_DEAD_AFTER` (peers would take over live work).
+    pub(super) async fn heartbeat_loop(
+        self: Arc<Self>,
+        shared: Arc<Shared>,
+        stop: CancellationToken,
+    ) {
+        let mut conn = self.heartbeat_conn.clone();
+        let period = self.settings.heartbeat;
+        let timeout = super::heartbeat_timeout(period, self.settings.dead_after);
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            let beat =
+                tokio::time::timeout(timeout, self.queue.heartbeat(&mut conn, &self.worker_id));
+            let failed = match beat.await {
+                Ok(Ok(())) => false,
+                Ok(Err(err)) => {
+                    record_redis_error("heartbeat", &err);
+                    true
+                }
+                Err(_) => {
+                    metrics::counter!("agent_redis_errors_total", "operation" => "heartbeat")
+                        .increment(1);
+                    tracing::warn!(
+                        operation = "heartbeat",
+                        "redis did not answer the heartbeat in time"
+                    );
+                    true
+                }
+            };
+            let mut healthy_since = lock(&shared.healthy_since);
+            if failed {
+                *healthy_since = None;
+            } else {
+                healthy_since.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+
     pub(super) async fn maintenance(
         self: Arc<Self>,
         shared: Arc<Shared>,
-        slots: Arc<Semaphore>,
         shutdown: CancellationToken,
         stop: CancellationToken,
     ) {
         let mut conn = self.conn.clone();
         let mut ticker = tokio::time::interval(self.settings.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Since when this worker's heartbeats have succeeded without a gap. After an outage every
-        // worker looks dead to every other; only one that has been seen alive for `dead_after`
-        // itself may judge others dead, or the first worker back would take over everyone's tasks.
-        let mut healthy_since: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 () = stop.cancelled() => return,
             }
-            if let Err(err) = self.queue.heartbeat(&mut conn, &self.worker_id).await {
-                record_redis_error("heartbeat", &err);
-                healthy_since = None;
+            // Since when this worker's heartbeats have succeeded without a gap. After an outage
+            // every worker looks dead to every other; only one that has been seen alive for
+            // `dead_after` itself may judge others dead, or the first worker back would take over
+            // everyone's tasks.
+            let Some(alive_for) = lock(&shared.healthy_since).map(|since| since.elapsed()) else {
                 continue;
-            }
-            let alive_for = healthy_since.get_or_insert_with(Instant::now).elapsed();
+            };
             self.renew_leases(&mut conn, &shared).await;
             if shutdown.is_cancelled() {
                 continue; // keep heartbeating while draining, but take on nothing new
@@ -44,10 +84,12 @@ impl Runner {
             if let Err(err) = self.queue.promote_due_retries(&mut conn, 1000).await {
                 record_redis_error("promote", &err);
             }
-            // Take over only what this worker can start soon; a busier worker leaves the rest to
-            // its peers.
+            // Take over whatever the free slots are, busy or not: a dead worker's entries must
+            // change hands within a heartbeat whatever the load, and then compete for this
+            // worker's slots by priority. At most one worker's worth waits here at a time; the
+            // rest is left to peers (and to the next pass).
             let waiting = lock(&shared.reclaimed).len();
-            let budget = slots.available_permits().saturating_sub(waiting);
+            let budget = self.settings.concurrency.saturating_sub(waiting);
             if budget == 0 || alive_for < self.settings.dead_after {
                 continue;
             }

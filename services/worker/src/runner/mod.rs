@@ -7,15 +7,17 @@
 //!   the outcome on;
 //! - the **finisher** records outcomes in pipelined batches (ack, retry or dead-letter), retrying
 //!   while Redis is away so no result is dropped;
-//! - the **maintenance** loop heartbeats, renews the lease of long tasks, promotes due retries and
-//!   takes over the entries of workers whose heartbeat stopped.
+//! - the **heartbeat** loop records that this worker is alive, on a connection of its own and
+//!   each call bounded by one heartbeat period, so no other Redis call can delay it;
+//! - the **maintenance** loop renews the lease of long tasks, promotes due retries and takes over
+//!   the entries of workers whose heartbeat stopped.
 //!
 //! Shutdown: stop claiming, let executions finish within the grace period, flush the finisher,
 //! then deregister (or mark this worker dead at once if something was left, so another worker
 //! picks it up immediately).
 //!
 //! One module per kind of task: `fetch` (the fetch loop), `execute` (one execution), `finish`
-//! (the finisher) and `maintain` (the maintenance loop). This module wires them together and
+//! (the finisher) and `maintain` (the heartbeat and maintenance loops). This module wires them together and
 //! holds the state they share.
 
 use std::collections::{HashMap, VecDeque};
@@ -58,6 +60,12 @@ pub struct RunnerSettings {
     pub block: Duration,
 }
 
+/// The longest wait for one heartbeat: a heartbeat answered later than `dead_after − heartbeat`
+/// comes too late to keep this worker alive in its peers' eyes (and never less than one period).
+pub fn heartbeat_timeout(heartbeat: Duration, dead_after: Duration) -> Duration {
+    dead_after.saturating_sub(heartbeat).max(heartbeat)
+}
+
 /// Everything the runner needs.
 pub struct Runner {
     /// The queue protocol.
@@ -66,6 +74,8 @@ pub struct Runner {
     pub conn: ConnectionManager,
     /// Dedicated connection for blocking reads (a blocked command holds its connection).
     pub blocking_conn: ConnectionManager,
+    /// Dedicated connection for heartbeats, so a heartbeat never queues behind another call.
+    pub heartbeat_conn: ConnectionManager,
     /// Executes tasks.
     pub handler: Arc<dyn TaskHandler>,
     /// This worker's consumer name.
@@ -88,6 +98,9 @@ struct Shared {
     /// Set when a call that may have delivered entries failed: the fetch loop then looks for
     /// entries pending for this worker that it never heard of.
     check_own_pending: std::sync::atomic::AtomicBool,
+    /// Since when this worker's heartbeats have succeeded without a gap (`None` after a failed
+    /// one); written by the heartbeat loop, read by the maintenance loop.
+    healthy_since: Mutex<Option<Instant>>,
 }
 
 impl Shared {
@@ -183,9 +196,11 @@ impl Runner {
             Arc::clone(&shared),
             give_up.clone(),
         ));
+        let heartbeat = tokio::spawn(
+            Arc::clone(&this).heartbeat_loop(Arc::clone(&shared), stop_maintenance.clone()),
+        );
         let maintenance = tokio::spawn(Arc::clone(&this).maintenance(
             Arc::clone(&shared),
-            Arc::clone(&slots),
             shutdown.clone(),
             stop_maintenance.clone(),
         ));
@@ -219,6 +234,7 @@ impl Runner {
         }
         stop_maintenance.cancel();
         let _ = maintenance.await;
+        let _ = heartbeat.await;
 
         // Whatever is still pending for this worker (unfinished, unrecorded or never started) is
         // handed over: the consumer is only removed when nothing is pending.
