@@ -117,23 +117,28 @@ fn shade<DB: DrawingBackend>(
     Ok(())
 }
 
-/// The latency timeline as an SVG document.
-pub fn latency_svg(events: &[Event], intervals: &[FaultInterval]) -> anyhow::Result<String> {
-    let points: Vec<(f64, f64, OpOutcome)> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Submit(s) => Some((s.t_ms / 1000.0, (s.end_ms - s.t_ms).max(0.0), s.outcome)),
-            _ => None,
-        })
-        .collect();
-    let x_max = x_extent(events);
-    let y_max = points.iter().map(|p| p.1).fold(1.0_f64, f64::max) * 1.1;
+/// The chart both timelines draw on.
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// The chart frame the timelines share: caption, axes, fault bands, a legend; `draw` adds the
+/// series, each with its legend entry.
+fn timeline_svg(
+    caption: &str,
+    y_desc: &str,
+    (x_max, y_max): (f64, f64),
+    intervals: &[FaultInterval],
+    draw: impl FnOnce(&mut Chart<'_, '_>) -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_error)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption("Submit latency (every request)", ("sans-serif", 16))
+            .caption(caption, ("sans-serif", 16))
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(55)
@@ -142,26 +147,11 @@ pub fn latency_svg(events: &[Event], intervals: &[FaultInterval]) -> anyhow::Res
         chart
             .configure_mesh()
             .x_desc("seconds since the first request")
-            .y_desc("latency, ms")
+            .y_desc(y_desc)
             .draw()
             .map_err(plot_error)?;
         shade(&mut chart, intervals, y_max).map_err(plot_error)?;
-        for (outcome, color, name) in [
-            (OpOutcome::Ok, RGBColor(44, 160, 44), "ok"),
-            (OpOutcome::Info, RGBColor(255, 127, 14), "info (unknown)"),
-            (OpOutcome::Fail, RGBColor(214, 39, 40), "fail"),
-        ] {
-            chart
-                .draw_series(
-                    points
-                        .iter()
-                        .filter(|p| p.2 == outcome)
-                        .map(|p| Circle::new((p.0, p.1), 2, color.filled())),
-                )
-                .map_err(plot_error)?
-                .label(name)
-                .legend(move |(x, y)| Circle::new((x, y), 4, color.filled()));
-        }
+        draw(&mut chart)?;
         chart
             .configure_series_labels()
             .background_style(WHITE.mix(0.8))
@@ -172,6 +162,44 @@ pub fn latency_svg(events: &[Event], intervals: &[FaultInterval]) -> anyhow::Res
         root.present().map_err(plot_error)?;
     }
     Ok(svg)
+}
+
+/// The latency timeline as an SVG document.
+pub fn latency_svg(events: &[Event], intervals: &[FaultInterval]) -> anyhow::Result<String> {
+    let points: Vec<(f64, f64, OpOutcome)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Submit(s) => Some((s.t_ms / 1000.0, (s.end_ms - s.t_ms).max(0.0), s.outcome)),
+            _ => None,
+        })
+        .collect();
+    let y_max = points.iter().map(|p| p.1).fold(1.0_f64, f64::max) * 1.1;
+    let extent = (x_extent(events), y_max);
+    timeline_svg(
+        "Submit latency (every request)",
+        "latency, ms",
+        extent,
+        intervals,
+        |chart| {
+            for (outcome, color, name) in [
+                (OpOutcome::Ok, RGBColor(44, 160, 44), "ok"),
+                (OpOutcome::Info, RGBColor(255, 127, 14), "info (unknown)"),
+                (OpOutcome::Fail, RGBColor(214, 39, 40), "fail"),
+            ] {
+                chart
+                    .draw_series(
+                        points
+                            .iter()
+                            .filter(|p| p.2 == outcome)
+                            .map(|p| Circle::new((p.0, p.1), 2, color.filled())),
+                    )
+                    .map_err(plot_error)?
+                    .label(name)
+                    .legend(move |(x, y)| Circle::new((x, y), 4, color.filled()));
+            }
+            Ok(())
+        },
+    )
 }
 
 /// The throughput timeline (acknowledged submits and executions per second) as SVG.
@@ -206,44 +234,25 @@ pub fn throughput_svg(events: &[Event], intervals: &[FaultInterval]) -> anyhow::
         .map(|p| p.1)
         .fold(1.0_f64, f64::max)
         * 1.15;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
-        root.fill(&WHITE).map_err(plot_error)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("Throughput per second", ("sans-serif", 16))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(55)
-            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
-            .map_err(plot_error)?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds since the first request")
-            .y_desc("per second")
-            .draw()
-            .map_err(plot_error)?;
-        shade(&mut chart, intervals, y_max).map_err(plot_error)?;
-        for (points, color, name) in [
-            (acked, RGBColor(31, 119, 180), "acknowledged submits"),
-            (executed, RGBColor(148, 103, 189), "executions started"),
-        ] {
-            chart
-                .draw_series(LineSeries::new(points, color.stroke_width(2)))
-                .map_err(plot_error)?
-                .label(name)
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(plot_error)?;
-        root.present().map_err(plot_error)?;
-    }
-    Ok(svg)
+    timeline_svg(
+        "Throughput per second",
+        "per second",
+        (x_max, y_max),
+        intervals,
+        |chart| {
+            for (points, color, name) in [
+                (acked, RGBColor(31, 119, 180), "acknowledged submits"),
+                (executed, RGBColor(148, 103, 189), "executions started"),
+            ] {
+                chart
+                    .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                    .map_err(plot_error)?
+                    .label(name)
+                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+            }
+            Ok(())
+        },
+    )
 }
 
 fn x_extent(events: &[Event]) -> f64 {
