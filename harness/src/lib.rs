@@ -12,6 +12,8 @@
 //!   states), written with `--history` and read back by `harness check`.
 //! - [`checker`]: Jepsen total-queue analysis of a history (lost, stuck, wrong status,
 //!   duplicated, unexpected, recovered, unplanned exits), latency, recovery time.
+//! - [`judge`]: a history in, the report's counts and verdicts out (`harness run` and
+//!   `harness check` alike).
 //! - [`plot`]: the run's timelines as inline SVG in an HTML page beside the report.
 //! - [`runner`]: runs one scenario end to end and produces a [`report::Report`].
 //! - [`report`]: the JSON report (documented in `docs/scenarios.md`) and the human summary.
@@ -26,6 +28,7 @@ pub mod cleanup;
 pub mod cluster;
 pub mod executions;
 pub mod history;
+pub mod judge;
 pub mod load;
 pub mod plot;
 pub mod report;

@@ -261,14 +261,14 @@ fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         file: args.history.display().to_string(),
         ..harness::Report::default()
     };
-    match harness::runner::steps_from_history(&events) {
+    match harness::judge::steps_from_history(&events) {
         Ok(steps) => report.steps = steps,
         Err(e) => {
             eprintln!("error: {}: {e}", args.history.display());
             return Ok(ExitCode::from(2));
         }
     }
-    harness::runner::judge(&mut report, &expect, events);
+    harness::judge::judge(&mut report, &expect, events);
     println!("{}", report.summary());
     if let Some(path) = &args.report {
         std::fs::write(path, report::to_json(std::slice::from_ref(&report))?)
