@@ -576,7 +576,7 @@ async fn item_4_heartbeats_stay_fresh_while_other_redis_calls_are_slow() {
     while Instant::now() < until {
         let (score, (secs, micros)): (Option<u64>, (u64, u64)) = redis::pipe()
             .cmd("ZSCORE")
-            .arg(format!("{PREFIX}:workers"))
+            .arg(taskq::Keys::new(PREFIX).workers())
             .arg("slow-calls")
             .cmd("TIME")
             .query_async(&mut conn)
