@@ -64,7 +64,9 @@ api-fuzz examples="100": _require-redis-server
     trap 'kill $orchestrator 2>/dev/null || true; redis-cli -p '"$port"' shutdown nosave >/dev/null 2>&1 || true; rm -rf '"$dir" EXIT
     for _ in $(seq 100); do addr=$(grep -o '"listen_addr":"[^"]*"' "$dir/orchestrator.log" | cut -d'"' -f4 || true); [ -n "$addr" ] && break; sleep 0.1; done
     # DELETE cancels (the record stays readable as `cancelled`), so "deleted resource still available" does not apply.
-    schemathesis run "http://$addr/openapi.json" --checks all --exclude-checks use_after_free \
+    # A schema-valid POST may rightly be refused by state: schemathesis reuses an Idempotency-Key
+    # with another body, which is 422 idempotency_key_reused by contract (positive_data_acceptance).
+    schemathesis run "http://$addr/openapi.json" --checks all --exclude-checks use_after_free,positive_data_acceptance \
         --max-examples {{examples}} --generation-deterministic
 
 # 10-second goose submit load against a local system; fails on any request error
