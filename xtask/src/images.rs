@@ -353,26 +353,9 @@ fn cargo_build_release(workspace_root: &Path) -> anyhow::Result<()> {
     testkit::cargo_build_release(workspace_root, &["orchestrator", "worker"], false)
 }
 
-/// `<target dir>/release`, honouring `CARGO_TARGET_DIR` and `.cargo/config.toml` via cargo metadata.
+/// `<target dir>/release`, honouring `CARGO_TARGET_DIR` and `.cargo/config.toml`.
 fn release_dir(workspace_root: &Path) -> anyhow::Result<PathBuf> {
-    // Under `cargo run`, CARGO names the cargo that launched us (same toolchain).
-    let output = testkit::cargo::cargo()
-        .args(["metadata", "--format-version", "1", "--no-deps"])
-        .current_dir(workspace_root)
-        .stdin(Stdio::null())
-        .output()
-        .context("running cargo metadata")?;
-    ensure!(
-        output.status.success(),
-        "cargo metadata failed: {}",
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    let metadata: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("parsing cargo metadata")?;
-    let target = metadata["target_directory"]
-        .as_str()
-        .context("cargo metadata has no target_directory")?;
-    Ok(Path::new(target).join("release"))
+    Ok(crate::tools::target_dir(workspace_root)?.join("release"))
 }
 
 /// A file copied into the root filesystem.
