@@ -379,6 +379,50 @@ async fn item_13_a_blank_description_is_422() {
     );
 }
 
+#[tokio::test]
+async fn item_9_a_task_carries_its_own_execution_deadline() {
+    let redis = RedisServer::start();
+    let router = router_for(&redis.url());
+
+    for bad in [
+        json!(0),
+        json!(-5),
+        json!(86_400_001),
+        json!("10s"),
+        json!(1.5),
+        json!(null),
+    ] {
+        let reply = send(
+            &router,
+            post_json(json!({ "description": "d", "timeout_ms": bad }).to_string()),
+        )
+        .await;
+        assert_error(
+            &reply,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+    }
+    let created = send(
+        &router,
+        post_json(json!({ "description": "d", "timeout_ms": 86_400_000 }).to_string()),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    assert_eq!(created.body["timeout_ms"], 86_400_000);
+    let id = created.body["id"].as_str().expect("id");
+    assert_eq!(
+        send(&router, get(&format!("/tasks/{id}"))).await.body["timeout_ms"],
+        86_400_000
+    );
+    let plain = send(&router, post_json(r#"{"description":"d"}"#)).await;
+    assert_eq!(
+        plain.body["timeout_ms"],
+        Value::Null,
+        "no deadline of its own: the worker's TASK_TIMEOUT"
+    );
+}
+
 /// The characters of a `[^...]` class made of `\uXXXX` escapes and `a-b` ranges.
 fn negated_class_chars(pattern: &str) -> Vec<u32> {
     let inner = pattern

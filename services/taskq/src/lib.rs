@@ -21,8 +21,8 @@ pub mod support;
 
 pub use event::{Outcome, TaskExecuted};
 pub use keys::{IdempotencyScope, Keys};
-pub use model::{Description, Priority, Status, TaskId, TaskRecord, ValidationError};
+pub use model::{Description, Priority, Status, TaskId, TaskRecord, TaskTimeout, ValidationError};
 pub use queue::{
     ClaimedTask, EnqueueOutcome, ExecutionOutcome, Finish, FinishResult, MAX_ERROR_BYTES,
-    MAX_RESULT_BYTES, QueueConfig, QueueError, Stats,
+    MAX_RESULT_BYTES, NewTask, QueueConfig, QueueError, Stats,
 };

@@ -11,6 +11,9 @@ use uuid::Uuid;
 /// Longest accepted description, in characters (Unicode scalar values).
 pub const MAX_DESCRIPTION_CHARS: usize = 10_000;
 
+/// Longest accepted execution deadline (`timeout_ms`): one day.
+pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
+
 /// Why client input was rejected. The message is safe to show to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
@@ -29,6 +32,9 @@ pub enum ValidationError {
     /// The task id is not a UUID.
     #[error("task id must be a UUID, got {0:?}")]
     InvalidTaskId(String),
+    /// The execution deadline is outside 1..=[`MAX_TIMEOUT_MS`].
+    #[error("timeout_ms must be an integer from 1 to {MAX_TIMEOUT_MS} (one day), got {0}")]
+    TimeoutOutOfRange(i64),
 }
 
 /// A task identifier (a time-ordered UUIDv7).
@@ -123,6 +129,31 @@ impl TryFrom<i64> for Priority {
 impl From<Priority> for u8 {
     fn from(p: Priority) -> u8 {
         p.0
+    }
+}
+
+/// A task's execution deadline: 1 ms to one day ([`MAX_TIMEOUT_MS`]). An execution still running
+/// at its deadline is stopped and counts as a transient failure (retried while attempts remain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TaskTimeout(u64);
+
+impl TaskTimeout {
+    /// Parses a client-supplied `timeout_ms`.
+    pub fn from_millis(raw: i64) -> Result<Self, ValidationError> {
+        match u64::try_from(raw) {
+            Ok(ms) if (1..=MAX_TIMEOUT_MS).contains(&ms) => Ok(Self(ms)),
+            _ => Err(ValidationError::TimeoutOutOfRange(raw)),
+        }
+    }
+
+    /// The deadline in milliseconds.
+    pub fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    /// The deadline as a duration.
+    pub fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.0)
     }
 }
 
@@ -254,6 +285,9 @@ pub struct TaskRecord {
     pub result: Option<serde_json::Value>,
     /// The latest error, if any execution failed.
     pub error: Option<String>,
+    /// The execution deadline the client asked for, in milliseconds; `null` when the worker's
+    /// `TASK_TIMEOUT` applies.
+    pub timeout_ms: Option<u64>,
 }
 
 /// RFC 3339 timestamps in UTC with exactly three fractional digits
@@ -309,6 +343,12 @@ mod timestamp {
 }
 
 /// The version of the stored record layout this code writes and reads.
+///
+/// Version policy (docs/protocol.md, "Record versions"): a field older readers can safely ignore
+/// (such as `timeout_ms`) comes without a new version; a change older readers would misread gets
+/// the next version and ships in two releases, the first reading it, the second writing it. A
+/// worker that meets a newer version than it reads leaves the entry pending for one that knows
+/// it (`claim.lua`); anything else unreadable is dead-lettered.
 pub const RECORD_VERSION: &str = "1";
 
 /// A stored task record could not be read: written by another version, or corrupted.
@@ -328,6 +368,20 @@ pub enum DecodeError {
     /// The record was written with a layout this version does not know.
     #[error("task record has layout version {0}, this build reads version {RECORD_VERSION}")]
     UnknownVersion(String),
+}
+
+impl DecodeError {
+    /// True for a record of a newer layout than this build reads: written during an upgrade by
+    /// a newer release, readable by it (see [`RECORD_VERSION`]'s policy).
+    pub fn is_newer_version(&self) -> bool {
+        match self {
+            DecodeError::UnknownVersion(version) => {
+                let ours: u64 = RECORD_VERSION.parse().unwrap_or(0);
+                version.parse::<u64>().is_ok_and(|theirs| theirs > ours)
+            }
+            _ => false,
+        }
+    }
 }
 
 impl TaskRecord {
@@ -386,6 +440,15 @@ impl TaskRecord {
         let result = optional("result")
             .map(|raw| serde_json::from_str(raw).map_err(|_| bad("result", raw)))
             .transpose()?;
+        let timeout_ms = optional("timeout_ms")
+            .map(|raw| {
+                raw.parse::<i64>()
+                    .ok()
+                    .and_then(|ms| TaskTimeout::from_millis(ms).ok())
+                    .map(TaskTimeout::as_millis)
+                    .ok_or_else(|| bad("timeout_ms", raw))
+            })
+            .transpose()?;
         Ok(Self {
             id,
             description: required("description")?.to_owned(),
@@ -399,6 +462,7 @@ impl TaskRecord {
             worker: optional("worker").map(str::to_owned),
             result,
             error: optional("error").map(str::to_owned),
+            timeout_ms,
         })
     }
 }
@@ -468,6 +532,32 @@ mod tests {
     }
 
     #[test]
+    fn item_9_a_timeout_is_one_millisecond_to_one_day() {
+        for bad in [0, -1, 86_400_001, i64::MAX] {
+            assert_eq!(
+                TaskTimeout::from_millis(bad),
+                Err(ValidationError::TimeoutOutOfRange(bad))
+            );
+        }
+        assert_eq!(
+            TaskTimeout::from_millis(1).map(TaskTimeout::as_millis),
+            Ok(1)
+        );
+        assert_eq!(
+            TaskTimeout::from_millis(86_400_000).map(TaskTimeout::as_millis),
+            Ok(MAX_TIMEOUT_MS)
+        );
+        let mut fields = stored_fields();
+        fields.insert("timeout_ms".into(), "2500".into());
+        let record = TaskRecord::from_fields(&fields).expect("valid record");
+        assert_eq!(record.timeout_ms, Some(2500));
+        assert_eq!(
+            TaskRecord::from_fields(&stored_fields()).map(|r| r.timeout_ms),
+            Ok(None)
+        );
+    }
+
+    #[test]
     fn a_stored_record_round_trips_to_json_with_rfc3339_timestamps() {
         let record = TaskRecord::from_fields(&stored_fields()).expect("valid record");
         assert_eq!(record.status, Status::Succeeded);
@@ -488,6 +578,9 @@ mod tests {
             TaskRecord::from_fields(&fields),
             Err(DecodeError::UnknownVersion("2".into()))
         );
+        assert!(DecodeError::UnknownVersion("2".into()).is_newer_version());
+        assert!(!DecodeError::UnknownVersion("0".into()).is_newer_version());
+        assert!(!DecodeError::UnknownVersion("x".into()).is_newer_version());
     }
 
     #[test]
@@ -500,6 +593,8 @@ mod tests {
             ("created_at", "99999999999999999999999999999999"),
             ("finished_at", "-5"),
             ("result", "{not json"),
+            ("timeout_ms", "0"),
+            ("timeout_ms", "soon"),
             ("id", "nope"),
         ] {
             let mut fields = stored_fields();

@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use crate::event::Outcome;
 use crate::keys::{CONSUMER_GROUP, IdempotencyScope, Keys};
 use crate::model::{
-    DecodeError, Description, Priority, RECORD_VERSION, Status, TaskId, TaskRecord,
+    DecodeError, Description, Priority, RECORD_VERSION, Status, TaskId, TaskRecord, TaskTimeout,
 };
 
 const PRELUDE: &str = include_str!("scripts/prelude.lua");
@@ -115,6 +115,9 @@ impl QueueError {
                     || err.is_connection_refusal()
                     || self.is_refusal()
             }
+            // Written by a newer release during an upgrade: another replica may read it, and
+            // this one will once upgraded.
+            QueueError::Corrupt { source, .. } => source.is_newer_version(),
             _ => false,
         }
     }
@@ -179,11 +182,20 @@ impl Default for QueueConfig {
 /// The digest of an enqueue request that an idempotency record binds its key to: SHA-256 of
 /// the canonical request (layout version, priority, description; the default priority counts as
 /// given), first 16 bytes in hex.
-fn request_digest(description: &Description, priority: Priority) -> String {
+fn request_digest(task: &NewTask) -> String {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
-    hasher.update(format!("v1\n{}\n", priority.get()));
-    hasher.update(description.as_str());
+    // A request without a timeout digests as before timeouts existed, so keys stored then still
+    // match; with one, another header (`v2`), so no description can make the two forms collide.
+    match task.timeout {
+        None => hasher.update(format!("v1\n{}\n", task.priority.get())),
+        Some(timeout) => hasher.update(format!(
+            "v2\n{}\n{}\n",
+            task.priority.get(),
+            timeout.as_millis()
+        )),
+    }
+    hasher.update(task.description.as_str());
     hasher.finalize()[..16]
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -229,6 +241,28 @@ pub struct Delivery {
     pub task_id: String,
 }
 
+/// What a client asks for when it submits a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTask {
+    /// What to do.
+    pub description: Description,
+    /// How urgent.
+    pub priority: Priority,
+    /// The execution deadline; `None`: the worker's `TASK_TIMEOUT`.
+    pub timeout: Option<TaskTimeout>,
+}
+
+impl NewTask {
+    /// A task with no deadline of its own.
+    pub fn new(description: Description, priority: Priority) -> Self {
+        Self {
+            description,
+            priority,
+            timeout: None,
+        }
+    }
+}
+
 /// A task claimed by a worker and marked running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimedTask {
@@ -240,6 +274,8 @@ pub struct ClaimedTask {
     pub attempt: u32,
     /// Executions allowed.
     pub max_attempts: u32,
+    /// The task's own execution deadline; `None`: the worker's default applies.
+    pub timeout: Option<TaskTimeout>,
 }
 
 /// The outcome of one execution, as recorded by [`Queue::finish_many`].
@@ -257,6 +293,12 @@ pub enum ExecutionOutcome {
     /// Failed for good; goes to the dead-letter stream.
     Dead {
         /// Why it failed.
+        error: String,
+    },
+    /// Stopped unfinished because its worker shut down: not the task's failure. The task runs
+    /// again at once and the attempt is given back. Logged and counted as `retrying`.
+    Interrupted {
+        /// What stopped it.
         error: String,
     },
 }
@@ -295,6 +337,9 @@ impl ExecutionOutcome {
                 delay,
             },
             ExecutionOutcome::Dead { error } => ExecutionOutcome::Dead { error: cut(error) },
+            ExecutionOutcome::Interrupted { error } => {
+                ExecutionOutcome::Interrupted { error: cut(error) }
+            }
         }
     }
 
@@ -304,6 +349,15 @@ impl ExecutionOutcome {
             ExecutionOutcome::Succeeded(_) => Outcome::Succeeded,
             ExecutionOutcome::Retrying { .. } => Outcome::Retrying,
             ExecutionOutcome::Dead { .. } => Outcome::Dead,
+            ExecutionOutcome::Interrupted { .. } => Outcome::Retrying,
+        }
+    }
+
+    /// The word `finish.lua` receives: the [`Outcome`] word, or `interrupted`.
+    fn finish_word(&self) -> &'static str {
+        match self {
+            ExecutionOutcome::Interrupted { .. } => "interrupted",
+            other => other.kind().as_str(),
         }
     }
 }
@@ -513,7 +567,8 @@ impl Queue {
         idempotency_key: Option<&str>,
     ) -> Result<EnqueueOutcome, QueueError> {
         let scope = IdempotencyScope::open();
-        self.enqueue_in_scope(conn, description, priority, &scope, idempotency_key)
+        let task = NewTask::new(description.clone(), priority);
+        self.enqueue_in_scope(conn, &task, &scope, idempotency_key)
             .await
     }
 
@@ -526,11 +581,16 @@ impl Queue {
     pub async fn enqueue_in_scope<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
-        description: &Description,
-        priority: Priority,
+        task: &NewTask,
         scope: &IdempotencyScope,
         idempotency_key: Option<&str>,
     ) -> Result<EnqueueOutcome, QueueError> {
+        let NewTask {
+            description,
+            priority,
+            timeout,
+        } = task;
+        let (priority, timeout) = (*priority, *timeout);
         let task_id = TaskId::new();
         let keys = &self.config.keys;
         let mut invocation = self.scripts.enqueue.prepare_invoke();
@@ -544,7 +604,7 @@ impl Queue {
                 if scope.is_open() {
                     invocation.key(keys.legacy_idempotency(key));
                 }
-                request_digest(description, priority)
+                request_digest(task)
             }
             None => String::new(),
         };
@@ -556,7 +616,8 @@ impl Queue {
             .arg(seconds(self.config.idempotency_ttl).max(1))
             .arg(RECORD_VERSION)
             .arg(self.config.max_queued)
-            .arg(digest);
+            .arg(digest)
+            .arg(timeout.map(TaskTimeout::as_millis).unwrap_or_default());
         // {1, id, created_ms}, {0, existing id, 0}, {2, '', tasks waiting} or
         // {3, existing id, 0}: see enqueue.lua.
         let (outcome, id, number): (i64, String, i64) = invocation.invoke_async(conn).await?;
@@ -594,6 +655,7 @@ impl Queue {
             worker: None,
             result: None,
             error: None,
+            timeout_ms: timeout.map(TaskTimeout::as_millis),
         }))
     }
 
@@ -709,13 +771,25 @@ impl Queue {
                 .arg(&delivery.entry_id)
                 .arg(&delivery.task_id);
         }
-        type Started = Vec<(i64, String, String, String, u32, u32)>;
-        let (rows, deferred): (Started, Vec<(i64, String, String)>) =
+        type Started = Vec<(i64, String, String, String, u32, u32, i64)>;
+        type Left = Vec<(i64, String, String, String)>;
+        let (rows, deferred, left): (Started, Vec<(i64, String, String)>, Left) =
             invocation.invoke_async(conn).await?;
+        for (priority, entry_id, task_id, version) in left {
+            tracing::warn!(
+                task_id,
+                priority,
+                entry_id,
+                version,
+                reads = RECORD_VERSION,
+                "task record of a newer layout version: left pending for a worker that reads it \
+                 (upgrade the workers)"
+            );
+        }
         let started = rows
             .into_iter()
             .map(
-                |(priority, entry_id, task_id, description, attempt, max_attempts)| {
+                |(priority, entry_id, task_id, description, attempt, max_attempts, timeout_ms)| {
                     Ok(ClaimedTask {
                         delivery: Delivery {
                             priority: priority_from_index(priority)?,
@@ -725,6 +799,8 @@ impl Queue {
                         description,
                         attempt,
                         max_attempts,
+                        // 0: none of its own (or unreadable: the worker's default applies)
+                        timeout: TaskTimeout::from_millis(timeout_ms).ok(),
                     })
                 },
             )
@@ -809,14 +885,16 @@ impl Queue {
                 let (payload, delay) = match &finish.outcome {
                     ExecutionOutcome::Succeeded(result) => (result.to_string(), 0),
                     ExecutionOutcome::Retrying { error, delay } => (error.clone(), millis(*delay)),
-                    ExecutionOutcome::Dead { error } => (error.clone(), 0),
+                    ExecutionOutcome::Dead { error } | ExecutionOutcome::Interrupted { error } => {
+                        (error.clone(), 0)
+                    }
                 };
                 invocation
                     .arg(delivery.priority.get())
                     .arg(&delivery.entry_id)
                     .arg(&delivery.task_id)
                     .arg(finish.task.attempt)
-                    .arg(finish.outcome.kind().as_str())
+                    .arg(finish.outcome.finish_word())
                     .arg(payload)
                     .arg(delay);
             }
@@ -1068,14 +1146,31 @@ mod tests {
 
     #[test]
     fn item_5_idempotency_records_bind_the_key_to_the_request() {
-        let description = Description::parse("summarise".into()).expect("valid");
-        let other = Description::parse("summarise!".into()).expect("valid");
-        let digest = request_digest(&description, Priority::DEFAULT);
+        let task = |text: &str, priority, timeout: Option<u64>| NewTask {
+            description: Description::parse(text.into()).expect("valid"),
+            priority,
+            timeout: timeout.map(|ms| TaskTimeout::from_millis(ms as i64).expect("valid")),
+        };
+        let digest = request_digest(&task("summarise", Priority::DEFAULT, None));
 
         assert_eq!(digest.len(), 32);
-        assert_eq!(digest, request_digest(&description, Priority::DEFAULT));
-        assert_ne!(digest, request_digest(&description, Priority::HIGHEST));
-        assert_ne!(digest, request_digest(&other, Priority::DEFAULT));
+        assert_eq!(
+            digest,
+            request_digest(&task("summarise", Priority::DEFAULT, None))
+        );
+        for other in [
+            task("summarise", Priority::HIGHEST, None),
+            task("summarise!", Priority::DEFAULT, None),
+            task("summarise", Priority::DEFAULT, Some(500)),
+            // no description can make the timeout form collide with the plain one
+            task("t500\nsummarise", Priority::DEFAULT, None),
+        ] {
+            assert_ne!(digest, request_digest(&other), "{other:?}");
+        }
+        assert_ne!(
+            request_digest(&task("summarise", Priority::DEFAULT, Some(500))),
+            request_digest(&task("500\nsummarise", Priority::DEFAULT, None))
+        );
         let id = "0190c5d2-6a8e-7cc3-9a43-0d5f1e1e2a01";
         assert_eq!(idempotency_record_task_id(&format!("{id} {digest}")), id);
         assert_eq!(idempotency_record_task_id(id), id, "a record from before");

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use taskq::queue::{ClaimedTask, Delivery, ExecutionOutcome, Finish, FinishResult, Queue};
-use taskq::{Description, EnqueueOutcome, Keys, Priority, QueueConfig, Status, TaskId, TaskRecord};
+use taskq::{
+    Description, EnqueueOutcome, Keys, NewTask, Priority, QueueConfig, Status, TaskId, TaskRecord,
+    TaskTimeout,
+};
 use testkit::RedisServer;
 
 const PREFIX: &str = "queue-test";
@@ -455,4 +458,154 @@ async fn only_the_owning_execution_acknowledges_a_taken_over_entry() {
         .expect("get")
         .expect("record exists");
     assert_eq!(record.status, Status::Succeeded);
+}
+
+#[tokio::test]
+async fn item_7_a_record_of_a_newer_layout_is_left_pending_for_a_worker_that_reads_it() {
+    let redis = RedisServer::start();
+    let (queue, mut conn) = setup(&redis, 5).await;
+    let newer = enqueue(&queue, &mut conn, "written by the next release").await;
+    // The next release's orchestrator wrote the record with layout version 2.
+    redis::cmd("HSET")
+        .arg(queue.keys().task(&newer))
+        .arg("v")
+        .arg("2")
+        .query_async::<i64>(&mut conn)
+        .await
+        .expect("HSET");
+    let healthy = enqueue(&queue, &mut conn, "one this worker reads").await;
+
+    let started = queue.claim(&mut conn, "old", 10, &[]).await.expect("claim");
+    let ids: Vec<&str> = started
+        .iter()
+        .map(|t| t.delivery.task_id.as_str())
+        .collect();
+    assert_eq!(ids, [healthy.to_string()], "only the readable task starts");
+
+    // Untouched: not started, not dead-lettered, no attempt counted.
+    let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(queue.keys().task(&newer))
+        .query_async(&mut conn)
+        .await
+        .expect("HGETALL");
+    assert_eq!(fields["status"], "queued", "{fields:?}");
+    assert_eq!(fields["attempts"], "0", "{fields:?}");
+    assert!(!fields.contains_key("error"), "{fields:?}");
+    let letters: u64 = redis::cmd("XLEN")
+        .arg(queue.keys().dead_letter())
+        .query_async(&mut conn)
+        .await
+        .expect("XLEN");
+    assert_eq!(letters, 0, "nothing is dead-lettered");
+    let stream = queue.keys().stream(Priority::DEFAULT);
+    assert_eq!(
+        pending_for(&mut conn, &stream, "old").await,
+        2,
+        "the newer task's entry stays pending (beside the running one)"
+    );
+
+    // With no lease renewed for it, the orphan sweep hands it to another worker after the lease:
+    // in a rolling upgrade, eventually to one that reads version 2.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let swept = queue
+        .reclaim(
+            &mut conn,
+            "upgraded",
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            100,
+        )
+        .await
+        .expect("reclaim");
+    assert!(
+        swept.iter().any(|d| d.task_id == newer.to_string()),
+        "{swept:?}"
+    );
+}
+
+#[tokio::test]
+async fn item_9_a_timeout_travels_from_the_submit_to_the_claim_and_binds_the_key() {
+    let redis = RedisServer::start();
+    let (queue, mut conn) = setup(&redis, 5).await;
+    let scope = taskq::IdempotencyScope::open();
+    let mut task = NewTask::new(
+        Description::parse("bounded".to_owned()).expect("valid"),
+        Priority::DEFAULT,
+    );
+    task.timeout = Some(TaskTimeout::from_millis(1500).expect("valid"));
+    let EnqueueOutcome::Created(created) = queue
+        .enqueue_in_scope(&mut conn, &task, &scope, Some("k"))
+        .await
+        .expect("enqueue")
+    else {
+        panic!("replayed")
+    };
+    assert_eq!(created.timeout_ms, Some(1500));
+    assert_eq!(
+        record(&queue, &mut conn, &created.id).await.timeout_ms,
+        Some(1500)
+    );
+    let plain = enqueue(&queue, &mut conn, "default deadline").await;
+    assert_eq!(record(&queue, &mut conn, &plain).await.timeout_ms, None);
+
+    // The key is bound to the timeout too: the same body with another deadline is refused.
+    task.timeout = Some(TaskTimeout::from_millis(1501).expect("valid"));
+    let reused = queue
+        .enqueue_in_scope(&mut conn, &task, &scope, Some("k"))
+        .await;
+    assert!(
+        matches!(reused, Err(taskq::QueueError::IdempotencyKeyReused { .. })),
+        "{reused:?}"
+    );
+
+    let started = queue.claim(&mut conn, "w", 10, &[]).await.expect("claim");
+    let timeouts: Vec<_> = started.iter().map(|t| t.timeout).collect();
+    assert_eq!(
+        timeouts,
+        [Some(TaskTimeout::from_millis(1500).expect("valid")), None]
+    );
+}
+
+#[tokio::test]
+async fn item_9_an_interrupted_execution_gives_its_attempt_back_and_runs_again() {
+    let redis = RedisServer::start();
+    let (queue, mut conn) = setup(&redis, 1).await;
+    let id = enqueue(&queue, &mut conn, "outlives its worker's grace").await;
+    let started = queue.claim(&mut conn, "w", 1, &[]).await.expect("claim");
+    assert_eq!(started.len(), 1);
+    let interrupted = Finish {
+        task: started[0].clone(),
+        outcome: ExecutionOutcome::Interrupted {
+            error: "interrupted: the worker shut down".into(),
+        },
+    };
+    let results = queue
+        .finish_many(&mut conn, "w", &[interrupted])
+        .await
+        .expect("finish");
+    assert_eq!(results, [FinishResult::Recorded]);
+    let task = record(&queue, &mut conn, &id).await;
+    assert_eq!(task.status, Status::Retrying, "{task:?}");
+    assert_eq!(task.attempts, 0, "the attempt is given back: {task:?}");
+    assert!(task.error.as_deref().unwrap_or("").contains("interrupted"));
+
+    // Due at once; with max_attempts = 1 it still runs (and is not dead-lettered as lost).
+    assert_eq!(
+        queue
+            .promote_due_retries(&mut conn, 10)
+            .await
+            .expect("promote"),
+        1
+    );
+    let again = queue.claim(&mut conn, "w2", 1, &[]).await.expect("claim");
+    assert_eq!(again.len(), 1, "{:?}", record(&queue, &mut conn, &id).await);
+    assert_eq!(again[0].attempt, 1);
+    queue
+        .finish_many(&mut conn, "w2", &[success(&again[0])])
+        .await
+        .expect("finish");
+    assert_eq!(
+        record(&queue, &mut conn, &id).await.status,
+        Status::Succeeded
+    );
 }

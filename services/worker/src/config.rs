@@ -87,9 +87,16 @@ pub struct Config {
     #[arg(long = "worker-lease", env = "WORKER_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub lease: Duration,
 
-    /// After SIGTERM, how long in-flight tasks may finish before the worker exits.
+    /// After SIGTERM, how long in-flight tasks may finish before the worker exits. Executions
+    /// still running then are stopped and recorded as interrupted: their tasks run again at
+    /// once, with the attempt given back.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// Execution deadline of a task that sets no `timeout_ms`: an execution still running then is
+    /// stopped and counts as a transient failure (retried while attempts remain).
+    #[arg(long, env = "TASK_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub task_timeout: Duration,
 
     /// How long finished tasks are kept (same setting as the orchestrator's; `0s` keeps them).
     #[arg(long, env = "TASK_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
@@ -251,6 +258,12 @@ impl Config {
             self.liveness.worker_dead_after > self.heartbeat,
             "WORKER_DEAD_AFTER must be longer than WORKER_HEARTBEAT"
         );
+        let max_timeout = Duration::from_millis(taskq::model::MAX_TIMEOUT_MS);
+        anyhow::ensure!(
+            !self.task_timeout.is_zero() && self.task_timeout <= max_timeout,
+            "TASK_TIMEOUT must be from 1ms to 1day, got {}",
+            humantime::format_duration(self.task_timeout)
+        );
         Ok(())
     }
 }
@@ -278,6 +291,7 @@ mod tests {
         assert_eq!(config.liveness.worker_dead_after, ms(3000));
         assert_eq!(config.lease, ms(30_000));
         assert_eq!(config.shutdown_grace, ms(10_000));
+        assert_eq!(config.task_timeout, ms(300_000));
         assert_eq!(config.redis.redis_timeout, ms(2000));
         assert_eq!(config.redis.key_prefix, "agent");
         config.validate().expect("the defaults are valid");

@@ -75,6 +75,7 @@ impl Worker {
                 dead_after: config.liveness.worker_dead_after,
                 lease: config.lease,
                 shutdown_grace: config.shutdown_grace,
+                task_timeout: config.task_timeout,
                 block,
             },
         };

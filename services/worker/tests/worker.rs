@@ -401,7 +401,7 @@ async fn a_worker_recreates_the_consumer_group_after_redis_loses_its_data() {
 }
 
 #[tokio::test]
-async fn a_corrupted_or_foreign_task_record_is_dead_lettered_and_the_worker_carries_on() {
+async fn a_corrupted_task_record_is_dead_lettered_a_newer_one_left_and_the_worker_carries_on() {
     let redis = RedisServer::start();
     let api = Api::start(&redis.url(), 5).await;
     let keys = taskq::Keys::new(PREFIX);
@@ -410,30 +410,33 @@ async fn a_corrupted_or_foreign_task_record_is_dead_lettered_and_the_worker_carr
         .get_multiplexed_async_connection()
         .await
         .expect("redis");
-    let foreign = "0190c5d2-6a8e-7cc3-9a43-0d5f1e1e2a01";
-    let foreign_id = taskq::TaskId::parse(foreign).expect("uuid");
+    let corrupted = "0190c5d2-6a8e-7cc3-9a43-0d5f1e1e2a01";
+    let newer = "0190c5d2-6a8e-7cc3-9a43-0d5f1e1e2a02";
+    let id = |raw| taskq::TaskId::parse(raw).expect("uuid");
+    let stream = keys.stream(taskq::Priority::DEFAULT);
     redis::pipe()
+        // this layout version, but no description: unreadable for good
         .hset_multiple(
-            keys.task(&foreign_id),
+            keys.task(&id(corrupted)),
             &[
-                ("v", "9"),
-                ("id", foreign),
+                ("v", "1"),
+                ("id", corrupted),
                 ("status", "queued"),
                 ("priority", "zz"),
             ],
         )
         .ignore()
-        .xadd(
-            keys.stream(taskq::Priority::DEFAULT),
-            "*",
-            &[("t", foreign)],
+        // a layout from a later release: another worker's to run
+        .hset_multiple(
+            keys.task(&id(newer)),
+            &[("v", "9"), ("id", newer), ("status", "queued")],
         )
         .ignore()
-        .xadd(
-            keys.stream(taskq::Priority::DEFAULT),
-            "*",
-            &[("t", "not-even-a-uuid")],
-        )
+        .xadd(&stream, "*", &[("t", corrupted)])
+        .ignore()
+        .xadd(&stream, "*", &[("t", newer)])
+        .ignore()
+        .xadd(&stream, "*", &[("t", "not-even-a-uuid")])
         .ignore()
         .exec_async(&mut conn)
         .await
@@ -444,34 +447,38 @@ async fn a_corrupted_or_foreign_task_record_is_dead_lettered_and_the_worker_carr
 
     api.wait_for_status(&healthy, "succeeded", Duration::from_secs(5))
         .await;
-    let status: Option<String> = redis::cmd("HGET")
-        .arg(keys.task(&foreign_id))
-        .arg("status")
-        .query_async(&mut conn)
-        .await
-        .expect("HGET");
+    let field = async |conn: &mut redis::aio::MultiplexedConnection, raw, name| -> Option<String> {
+        redis::cmd("HGET")
+            .arg(keys.task(&id(raw)))
+            .arg(name)
+            .query_async(conn)
+            .await
+            .expect("HGET")
+    };
     assert_eq!(
-        status.as_deref(),
+        field(&mut conn, corrupted, "status").await.as_deref(),
         Some("dead"),
-        "the foreign record is reported dead"
+        "the corrupted record is reported dead"
     );
-    let error: String = redis::cmd("HGET")
-        .arg(keys.task(&foreign_id))
-        .arg("error")
-        .query_async(&mut conn)
+    let error = field(&mut conn, corrupted, "error")
         .await
-        .expect("HGET");
-    assert!(error.contains("layout version 9"), "{error}");
-    let read = api
-        .client
-        .get(format!("{}/tasks/{foreign}", api.base))
-        .send()
-        .await
-        .expect("GET");
+        .unwrap_or_default();
+    assert!(error.contains("unreadable task record"), "{error}");
     assert_eq!(
-        read.status(),
+        field(&mut conn, newer, "status").await.as_deref(),
+        Some("queued"),
+        "the newer record is left for a worker that reads it"
+    );
+    let read = |raw: &str| api.client.get(format!("{}/tasks/{raw}", api.base)).send();
+    assert_eq!(
+        read(corrupted).await.expect("GET").status(),
         500,
         "an unreadable record is an opaque server error, not a crash"
+    );
+    assert_eq!(
+        read(newer).await.expect("GET").status(),
+        503,
+        "a newer release's record: try again (another replica may read it)"
     );
     worker.stop().await;
 }
@@ -776,4 +783,90 @@ async fn item_1_a_dead_workers_tasks_are_taken_over_and_started_first_while_surv
         .expect("queued_total");
     assert!(queued > 20, "the backlog is still there: {queued}");
     survivor.stop().await;
+}
+
+/// POSTs a task with extra fields, expecting 201; returns its id.
+async fn create_with(api: &Api, body: Value) -> String {
+    let response = api
+        .client
+        .post(format!("{}/tasks", api.base))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST /tasks");
+    assert_eq!(response.status(), 201, "{:?}", response.text().await);
+    let body: Value = response.json().await.expect("json");
+    body["id"].as_str().expect("id").to_owned()
+}
+
+#[tokio::test]
+async fn item_9_a_hung_execution_is_stopped_at_its_deadline_and_retried() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url(), 2).await;
+    let worker = RunningWorker::start(&redis.url(), |c| {
+        c.work = Duration::from_secs(600); // hangs, as far as any test can tell
+        c.task_timeout = Duration::from_millis(400);
+        c.retry_base = Duration::from_millis(10);
+    })
+    .await;
+    let own = create_with(&api, json!({"description": "hangs", "timeout_ms": 250})).await;
+    let default = api
+        .create("hangs too, with no deadline of its own", 5)
+        .await;
+
+    for (id, deadline) in [(&own, "250ms"), (&default, "400ms")] {
+        let task = api
+            .wait_for_status(id, "dead", Duration::from_secs(10))
+            .await;
+        assert_eq!(task["attempts"], 2, "timed out, retried, timed out: {task}");
+        let error = task["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(&format!("timed out after {deadline}")),
+            "{error}"
+        );
+    }
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn item_9_an_execution_cut_by_the_shutdown_grace_runs_again_without_losing_an_attempt() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url(), 1).await;
+    let first = RunningWorker::start(&redis.url(), |c| {
+        c.work = Duration::from_secs(600);
+        c.shutdown_grace = Duration::from_millis(200);
+    })
+    .await;
+    let id = api.create("outlasts its worker's grace", 5).await;
+    api.wait_for_status(&id, "running", Duration::from_secs(5))
+        .await;
+
+    let stopping = Instant::now();
+    first.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "the worker exits after its grace, not after the task: {:?}",
+        stopping.elapsed()
+    );
+    let task = api.task(&id).await;
+    assert_eq!(
+        task["status"], "retrying",
+        "recorded, not abandoned: {task}"
+    );
+    assert_eq!(task["attempts"], 0, "the attempt is given back: {task}");
+    assert!(
+        task["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("interrupted"),
+        "{task}"
+    );
+
+    // max_attempts is 1: the interruption must not have used it up.
+    let second = RunningWorker::start(&redis.url(), |c| c.work = Duration::from_millis(10)).await;
+    let task = api
+        .wait_for_status(&id, "succeeded", Duration::from_secs(5))
+        .await;
+    assert_eq!(task["attempts"], 1, "{task}");
+    second.stop().await;
 }

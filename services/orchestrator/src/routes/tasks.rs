@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use taskq::queue::CancelOutcome;
-use taskq::{Description, EnqueueOutcome, Priority, TaskId, TaskRecord};
+use taskq::{Description, EnqueueOutcome, NewTask, Priority, TaskId, TaskRecord, TaskTimeout};
 
 use crate::error::AppError;
 use crate::guard;
@@ -31,6 +31,9 @@ pub struct CreateTaskRequest {
     /// 1 (most urgent) to 10; 5 when absent. An explicit `null` is a type error, not "absent".
     #[serde(default, deserialize_with = "present_integer")]
     pub priority: Option<i64>,
+    /// Execution deadline, 1 ms to one day; the worker's `TASK_TIMEOUT` when absent.
+    #[serde(default, deserialize_with = "present_integer")]
+    pub timeout_ms: Option<i64>,
 }
 
 fn present_integer<'de, D: serde::Deserializer<'de>>(
@@ -71,7 +74,7 @@ fn task_response(status: StatusCode, record: &TaskRecord) -> Response {
 /// `POST /tasks`: validates, enqueues atomically, answers 201 with the record. A replayed
 /// `Idempotency-Key` (the caller's own, see [`guard::idempotency_scope`]) answers 200 with the
 /// task it created first, or 422 `idempotency_key_reused` when that task was asked for with
-/// another description or priority.
+/// another description, priority or timeout.
 pub async fn create_task(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -83,15 +86,22 @@ pub async fn create_task(
         .map(Priority::parse)
         .transpose()?
         .unwrap_or_default();
+    let timeout = request
+        .timeout_ms
+        .map(TaskTimeout::from_millis)
+        .transpose()?;
     let key = idempotency_key(&headers)?;
     let scope = match key {
         Some(_) => guard::idempotency_scope(&state.tokens, &headers),
         None => taskq::IdempotencyScope::open(),
     };
+    let task = NewTask {
+        description,
+        priority,
+        timeout,
+    };
     let mut conn = state.redis.clone();
-    let enqueue = state
-        .queue
-        .enqueue_in_scope(&mut conn, &description, priority, &scope, key);
+    let enqueue = state.queue.enqueue_in_scope(&mut conn, &task, &scope, key);
     let outcome = state.with_timeout_unknown_outcome(enqueue).await?;
     match outcome {
         EnqueueOutcome::Created(record) => {

@@ -8,8 +8,10 @@
 -- Mode 'slots': start up to ARGV[4] tasks in all, strictly most urgent first across delivered and
 -- fresh entries (at one priority, delivered ones first: they are older); delivered entries left
 -- over are returned as deferred, still pending for this consumer.
--- Returns {started, deferred}: {priority, entry id, task id, description, attempt, max attempts}
--- per started task, {priority, entry id, task id} per deferred entry.
+-- Returns {started, deferred, left}: {priority, entry id, task id, description, attempt, max
+-- attempts, timeout ms (0: none)} per started task, {priority, entry id, task id} per deferred
+-- entry, {priority, entry id, task id, layout version} per entry left pending because a newer
+-- release wrote its record.
 local group, consumer, prefix = ARGV[1], ARGV[2], ARGV[3]
 local want = tonumber(ARGV[4])
 local retention = tonumber(ARGV[5])
@@ -17,6 +19,8 @@ local run = ARGV[6]
 local mode = ARGV[7]
 local now = now_ms()
 local out = {}
+local left = {}
+local ours = tonumber(RECORD_VERSION)
 
 local function drop(stream, entry)
   redis.call('XACK', stream, group, entry)
@@ -35,7 +39,7 @@ local function start(p, entry, task_id, delivered)
   end
   local key = prefix .. task_id
   local f = redis.pcall('HMGET', key, 'status', 'attempts', 'max_attempts', 'description', 'v', 'stream_id',
-    'worker', 'run')
+    'worker', 'run', 'timeout_ms')
   if f.err then
     -- not a hash at all (WRONGTYPE): unreadable, and an error here would fail every claim that
     -- hands this entry in, for ever
@@ -48,6 +52,14 @@ local function start(p, entry, task_id, delivered)
     -- expired, cancelled or finished meanwhile, or a stray entry that is not the task's current
     -- one: nothing to run
     drop(stream, entry)
+    return
+  end
+  local version = tonumber(f[5])
+  if version and version > ours then
+    -- written by a newer release during an upgrade: not this worker's to judge. Left pending and
+    -- not started (no attempt counted); with no lease renewed, the orphan sweep hands it to
+    -- another worker after the lease, until one that reads this version runs it.
+    left[#left + 1] = {p, entry, task_id, f[5]}
     return
   end
   if f[5] ~= RECORD_VERSION or not f[4] then
@@ -68,7 +80,7 @@ local function start(p, entry, task_id, delivered)
     -- attempt; attempts count executions that started. (A restarted process has another run id:
     -- its predecessor's execution may have started, so that one counts.)
     redis.call('HSET', key, 'started_at', now)
-    out[#out + 1] = {p, entry, task_id, f[4], attempts, max_attempts}
+    out[#out + 1] = {p, entry, task_id, f[4], attempts, max_attempts, tonumber(f[9]) or 0}
     return true
   end
   if attempts >= max_attempts then
@@ -85,7 +97,7 @@ local function start(p, entry, task_id, delivered)
   attempts = attempts + 1
   redis.call('HSET', key, 'status', 'running', 'attempts', attempts, 'started_at', now,
     'worker', consumer, 'stream_id', entry, 'run', run)
-  out[#out + 1] = {p, entry, task_id, f[4], attempts, max_attempts}
+  out[#out + 1] = {p, entry, task_id, f[4], attempts, max_attempts, tonumber(f[9]) or 0}
   return true
 end
 
@@ -132,4 +144,4 @@ else
     read_fresh(p)
   end
 end
-return {out, deferred}
+return {out, deferred, left}

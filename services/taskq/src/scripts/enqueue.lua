@@ -4,7 +4,8 @@
 -- the same key was stored before keys were scoped (optional; read, never written)
 -- ARGV[1] task id, ARGV[2] description, ARGV[3] priority, ARGV[4] max attempts,
 -- ARGV[5] idempotency ttl (s), ARGV[6] record layout version, ARGV[7] most tasks waiting (0 or
--- absent: no limit), ARGV[8] digest of the request (description and priority)
+-- absent: no limit), ARGV[8] digest of the request (description, priority, timeout), ARGV[9]
+-- the task's execution deadline in ms (0 or absent: the worker's default)
 -- The call of earlier versions, KEYS[1..2] and ARGV[1..6] (the benchmark's ceilings), still
 -- works: no limit, no idempotency record.
 -- Returns {1, id, created_ms} for a new task, {0, existing id, 0} for a replay,
@@ -50,6 +51,10 @@ local entry = redis.call('XADD', KEYS[2], '*', 't', ARGV[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[6], 'id', ARGV[1], 'description', ARGV[2],
   'priority', ARGV[3], 'status', 'queued', 'attempts', 0, 'max_attempts', ARGV[4],
   'created_at', now, 'stream_id', entry)
+local timeout = tonumber(ARGV[9]) or 0
+if timeout > 0 then
+  redis.call('HSET', KEYS[1], 'timeout_ms', timeout)
+end
 if idempotency_key then
   redis.call('SET', idempotency_key, ARGV[1] .. ' ' .. ARGV[8], 'EX', ARGV[5])
 end

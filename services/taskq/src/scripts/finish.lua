@@ -3,7 +3,8 @@
 -- KEYS[1] retry schedule, KEYS[2] dead-letter stream, KEYS[3..12] priority streams (p1 first)
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] task key prefix, ARGV[4] retention (s), then seven
 -- values per execution: priority, entry id, task id, attempt, outcome (succeeded | retrying |
--- dead: taskq::event::Outcome), result JSON or error, retry delay (ms).
+-- dead: taskq::event::Outcome; or interrupted: the worker shut down first), result JSON or
+-- error, retry delay (ms).
 -- Returns, per execution, 'ok', 'stale' (another execution owns the task now) or 'missing'.
 local group, consumer, prefix = ARGV[1], ARGV[2], ARGV[3]
 local retention = tonumber(ARGV[4])
@@ -71,6 +72,12 @@ local function finish(p, entry, task_id, attempt, outcome, payload, delay)
   elseif outcome == 'retrying' then
     redis.call('HSET', key, 'status', 'retrying', 'error', payload)
     redis.call('ZADD', KEYS[1], now + tonumber(delay), task_id)
+  elseif outcome == 'interrupted' then
+    -- stopped by its worker's shutdown, not by the task: the attempt is given back (so an
+    -- interruption never dead-letters a task) and the task is due again at once
+    redis.call('HSET', key, 'status', 'retrying', 'error', payload, 'attempts',
+      math.max((tonumber(attempt) or 1) - 1, 0))
+    redis.call('ZADD', KEYS[1], now, task_id)
   else
     redis.call('HSET', key, 'status', 'dead', 'finished_at', now, 'error', payload)
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 't', task_id, 'error', payload)

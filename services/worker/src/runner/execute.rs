@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
+use taskq::TaskTimeout;
 use taskq::event::{Outcome, TaskExecuted};
 use taskq::queue::{ClaimedTask, ExecutionOutcome, Finish};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use super::{Runner, RunnerSettings};
 use crate::handler::{HandlerError, TaskInput};
@@ -94,6 +96,7 @@ impl Runner {
         task: ClaimedTask,
         permit: OwnedSemaphorePermit,
         finish_tx: mpsc::UnboundedSender<Finish>,
+        interrupt: CancellationToken,
     ) {
         let priority = task.delivery.priority.get().to_string();
         metrics::counter!("agent_tasks_started_total", "priority" => priority.clone()).increment(1);
@@ -104,11 +107,42 @@ impl Runner {
             description: &task.description,
             attempt: task.attempt,
         };
-        let result = AssertUnwindSafe(self.handler.handle(input))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|_| Err(HandlerError::Transient("handler panicked".into())));
-        let outcome = classify(result, &task, &self.settings);
+        // The task's own deadline, or the worker's default.
+        let deadline = task
+            .timeout
+            .map_or(self.settings.task_timeout, TaskTimeout::duration);
+        let handled = tokio::time::timeout(
+            deadline,
+            AssertUnwindSafe(self.handler.handle(input)).catch_unwind(),
+        );
+        let outcome = tokio::select! {
+            biased;
+            () = interrupt.cancelled() => {
+                tracing::warn!(
+                    task_id = %task.delivery.task_id,
+                    attempt = task.attempt,
+                    "execution interrupted by the worker's shutdown; the task runs again"
+                );
+                ExecutionOutcome::Interrupted {
+                    error: format!(
+                        "interrupted: the worker shut down before the execution finished \
+                         (SHUTDOWN_GRACE {})",
+                        humantime::format_duration(self.settings.shutdown_grace)
+                    ),
+                }
+            }
+            handled = handled => {
+                let result = match handled {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_panic)) => Err(HandlerError::Transient("handler panicked".into())),
+                    Err(_elapsed) => Err(HandlerError::Transient(format!(
+                        "execution timed out after {}",
+                        humantime::format_duration(deadline)
+                    ))),
+                };
+                classify(result, &task, &self.settings)
+            }
+        };
         let elapsed = started.elapsed();
         let kind = outcome.kind();
         log_executed(&TaskExecuted {

@@ -157,7 +157,12 @@ impl Runner {
                 entry_key(&task.delivery),
                 (task.delivery.clone(), Instant::now()),
             );
-            tokio::spawn(Arc::clone(self).execute(task, permit, finish_tx.clone()));
+            tokio::spawn(Arc::clone(self).execute(
+                task,
+                permit,
+                finish_tx.clone(),
+                shared.interrupt.clone(),
+            ));
         }
     }
 }

@@ -54,11 +54,18 @@ pub struct RunnerSettings {
     pub dead_after: Duration,
     /// Idle time after which an entry with no live owner is reclaimed.
     pub lease: Duration,
-    /// How long in-flight work may finish after shutdown begins.
+    /// How long in-flight work may finish after shutdown begins; executions still running then
+    /// are interrupted.
     pub shutdown_grace: Duration,
+    /// Execution deadline of a task with none of its own.
+    pub task_timeout: Duration,
     /// Longest single wait on the streams when nothing is queued.
     pub block: Duration,
 }
+
+/// After the shutdown grace, how long interrupted executions get to stop and their outcomes to
+/// be recorded before the worker deregisters (and leaves whatever is left to a takeover).
+pub const INTERRUPTED_FLUSH: Duration = Duration::from_secs(3);
 
 /// The longest wait for one heartbeat: a heartbeat answered later than `dead_after − heartbeat`
 /// comes too late to keep this worker alive in its peers' eyes (and never less than one period).
@@ -101,6 +108,9 @@ struct Shared {
     /// Since when this worker's heartbeats have succeeded without a gap (`None` after a failed
     /// one); written by the heartbeat loop, read by the maintenance loop.
     healthy_since: Mutex<Option<Instant>>,
+    /// Cancelled when the shutdown grace runs out: every execution still running stops and is
+    /// recorded as interrupted.
+    interrupt: CancellationToken,
 }
 
 impl Shared {
@@ -215,13 +225,23 @@ impl Runner {
             .await;
 
         // Drain: executions hold a slot each; wait until every slot is back.
-        let deadline = tokio::time::Instant::now() + this.settings.shutdown_grace;
+        let mut deadline = tokio::time::Instant::now() + this.settings.shutdown_grace;
         let all_slots = u32::try_from(this.settings.concurrency).unwrap_or(u32::MAX);
         let drained = tokio::time::timeout_at(deadline, slots.acquire_many(all_slots))
             .await
             .is_ok();
         if !drained {
-            tracing::warn!("in-flight tasks did not finish within the shutdown grace period");
+            // Stop what still runs and record it as interrupted (its task runs again at once),
+            // rather than leave it to be found by a takeover that counts the attempt.
+            let running = this.settings.concurrency - slots.available_permits();
+            tracing::warn!(
+                running,
+                grace = %humantime::format_duration(this.settings.shutdown_grace),
+                "executions still running at the end of the shutdown grace period: interrupted"
+            );
+            shared.interrupt.cancel();
+            deadline = tokio::time::Instant::now() + INTERRUPTED_FLUSH;
+            let _ = tokio::time::timeout_at(deadline, slots.acquire_many(all_slots)).await;
         }
         // The finisher ends once every execution dropped its sender; give up at the deadline.
         let mut finisher = finisher;
