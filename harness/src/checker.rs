@@ -8,25 +8,33 @@
 //! |---|---|
 //! | `lost` | an `ok` submit, no execution, and a final state that is not waiting, running or cancelled (`missing` included) |
 //! | `stuck` | an `ok` (or recovered) task whose final state is still `queued`, `scheduled`, `retrying` or `running` |
-//! | `wrong_status` | final `succeeded` without a succeeded execution; `dead` although one succeeded; `cancelled` or `missing` with an execution |
+//! | `wrong_status` | final `succeeded` without a succeeded execution; `dead` although one succeeded; `cancelled` or `missing` with an execution; anything but `cancelled` (or `missing`) after a cancel answered 200 |
 //! | `duplicated` | two or more succeeded executions of one task |
 //! | `unexpected` | an executed task that no `ok` submit returned and no `info` submit's key maps to |
 //! | `recovered` | an `info` submit whose key maps to an executed task |
 //! | `unplanned_exits` | services that ended without a step causing it |
+//! | `unreadable` | reads of an acknowledged task answered 404 |
+//! | `priority_inversions` | tasks whose first execution started while a more urgent task, acknowledged before they were submitted, had not started yet (by more than [`INVERSION_TOLERANCE_MS`]) |
 //!
-//! `reclaimed` counts tasks executed at attempt n > 1 with no logged execution of attempt n − 1:
-//! an earlier execution died without logging (its worker was killed mid-task) and the task was
-//! taken over. A scenario can require it to prove its fault hit in-flight work.
+//! `reclaimed` counts tasks executed at attempt n > 1 whose attempt n − 1 did not end in
+//! `retrying`: it died without logging (its worker was killed mid-task), or its outcome never
+//! took effect (its worker was cut off or stalled), and the task was taken over. A scenario can
+//! require it to prove its fault hit in-flight work.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 use taskq::event::Outcome;
 
-use crate::history::{Event, Execution, FinalStatus, OpOutcome};
+use crate::history::{Event, Execution, Fault, FinalStatus, OpOutcome};
 
 /// How many ids of each anomaly a report lists.
 pub const SAMPLE_IDS: usize = 20;
+
+/// How much later than a less urgent task a more urgent one may start without an inversion
+/// being counted: starts come from worker log lines (line time minus duration), and tasks one
+/// claim starts together begin within a few milliseconds of each other.
+pub const INVERSION_TOLERANCE_MS: f64 = 100.0;
 
 /// Submit latency percentiles in milliseconds (over acknowledged submits).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
@@ -68,6 +76,12 @@ pub struct Analysis {
     pub recovered: u64,
     /// See the module docs.
     pub unplanned_exits: u64,
+    /// See the module docs.
+    pub unreadable: u64,
+    /// See the module docs.
+    pub priority_inversions: u64,
+    /// Cancels answered 200 (the task was cancelled).
+    pub cancelled: u64,
     /// Executed again after an execution that died without logging (see the module docs).
     pub reclaimed: u64,
     /// Distinct workers that executed at least one task.
@@ -156,6 +170,31 @@ pub fn analyze(events: &[Event]) -> Analysis {
             .is_some_and(|r| r.iter().any(|e| e.outcome == Outcome::Succeeded))
     };
 
+    for event in events {
+        match event {
+            Event::Read(read)
+                if read.status == Some(404) && acknowledged.contains(read.id.as_str()) =>
+            {
+                analysis.unreadable += 1;
+                note("unreadable", &read.id);
+            }
+            Event::Cancel(cancel) if cancel.outcome == OpOutcome::Ok => {
+                analysis.cancelled += 1;
+                let after = finals.get(cancel.id.as_str()).copied();
+                if after.is_some_and(|s| s != FinalStatus::Cancelled && s != FinalStatus::Missing) {
+                    analysis.wrong_status += 1;
+                    note("wrong_status", &cancel.id);
+                }
+            }
+            _ => {}
+        }
+    }
+    let inverted = priority_inversions(events, &runs);
+    analysis.priority_inversions = inverted.len() as u64;
+    for id in inverted {
+        note("priority_inversions", id);
+    }
+
     for id in &acknowledged {
         let status = finals.get(id).copied();
         if !runs.contains_key(id)
@@ -217,10 +256,123 @@ pub fn analyze(events: &[Event]) -> Analysis {
     analysis
 }
 
-/// Some attempt n > 1 ran although attempt n − 1 never logged an execution.
+/// The acknowledged tasks whose first execution started while a more urgent task, acknowledged
+/// before they were submitted, had not started yet (by more than [`INVERSION_TOLERANCE_MS`]).
+/// Only first attempts count (a retry waits in the retry schedule, not in the queue), a task
+/// whose first attempt never logged (its worker died) is left out, and so is a more urgent task
+/// whose wait overlapped a fault ([`fault_windows`]): it may have been delivered to the worker
+/// the fault took away, and waited for the takeover.
+fn priority_inversions<'a>(
+    events: &'a [Event],
+    runs: &BTreeMap<&str, Vec<&Execution>>,
+) -> Vec<&'a str> {
+    struct Task<'a> {
+        id: &'a str,
+        priority: u8,
+        sent_ms: f64,
+        acked_ms: f64,
+        started_ms: f64,
+    }
+    let mut tasks: Vec<Task> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Submit(s) if s.outcome == OpOutcome::Ok => {
+                let id = s.id.as_deref()?;
+                let started_ms = runs
+                    .get(id)?
+                    .iter()
+                    .filter(|e| e.attempt == 1 && e.t_ms.is_finite())
+                    .map(|e| e.t_ms)
+                    .min_by(f64::total_cmp)?;
+                Some(Task {
+                    id,
+                    priority: s.priority?,
+                    sent_ms: s.t_ms,
+                    acked_ms: s.end_ms,
+                    started_ms,
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    // Sweep the tasks by submit time, adding every task acknowledged before it to the latest
+    // first start seen per priority.
+    tasks.sort_by(|a, b| a.sent_ms.total_cmp(&b.sent_ms));
+    let windows = fault_windows(events);
+    let mut acked: Vec<(f64, u8, f64)> = tasks
+        .iter()
+        .filter(|t| {
+            !windows
+                .iter()
+                .any(|(from, to)| *from <= t.started_ms && *to >= t.acked_ms)
+        })
+        .map(|t| (t.acked_ms, t.priority, t.started_ms))
+        .collect();
+    acked.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut latest_start = [f64::NEG_INFINITY; 11];
+    let mut next = 0;
+    let mut inverted = Vec::new();
+    for task in &tasks {
+        while next < acked.len() && acked[next].0 < task.sent_ms {
+            let (_, priority, started) = acked[next];
+            let slot = &mut latest_start[usize::from(priority.min(10))];
+            *slot = slot.max(started);
+            next += 1;
+        }
+        let more_urgent = &latest_start[..usize::from(task.priority.min(10))];
+        if more_urgent
+            .iter()
+            .any(|started| *started > task.started_ms + INVERSION_TOLERANCE_MS)
+        {
+            inverted.push(task.id);
+        }
+    }
+    inverted
+}
+
+/// When faults were in force: from a `kill`, `stop`, `pause` or `disconnect` to the next step that
+/// heals the same target (or for ever), and the instant of a `restart` or `scale`.
+fn fault_windows(events: &[Event]) -> Vec<(f64, f64)> {
+    let faults: Vec<&Fault> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Fault(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    faults
+        .iter()
+        .enumerate()
+        .filter_map(|(i, fault)| {
+            let heals = match fault.action.as_str() {
+                "kill" | "stop" => ["start", "restart"],
+                "pause" => ["unpause", "restart"],
+                "disconnect" => ["connect", "restart"],
+                "restart" | "scale" => return Some((fault.t_ms, fault.t_ms)),
+                _ => return None,
+            };
+            let healed = faults[i + 1..]
+                .iter()
+                .find(|later| {
+                    later.target == fault.target && heals.contains(&later.action.as_str())
+                })
+                .map_or(f64::INFINITY, |later| later.t_ms);
+            Some((fault.t_ms, healed))
+        })
+        .collect()
+}
+
+/// Some attempt n > 1 ran although attempt n − 1 did not end in `retrying`: it never logged an
+/// execution (its worker died mid-task), or it logged one whose outcome never took effect (its
+/// worker was cut off from Redis, or stalled, and the task was taken over).
 fn was_reclaimed(runs: &[&Execution]) -> bool {
-    let logged: HashSet<u32> = runs.iter().map(|e| e.attempt).collect();
-    logged.iter().any(|a| *a > 1 && !logged.contains(&(a - 1)))
+    let retried: HashSet<u32> = runs
+        .iter()
+        .filter(|e| e.outcome == Outcome::Retrying)
+        .map(|e| e.attempt)
+        .collect();
+    runs.iter()
+        .any(|e| e.attempt > 1 && !retried.contains(&(e.attempt - 1)))
 }
 
 /// Nearest-rank percentiles.
@@ -358,7 +510,7 @@ pub fn drain_ms(events: &[Event]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::{Exit, Final, Submit};
+    use crate::history::{Cancel, Exit, Final, Read, Submit};
 
     fn submit(outcome: OpOutcome, id: Option<&str>, key: &str) -> Event {
         Event::Submit(Submit {
@@ -411,6 +563,162 @@ mod tests {
             status,
             attempts: Some(1),
         })
+    }
+
+    /// An acknowledged submit of `id` at `priority`, sent at `sent` and answered 2 ms later.
+    fn ok_at(id: &str, priority: u8, sent: f64) -> Event {
+        Event::Submit(Submit {
+            t_ms: sent,
+            end_ms: sent + 2.0,
+            outcome: OpOutcome::Ok,
+            status: Some(201),
+            id: Some(id.to_owned()),
+            key: Some(format!("k-{id}")),
+            priority: Some(priority),
+        })
+    }
+
+    /// The first execution of `id`, started at `at`.
+    fn started(id: &str, at: f64) -> Event {
+        Event::Execution(Execution {
+            t_ms: at,
+            id: id.to_owned(),
+            attempt: 1,
+            worker: "w1".into(),
+            outcome: Outcome::Succeeded,
+            end_ms: Some(at + 1.0),
+        })
+    }
+
+    #[test]
+    fn a_task_started_before_an_older_more_urgent_one_is_an_inversion() {
+        // b (priority 1) was acknowledged before a (priority 5) was sent, yet a started first
+        let inverted = analyze(&[
+            ok_at("b", 1, 0.0),
+            ok_at("a", 5, 10.0),
+            started("a", 20.0),
+            started("b", 500.0),
+        ]);
+        assert_eq!(inverted.priority_inversions, 1, "{inverted:?}");
+        assert_eq!(inverted.sample_ids["priority_inversions"], ["a"]);
+        // in order, or within the tolerance, or b submitted only after a: none
+        for events in [
+            vec![
+                ok_at("b", 1, 0.0),
+                ok_at("a", 5, 10.0),
+                started("b", 20.0),
+                started("a", 21.0),
+            ],
+            vec![
+                ok_at("b", 1, 0.0),
+                ok_at("a", 5, 10.0),
+                started("a", 20.0),
+                started("b", 60.0),
+            ],
+            vec![
+                ok_at("a", 5, 0.0),
+                ok_at("b", 1, 10.0),
+                started("a", 20.0),
+                started("b", 500.0),
+            ],
+            // the less urgent one waited first: no inversion the other way round
+            vec![
+                ok_at("a", 5, 0.0),
+                ok_at("b", 1, 10.0),
+                started("b", 20.0),
+                started("a", 500.0),
+            ],
+        ] {
+            assert_eq!(analyze(&events).priority_inversions, 0, "{events:?}");
+        }
+        // b waited across a worker kill: it may have been held by the killed worker
+        let fault = |t_ms, action: &str| {
+            Event::Fault(Fault {
+                t_ms,
+                action: action.into(),
+                target: Some("worker.1".into()),
+                between: None,
+                ok: true,
+            })
+        };
+        let excused = analyze(&[
+            ok_at("b", 1, 0.0),
+            ok_at("a", 5, 10.0),
+            fault(15.0, "kill"),
+            started("a", 20.0),
+            fault(300.0, "start"),
+            started("b", 500.0),
+        ]);
+        assert_eq!(excused.priority_inversions, 0, "{excused:?}");
+        let after_healing = analyze(&[
+            fault(-50.0, "kill"),
+            fault(-10.0, "start"),
+            ok_at("b", 1, 0.0),
+            ok_at("a", 5, 10.0),
+            started("a", 20.0),
+            started("b", 500.0),
+        ]);
+        assert_eq!(after_healing.priority_inversions, 1, "{after_healing:?}");
+        // b's first attempt never logged (its worker died): its start is unknown, not late
+        let unknown = analyze(&[
+            ok_at("b", 1, 0.0),
+            ok_at("a", 5, 10.0),
+            started("a", 20.0),
+            run("b", 2, Outcome::Succeeded),
+        ]);
+        assert_eq!(unknown.priority_inversions, 0, "{unknown:?}");
+    }
+
+    #[test]
+    fn a_404_read_of_an_acknowledged_task_is_unreadable() {
+        let read = |id: &str, status| {
+            Event::Read(Read {
+                t_ms: 3.0,
+                end_ms: 4.0,
+                id: id.into(),
+                outcome: if status == 404 {
+                    OpOutcome::Fail
+                } else {
+                    OpOutcome::Ok
+                },
+                status: Some(status),
+            })
+        };
+        let a = analyze(&[ok("a"), read("a", 404), read("a", 200), read("zz", 404)]);
+        assert_eq!(a.unreadable, 1, "{a:?}");
+    }
+
+    #[test]
+    fn a_cancelled_task_must_end_cancelled_and_never_run() {
+        let cancel = |outcome, status| {
+            Event::Cancel(Cancel {
+                t_ms: 3.0,
+                end_ms: 4.0,
+                id: "a".into(),
+                outcome,
+                status: Some(status),
+            })
+        };
+        let clean = analyze(&[
+            ok("a"),
+            cancel(OpOutcome::Ok, 200),
+            fin("a", FinalStatus::Cancelled),
+        ]);
+        assert_eq!((clean.cancelled, clean.wrong_status, clean.lost), (1, 0, 0));
+        let ran_anyway = analyze(&[
+            ok("a"),
+            cancel(OpOutcome::Ok, 200),
+            run("a", 1, Outcome::Succeeded),
+            fin("a", FinalStatus::Succeeded),
+        ]);
+        assert_eq!(ran_anyway.wrong_status, 1, "{ran_anyway:?}");
+        let refused = analyze(&[
+            ok("a"),
+            cancel(OpOutcome::Fail, 409),
+            run("a", 1, Outcome::Succeeded),
+            fin("a", FinalStatus::Succeeded),
+        ]);
+        assert_eq!((refused.cancelled, refused.wrong_status), (0, 0));
     }
 
     #[test]
@@ -580,6 +888,24 @@ mod tests {
     fn an_attempt_after_one_that_never_logged_was_reclaimed() {
         let a = analyze(&[ok("a"), run("a", 2, Outcome::Succeeded)]);
         assert_eq!(a.reclaimed, 1, "{a:?}");
+    }
+
+    #[test]
+    fn an_attempt_after_one_whose_outcome_never_took_effect_was_reclaimed() {
+        // worker cut off from Redis: its success was logged but never recorded
+        let cut_off = analyze(&[
+            ok("a"),
+            run("a", 1, Outcome::Succeeded),
+            run("a", 2, Outcome::Succeeded),
+        ]);
+        assert_eq!(cut_off.reclaimed, 1, "{cut_off:?}");
+        // a plain retry is no takeover
+        let retried = analyze(&[
+            ok("a"),
+            run("a", 1, Outcome::Retrying),
+            run("a", 2, Outcome::Succeeded),
+        ]);
+        assert_eq!(retried.reclaimed, 0, "{retried:?}");
     }
 
     #[test]

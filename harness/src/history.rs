@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `submit` | `t_ms`, `end_ms`, `outcome` (`ok` / `fail` / `info`), `status`, `id`, `key`, `priority` |
 //! | `cancel` | `t_ms`, `end_ms`, `id`, `outcome`, `status` |
+//! | `read` | `t_ms`, `end_ms`, `id`, `outcome` (`ok`: 200, `fail`: 404, `info`: anything else), `status` |
 //! | `execution` | `t_ms` (start), `id`, `attempt`, `worker`, `outcome` (`succeeded` / `retrying` / `dead`) |
 //! | `fault` | `t_ms`, `action`, `target` (or `between`), `ok` |
 //! | `exit` | `t_ms`, `service`, `code`, `planned` |
@@ -68,6 +69,22 @@ pub struct Cancel {
     /// The task asked to cancel.
     pub id: String,
     /// How it ended (`ok`: the task is cancelled).
+    pub outcome: OpOutcome,
+    /// The HTTP status, when an answer arrived.
+    #[serde(default)]
+    pub status: Option<u16>,
+}
+
+/// One `GET /tasks/{id}` of a task the load had just created.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Read {
+    /// When the request was sent.
+    pub t_ms: f64,
+    /// When its answer arrived, or when the client gave up.
+    pub end_ms: f64,
+    /// The task read.
+    pub id: String,
+    /// `ok`: the record (200); `fail`: no such task (404); `info`: anything else.
     pub outcome: OpOutcome,
     /// The HTTP status, when an answer arrived.
     #[serde(default)]
@@ -181,6 +198,8 @@ pub enum Event {
     Submit(Submit),
     /// A `DELETE /tasks/{id}`.
     Cancel(Cancel),
+    /// A `GET /tasks/{id}`.
+    Read(Read),
     /// An execution.
     Execution(Execution),
     /// A fault step.
@@ -246,6 +265,7 @@ fn sort_key(event: &Event) -> f64 {
     match event {
         Event::Submit(e) => e.t_ms,
         Event::Cancel(e) => e.t_ms,
+        Event::Read(e) => e.t_ms,
         Event::Execution(e) => e.t_ms,
         Event::Fault(e) => e.t_ms,
         Event::Exit(e) => e.t_ms,

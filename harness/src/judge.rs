@@ -101,6 +101,9 @@ fn fill_counts(report: &mut Report, analysis: &Analysis, load_ms: u64) {
     report.wrong_status = analysis.wrong_status;
     report.unplanned_exits = analysis.unplanned_exits;
     report.reclaimed = analysis.reclaimed;
+    report.unreadable = analysis.unreadable;
+    report.priority_inversions = analysis.priority_inversions;
+    report.cancelled = analysis.cancelled;
     report.unavailable = analysis.failed + analysis.indeterminate;
     report.workers_executed = analysis.workers;
     report.carried_over = report.steps.iter().filter_map(|s| s.carried_over).sum();
@@ -142,9 +145,17 @@ pub fn evaluate(expect: &Expectations, report: &Report) -> Vec<ExpectationReport
             expect.unplanned_exits,
             report.unplanned_exits,
         ),
+        at_most("unreadable", expect.unreadable, report.unreadable),
     ];
     if let Some(limit) = expect.max_duplicated {
         out.push(at_most("max_duplicated", limit, report.duplicated));
+    }
+    if let Some(limit) = expect.max_priority_inversions {
+        out.push(at_most(
+            "max_priority_inversions",
+            limit,
+            report.priority_inversions,
+        ));
     }
     let drain_limit = expect.drain_within.as_millis() as u64;
     out.push(ExpectationReport {

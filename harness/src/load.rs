@@ -3,11 +3,14 @@
 //! This module is the harness's only contact with it, so a change of that API touches one file.
 //! Goose keeps process-wide state: run one load at a time per process.
 
-pub use loadtests::{SubmitLoad, SubmitOutcome, SubmitRecord};
+pub use loadtests::{
+    FollowUpKind, FollowUpRecord, FollowUps, LoadRecords, SubmitLoad, SubmitOutcome, SubmitRecord,
+};
 
-/// Offers `load` and returns every submit attempt (ok / fail / info), ordered by `op`.
-pub async fn run_submit_load(load: SubmitLoad) -> anyhow::Result<Vec<SubmitRecord>> {
-    loadtests::run_submit_load(load).await
+/// Offers `load` and returns every submit attempt (ok / fail / info), ordered by `op`, and the
+/// cancels and reads that followed acknowledged submits.
+pub async fn run_load(load: SubmitLoad) -> anyhow::Result<LoadRecords> {
+    loadtests::run_load(load).await
 }
 
 /// Users the load needs to keep `rate_per_s` through a stall of `request_timeout`

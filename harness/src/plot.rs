@@ -81,6 +81,7 @@ fn time_ms(event: &Event) -> Option<f64> {
     match event {
         Event::Submit(e) => Some(e.end_ms),
         Event::Cancel(e) => Some(e.end_ms),
+        Event::Read(e) => Some(e.end_ms),
         Event::Execution(e) => Some(e.t_ms),
         Event::Fault(e) => Some(e.t_ms),
         Event::Exit(e) => Some(e.t_ms),

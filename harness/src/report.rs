@@ -70,8 +70,18 @@ pub struct Report {
     pub rate_per_s: u32,
     /// Execution log lines.
     pub executions: u64,
-    /// Tasks executed again after an execution died without logging (worker killed mid-task).
+    /// Tasks taken over: executed again after an execution that died without logging (worker
+    /// killed mid-task) or whose outcome never took effect (worker cut off or stalled).
     pub reclaimed: u64,
+    /// Reads of an acknowledged task answered 404.
+    #[serde(default)]
+    pub unreadable: u64,
+    /// Tasks started while a more urgent, earlier acknowledged task still waited.
+    #[serde(default)]
+    pub priority_inversions: u64,
+    /// Cancels answered 200.
+    #[serde(default)]
+    pub cancelled: u64,
     /// Submits refused or left unanswered (`failed` + `indeterminate`).
     #[serde(default)]
     pub unavailable: u64,
@@ -193,7 +203,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "   tasks: {} executed ({} executions) | lost {} | stuck {} | wrong status {} | unexpected {} | duplicated {} | recovered {} | reclaimed {} | unplanned exits {}",
+            "   tasks: {} executed ({} executions) | lost {} | stuck {} | wrong status {} | unexpected {} | duplicated {} | recovered {} | reclaimed {} | unplanned exits {} | cancelled {} | unreadable {} | priority inversions {}",
             self.executed,
             self.executions,
             self.lost,
@@ -203,7 +213,10 @@ impl Report {
             self.duplicated,
             self.recovered,
             self.reclaimed,
-            self.unplanned_exits
+            self.unplanned_exits,
+            self.cancelled,
+            self.unreadable,
+            self.priority_inversions
         );
         let _ = writeln!(
             out,
@@ -445,6 +458,11 @@ pub fn write_artifacts(report: &Report, paths: &ArtifactPaths) -> anyhow::Result
             ("unexpected", report.unexpected.to_string()),
             ("recovered", report.recovered.to_string()),
             ("unplanned_exits", report.unplanned_exits.to_string()),
+            ("unreadable", report.unreadable.to_string()),
+            (
+                "priority_inversions",
+                report.priority_inversions.to_string(),
+            ),
             (
                 "submit latency p50 / p99 / max ms",
                 format!(

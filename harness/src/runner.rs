@@ -26,9 +26,13 @@ use crate::{
     cluster::{self, Cluster, ClusterSpec, Service},
     executions::Execution,
     history::{
-        Event, Execution as HistoryExecution, Exit, Fault, Final, FinalStatus, OpOutcome, Submit,
+        Cancel, Event, Execution as HistoryExecution, Exit, Fault, Final, FinalStatus, OpOutcome,
+        Read, Submit,
     },
-    load::{self, SubmitLoad, SubmitOutcome, SubmitRecord},
+    load::{
+        self, FollowUpKind, FollowUpRecord, FollowUps, LoadRecords, SubmitLoad, SubmitOutcome,
+        SubmitRecord,
+    },
     report::{Report, StepReport, secs},
     scenario::{Plan, RuntimeKind, Scenario},
 };
@@ -128,6 +132,8 @@ async fn run_into(
             scenario.name
         );
     }
+    plan.refuse_ineffective_faults(&scenario.expect)
+        .map_err(|why| anyhow::anyhow!("{}: {why}", scenario.name))?;
     if options.prepare == Prepare::Build {
         prepare_runtime(runtime).await?;
     }
@@ -136,6 +142,9 @@ async fn run_into(
     spec.persistence = scenario.cluster.redis_persistence;
     spec.worker_concurrency = scenario.cluster.worker_concurrency;
     spec.work = scenario.cluster.work;
+    spec.timing = plan.timing;
+    spec.fail_rate = scenario.cluster.fail_rate;
+    spec.permanent_fail_rate = scenario.cluster.permanent_fail_rate;
     report.run_id = spec.run_id.clone();
 
     let cluster_started = Instant::now();
@@ -183,13 +192,17 @@ async fn drive(
         users: load::users_for(scenario.load.rate, request_timeout, scenario.load.users),
         request_timeout,
         run_id: cluster.spec().run_id.clone(),
+        follow_ups: FollowUps {
+            cancel: scenario.load.cancel_share,
+            read: scenario.load.read_share,
+        },
     };
     let run_id = load.run_id.clone();
     let spawned = Instant::now();
     let spawned_unix = unix_ms();
     // The task notes when the load really ended: steps may still be running then.
     let load_task = tokio::spawn(async move {
-        let result = load::run_submit_load(load).await;
+        let result = load::run_load(load).await;
         (result, Instant::now())
     });
     // Goose needs a while (seconds, in a debug build) before its first request; offsets count
@@ -251,8 +264,11 @@ async fn drive(
     while !load_task.is_finished() {
         watch_until(cluster, Instant::now() + WATCH_PERIOD, &mut exits).await;
     }
-    let (submits, load_ended) = load_task.await.context("the load task panicked")?;
-    let submits = submits.context("running the load")?;
+    let (records, load_ended) = load_task.await.context("the load task panicked")?;
+    let LoadRecords {
+        submits,
+        follow_ups,
+    } = records.context("running the load")?;
     report.load_start_delay_ms = submits
         .iter()
         .map(|s| s.started_unix_ms)
@@ -261,7 +277,14 @@ async fn drive(
 
     let resolved = resolve_idempotency_keys(cluster, &submits).await;
     let drain_deadline = load_ended + scenario.expect.drain_within;
-    let (_, executions) = wait_for_drain(cluster, &submits, &resolved, drain_deadline).await?;
+    // A task the load cancelled (answered 200) never runs: nothing to wait for.
+    let cancelled: HashSet<&str> = follow_ups
+        .iter()
+        .filter(|f| f.kind == FollowUpKind::Cancel && f.status == Some(200))
+        .map(|f| f.task_id.as_str())
+        .collect();
+    let (_, executions) =
+        wait_for_drain(cluster, &submits, &resolved, &cancelled, drain_deadline).await?;
     // Reconciliation: once the queue is quiet, the state of every task any submit may have
     // created is read back, so a task stuck in `running` or marked `dead` after a success shows.
     wait_quiet(cluster, drain_deadline).await;
@@ -272,6 +295,7 @@ async fn drive(
         .min()
         .unwrap_or(spawned_unix);
     let mut events = submit_events(&submits, origin_unix);
+    events.extend(follow_up_events(&follow_ups, origin_unix));
     events.extend(steps.iter().map(|(step, at_unix)| {
         Event::Fault(Fault {
             t_ms: *at_unix as f64 - origin_unix as f64,
@@ -329,6 +353,42 @@ fn submit_events(submits: &[SubmitRecord], origin_unix: u64) -> Vec<Event> {
                 key: Some(s.idempotency_key.clone()),
                 priority: Some(s.priority),
             })
+        })
+        .collect()
+}
+
+/// Cancels and reads as history events. A cancel is `ok` when answered 200 (cancelled), `fail`
+/// when refused (409: already running or finished; 404), else `info`; a read is `ok` on 200,
+/// `fail` on 404, else `info`.
+fn follow_up_events(follow_ups: &[FollowUpRecord], origin_unix: u64) -> Vec<Event> {
+    follow_ups
+        .iter()
+        .map(|f| {
+            let t_ms = f.started_unix_ms as f64 - origin_unix as f64;
+            let end_ms = t_ms + f.latency_ms;
+            let outcome = match f.status {
+                Some(200) => OpOutcome::Ok,
+                Some(404) => OpOutcome::Fail,
+                Some(409) if f.kind == FollowUpKind::Cancel => OpOutcome::Fail,
+                _ => OpOutcome::Info,
+            };
+            let id = f.task_id.clone();
+            match f.kind {
+                FollowUpKind::Cancel => Event::Cancel(Cancel {
+                    t_ms,
+                    end_ms,
+                    id,
+                    outcome,
+                    status: f.status,
+                }),
+                FollowUpKind::Read => Event::Read(Read {
+                    t_ms,
+                    end_ms,
+                    id,
+                    outcome,
+                    status: f.status,
+                }),
+            }
         })
         .collect()
 }
@@ -566,10 +626,14 @@ async fn wait_for_drain(
     cluster: &Cluster,
     submits: &[SubmitRecord],
     resolved: &HashMap<String, String>,
+    cancelled: &HashSet<&str>,
     deadline: Instant,
 ) -> anyhow::Result<(Option<Instant>, Vec<Execution>)> {
-    let mut must_finish: HashSet<&str> =
-        submits.iter().filter_map(|s| s.outcome.task_id()).collect();
+    let mut must_finish: HashSet<&str> = submits
+        .iter()
+        .filter_map(|s| s.outcome.task_id())
+        .filter(|id| !cancelled.contains(id))
+        .collect();
     // Tasks created by indeterminate attempts must finish too.
     must_finish.extend(
         submits

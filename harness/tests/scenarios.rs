@@ -149,13 +149,6 @@ const FAULT_EFFECTS: [&str; 4] = [
     "min_carried_over",
 ];
 
-/// Scenarios whose fault cannot be proven at the test's time scale yet, and why.
-const UNPROVEN: [(&str, &str); 1] = [(
-    "worker-partition",
-    "its 10 s partition shrinks to 2.5 s at time scale 0.25, below dead-after + one heartbeat, \
-     so nothing is taken over; the time scale does not scale the services' timeouts yet",
-)];
-
 /// Every shipped scenario carries an expectation that its fault had an effect: run with its
 /// steps and chaos removed, the same scenario must fail, and fail on that expectation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,10 +159,6 @@ async fn every_shipped_scenario_fails_with_its_faults_removed() {
     let mut wrong = Vec::new();
     for path in shipped_scenarios() {
         let mut scenario = Scenario::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
-        if let Some((_, why)) = UNPROVEN.iter().find(|(name, _)| *name == scenario.name) {
-            println!("{}: not checked: {why}", scenario.name);
-            continue;
-        }
         let effects: Vec<&str> = FAULT_EFFECTS
             .into_iter()
             .filter(|name| match *name {

@@ -7,6 +7,7 @@
 //!   optional record of every attempt), shared by all scenarios and the harness.
 //! - [`outcome`]: ok / fail / info classification of a submit attempt and its record.
 //! - [`task_body`]: realistic, varied task descriptions and priorities.
+//! - [`follow_up`]: cancels and reads sent right after an acknowledged submit.
 //! - [`submit_load`]: [`run_submit_load`], which the harness calls in-process.
 //! - `src/main.rs`: the `loadtest` binary, a thin `main` over [`scenarios`].
 //!
@@ -47,6 +48,7 @@
 //!     users: 50,
 //!     request_timeout: Duration::from_secs(2),
 //!     run_id: "kill-redis-1".into(),
+//!     follow_ups: Default::default(),
 //! })
 //! .await?;
 //! let acknowledged = records.iter().filter(|r| r.outcome.task_id().is_some()).count();
@@ -55,11 +57,13 @@
 //! # }
 //! ```
 
+pub mod follow_up;
 pub mod outcome;
 pub mod scenarios;
 pub mod submit;
 pub mod submit_load;
 pub mod task_body;
 
+pub use follow_up::{FollowUpKind, FollowUpRecord, FollowUps};
 pub use outcome::{SubmitOutcome, SubmitRecord};
-pub use submit_load::{SubmitLoad, run_submit_load};
+pub use submit_load::{LoadRecords, SubmitLoad, run_load, run_submit_load};

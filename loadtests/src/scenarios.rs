@@ -16,6 +16,7 @@ use goose::config::GooseConfiguration;
 use goose::prelude::*;
 use rand::Rng;
 
+use crate::follow_up::send_follow_up;
 use crate::submit::{SubmitContext, submit_task};
 
 /// POST /tasks as fast as users and throttle allow.
@@ -114,7 +115,14 @@ fn submit_transaction(context: &Arc<SubmitContext>) -> Transaction {
     let context = Arc::clone(context);
     let function: TransactionFunction = Arc::new(move |user| {
         let context = Arc::clone(&context);
-        Box::pin(async move { submit_task(user, &context).await.map(|_| ()) })
+        Box::pin(async move {
+            let acknowledged = submit_task(user, &context).await?;
+            if let Some(kind) = context.follow_ups().pick(rand::random::<f64>()) {
+                let record = send_follow_up(user, kind, &acknowledged.task_id).await?;
+                context.record_follow_up(record);
+            }
+            Ok(())
+        })
     });
     Transaction::new(function)
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use goose::prelude::*;
 
+use crate::follow_up::{FollowUpRecord, FollowUps};
 use crate::outcome::{SubmitAnswer, SubmitOutcome, SubmitRecord, classify_submit, error_chain};
 use crate::task_body::random_task;
 
@@ -33,6 +34,10 @@ pub struct SubmitContext {
     /// One entry per attempt, keyed by `op`. `None` when the run does not record, as the
     /// `loadtest` binary, where a long run at full speed would hold millions of records.
     journal: Option<Mutex<BTreeMap<u64, SubmitRecord>>>,
+    /// What follows an acknowledged submit in the `submit` scenario (nothing by default).
+    follow_ups: FollowUps,
+    /// The follow-ups sent, when the run records.
+    follow_up_journal: Option<Mutex<Vec<FollowUpRecord>>>,
 }
 
 impl SubmitContext {
@@ -42,6 +47,40 @@ impl SubmitContext {
             run_id: run_id.into(),
             next_op: AtomicU64::new(0),
             journal: Some(Mutex::new(BTreeMap::new())),
+            follow_ups: FollowUps::default(),
+            follow_up_journal: Some(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// The same context, following acknowledged submits with cancels and reads as `follow_ups`
+    /// says.
+    pub fn with_follow_ups(mut self, follow_ups: FollowUps) -> Self {
+        self.follow_ups = follow_ups;
+        self
+    }
+
+    /// The follow-up shares.
+    pub fn follow_ups(&self) -> FollowUps {
+        self.follow_ups
+    }
+
+    /// Takes the follow-ups recorded so far, in the order they ended.
+    pub fn take_follow_ups(&self) -> Vec<FollowUpRecord> {
+        match &self.follow_up_journal {
+            Some(journal) => {
+                std::mem::take(&mut *journal.lock().unwrap_or_else(PoisonError::into_inner))
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Journals one follow-up (when the run records).
+    pub fn record_follow_up(&self, record: FollowUpRecord) {
+        if let Some(journal) = &self.follow_up_journal {
+            journal
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(record);
         }
     }
 
@@ -51,6 +90,8 @@ impl SubmitContext {
             run_id: run_id.into(),
             next_op: AtomicU64::new(0),
             journal: None,
+            follow_ups: FollowUps::default(),
+            follow_up_journal: None,
         }
     }
 

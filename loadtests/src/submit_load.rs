@@ -22,12 +22,13 @@ use goose::config::GooseConfiguration;
 use goose::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::follow_up::{FollowUpRecord, FollowUps};
 use crate::outcome::SubmitRecord;
 use crate::scenarios::{SUBMIT, submit_scenario};
 use crate::submit::SubmitContext;
 
 /// How much submit load to offer, to which host, for how long.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SubmitLoad {
     /// Base URL of the orchestrator, e.g. `http://127.0.0.1:8001`.
     pub host: String,
@@ -41,6 +42,19 @@ pub struct SubmitLoad {
     pub request_timeout: Duration,
     /// Prefix of every idempotency key, `{run_id}-{op}`; make it unique per run.
     pub run_id: String,
+    /// Cancels and reads that follow acknowledged submits (none by default); they count
+    /// against `rate_per_s` like submits.
+    #[serde(default)]
+    pub follow_ups: FollowUps,
+}
+
+/// Everything one load sent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadRecords {
+    /// Every submit attempt, ordered by `op`.
+    pub submits: Vec<SubmitRecord>,
+    /// Every follow-up, in the order they ended.
+    pub follow_ups: Vec<FollowUpRecord>,
 }
 
 /// Runs the `submit` scenario as `load` describes and returns every attempt, ordered by `op`.
@@ -59,17 +73,29 @@ pub struct SubmitLoad {
 /// have real outcomes; an attempt the throttle never let out is not recorded (its `op` is
 /// skipped).
 pub async fn run_submit_load(load: SubmitLoad) -> anyhow::Result<Vec<SubmitRecord>> {
+    Ok(run_load(load).await?.submits)
+}
+
+/// [`run_submit_load`], returning the follow-ups (cancels, reads) as well.
+pub async fn run_load(load: SubmitLoad) -> anyhow::Result<LoadRecords> {
     let args = goose_arguments(&load)?;
+    load.follow_ups
+        .validate()
+        .map_err(|why| anyhow::anyhow!("follow-ups: {why}"))?;
     let configuration = GooseConfiguration::parse_args_default(&args)
         .with_context(|| format!("goose refused the arguments {args:?}"))?;
-    let context = Arc::new(SubmitContext::recording(load.run_id.clone()));
+    let context =
+        Arc::new(SubmitContext::recording(load.run_id.clone()).with_follow_ups(load.follow_ups));
     GooseAttack::initialize_with_config(configuration)
         .context("initialising goose")?
         .register_scenario(submit_scenario(&context))
         .execute()
         .await
         .with_context(|| format!("running submit load against {}", load.host))?;
-    Ok(context.take_records())
+    Ok(LoadRecords {
+        submits: context.take_records(),
+        follow_ups: context.take_follow_ups(),
+    })
 }
 
 /// The goose command line for `load`.
@@ -125,6 +151,7 @@ mod tests {
             users: 20,
             request_timeout: Duration::from_millis(1_500),
             run_id: "run".into(),
+            follow_ups: FollowUps::default(),
         }
     }
 

@@ -19,7 +19,10 @@ use goose::GooseAttack;
 use goose::config::GooseConfiguration;
 use loadtests::scenarios::register_scenarios;
 use loadtests::submit::SubmitContext;
-use loadtests::{SubmitLoad, SubmitOutcome, SubmitRecord, run_submit_load};
+use loadtests::{
+    FollowUpKind, FollowUpRecord, FollowUps, SubmitLoad, SubmitOutcome, SubmitRecord, run_load,
+    run_submit_load,
+};
 use serde_json::{Value, json};
 
 /// Goose keeps process-wide state (its killswitch), so the tests run one load at a time.
@@ -45,6 +48,8 @@ struct Stub {
     n_posts: AtomicU64,
     answers: Mutex<HashMap<String, Vec<Answer>>>,
     created_at: Mutex<HashMap<String, Instant>>,
+    n_cancels: AtomicU64,
+    cancelled: Mutex<Vec<String>>,
 }
 
 impl Stub {
@@ -142,6 +147,19 @@ async fn read_task(State(stub): State<Arc<Stub>>, Path(task_id): Path<String>) -
     }
 }
 
+/// Every other cancel succeeds (200), the rest find the task running (409).
+async fn cancel_task(State(stub): State<Arc<Stub>>, Path(task_id): Path<String>) -> Response {
+    stub.cancelled
+        .lock()
+        .expect("stub lock")
+        .push(task_id.clone());
+    if stub.n_cancels.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+        Json(json!({"id": task_id, "status": "cancelled"})).into_response()
+    } else {
+        error(StatusCode::CONFLICT, "conflict", "task is running")
+    }
+}
+
 async fn stats() -> Json<Value> {
     Json(json!({"queued": {"5": 0}, "in_flight": 0, "dead_lettered": 0, "live_workers": 1}))
 }
@@ -150,7 +168,7 @@ async fn stats() -> Json<Value> {
 async fn spawn_stub(stub: Arc<Stub>) -> String {
     let app = Router::new()
         .route("/tasks", post(create_task))
-        .route("/tasks/{id}", get(read_task))
+        .route("/tasks/{id}", get(read_task).delete(cancel_task))
         .route("/stats", get(stats))
         .with_state(stub);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -169,7 +187,67 @@ fn load(host: &str, rate_per_s: u32, seconds: u64, run_id: &str) -> SubmitLoad {
         users: 10,
         request_timeout: Duration::from_millis(500),
         run_id: run_id.to_string(),
+        follow_ups: Default::default(),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_submits_are_followed_by_cancels_and_reads_as_their_shares_say() {
+    let _one_load = ONE_LOAD_AT_A_TIME.lock().await;
+    let stub = Arc::new(Stub::default());
+    let host = spawn_stub(Arc::clone(&stub)).await;
+    let mut load = load(&host, 100, 2, "follow");
+    load.follow_ups = FollowUps {
+        cancel: 0.3,
+        read: 0.3,
+    };
+    let records = run_load(load).await.expect("the load runs");
+
+    let created: HashSet<&str> = records
+        .submits
+        .iter()
+        .filter_map(|r| r.outcome.task_id())
+        .collect();
+    let cancels: Vec<&FollowUpRecord> = records
+        .follow_ups
+        .iter()
+        .filter(|f| f.kind == FollowUpKind::Cancel)
+        .collect();
+    let reads = records.follow_ups.len() - cancels.len();
+    // about 30 % each of the acknowledged submits (a binomial draw: wide bounds)
+    for (what, n) in [("cancels", cancels.len()), ("reads", reads)] {
+        assert!(
+            n * 10 >= created.len() && n * 2 <= created.len(),
+            "{n} {what} for {} acknowledged submits",
+            created.len()
+        );
+    }
+    for follow_up in &records.follow_ups {
+        assert!(
+            created.contains(follow_up.task_id.as_str()),
+            "{follow_up:?}"
+        );
+        assert!(follow_up.started_unix_ms > 0 && follow_up.latency_ms >= 0.0);
+    }
+    let statuses: HashSet<Option<u16>> = cancels.iter().map(|c| c.status).collect();
+    assert_eq!(
+        statuses,
+        HashSet::from([Some(200), Some(409)]),
+        "{cancels:?}"
+    );
+    let mut sent: Vec<String> = cancels.iter().map(|c| c.task_id.clone()).collect();
+    let mut seen = stub.cancelled.lock().expect("stub lock").clone();
+    sent.sort();
+    seen.sort();
+    assert_eq!(sent, seen, "every cancel the server saw is recorded");
+    assert!(
+        records
+            .follow_ups
+            .iter()
+            .filter(|f| f.kind == FollowUpKind::Read)
+            .all(|r| r.status == Some(200)),
+        "reads of tasks the stub created find them"
+    );
 }
 
 fn keys(records: &[SubmitRecord]) -> Vec<&str> {

@@ -24,7 +24,7 @@ use anyhow::{Context, bail};
 
 use crate::{
     executions::Execution,
-    scenario::{Action, Persistence, RuntimeKind, Target},
+    scenario::{Action, Persistence, RuntimeKind, ServiceTiming, Target},
 };
 
 /// Env var forcing the runtime (`docker` or `process`).
@@ -58,6 +58,12 @@ pub struct ClusterSpec {
     pub key_prefix: String,
     /// `RUST_LOG` of the services.
     pub rust_log: String,
+    /// Heartbeats, liveness, leases, Redis timeouts and retry backoff of the services.
+    pub timing: ServiceTiming,
+    /// `WORKER_FAIL_RATE`: share of executions failing transiently.
+    pub fail_rate: f64,
+    /// `WORKER_PERMANENT_FAIL_RATE`: share of executions failing for good.
+    pub permanent_fail_rate: f64,
     /// Redis `requirepass`: every run's Redis requires a password, fresh per run, so the
     /// services are always exercised with credentials in `REDIS_URL`. Never printed.
     pub redis_password: String,
@@ -74,6 +80,9 @@ impl std::fmt::Debug for ClusterSpec {
             .field("work", &self.work)
             .field("key_prefix", &self.key_prefix)
             .field("rust_log", &self.rust_log)
+            .field("timing", &self.timing)
+            .field("fail_rate", &self.fail_rate)
+            .field("permanent_fail_rate", &self.permanent_fail_rate)
             .field("redis_password", &"***")
             .finish()
     }
@@ -91,6 +100,9 @@ impl ClusterSpec {
             worker_concurrency: 4,
             work: Duration::from_millis(20),
             rust_log: "info".to_string(),
+            timing: ServiceTiming::default(),
+            fail_rate: 0.0,
+            permanent_fail_rate: 0.0,
             redis_password: format!("{:032x}", rand::random::<u128>()),
         }
     }
@@ -100,18 +112,42 @@ impl ClusterSpec {
         format!("redis://:{}@{host}:{port}", self.redis_password)
     }
 
-    /// Environment shared by orchestrator and workers (Redis address excluded).
+    /// Environment of the orchestrator, and the part of a worker's it shares (Redis address
+    /// excluded).
     fn common_env(&self) -> Vec<(String, String)> {
         vec![
             ("KEY_PREFIX".into(), self.key_prefix.clone()),
             ("LOG_FORMAT".into(), "json".into()),
             ("RUST_LOG".into(), self.rust_log.clone()),
+            ("WORKER_DEAD_AFTER".into(), duration(self.timing.dead_after)),
+            (
+                "REDIS_TIMEOUT".into(),
+                duration(self.timing.orchestrator_redis_timeout),
+            ),
         ]
     }
 
     /// Environment of a worker (Redis address and metrics address excluded).
     fn worker_env(&self) -> Vec<(String, String)> {
         let mut env = self.common_env();
+        // the worker's own Redis timeout replaces the orchestrator's
+        env.retain(|(name, _)| name != "REDIS_TIMEOUT");
+        let timing = &self.timing;
+        env.extend([
+            (
+                "REDIS_TIMEOUT".into(),
+                duration(timing.worker_redis_timeout),
+            ),
+            ("WORKER_HEARTBEAT".into(), duration(timing.heartbeat)),
+            ("WORKER_LEASE".into(), duration(timing.lease)),
+            ("RETRY_BASE".into(), duration(timing.retry_base)),
+            ("RETRY_MAX".into(), duration(timing.retry_max)),
+            ("WORKER_FAIL_RATE".into(), self.fail_rate.to_string()),
+            (
+                "WORKER_PERMANENT_FAIL_RATE".into(),
+                self.permanent_fail_rate.to_string(),
+            ),
+        ]);
         env.extend([
             (
                 "WORKER_CONCURRENCY".into(),
@@ -128,6 +164,11 @@ impl ClusterSpec {
         ]);
         env
     }
+}
+
+/// A duration as the services parse it (humantime).
+fn duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
 }
 
 /// A run id: `{label}-{8 hex digits}`, safe in container, network and volume names.
@@ -729,6 +770,11 @@ mod tests {
             ClusterSpec::new("t", 1).worker_env().into_iter().collect();
         assert_eq!(env["WORKER_WORK"], "20ms");
         assert_eq!(env["SHUTDOWN_GRACE"], "6s", "three quarters of STOP_GRACE");
+        assert_eq!(env["WORKER_DEAD_AFTER"], "3s");
+        assert_eq!(
+            env["REDIS_TIMEOUT"], "2s",
+            "the worker's own, not the orchestrator's"
+        );
         assert!(
             env.keys().all(|name| !name.ends_with("_MS")),
             "deprecated names: {env:?}"

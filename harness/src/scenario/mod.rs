@@ -20,7 +20,7 @@ pub mod parse;
 pub mod plan;
 
 pub use parse::{ScenarioError, parse_duration};
-pub use plan::{Plan, PlannedStep, StepOrigin};
+pub use plan::{Plan, PlannedStep, ServiceTiming, StepOrigin};
 
 /// Most worker replicas a scenario may ask for (the machine has two cores).
 pub const MAX_WORKERS: u32 = 16;
@@ -57,8 +57,12 @@ pub struct ClusterSettings {
     pub runtime: Option<RuntimeKind>,
     /// `WORKER_CONCURRENCY` of each worker.
     pub worker_concurrency: u32,
-    /// `WORKER_WORK_MS`: simulated work per task.
+    /// `WORKER_WORK`: simulated work per task.
     pub work: Duration,
+    /// `WORKER_FAIL_RATE`: share of executions that fail transiently (retried with backoff).
+    pub fail_rate: f64,
+    /// `WORKER_PERMANENT_FAIL_RATE`: share of executions that fail for good (dead-lettered).
+    pub permanent_fail_rate: f64,
 }
 
 /// Redis durability setting (`redis_persistence`).
@@ -142,6 +146,10 @@ pub struct LoadSettings {
     pub users: usize,
     /// A submit not answered within this is `info` (indeterminate).
     pub request_timeout: Duration,
+    /// Share of acknowledged tasks the load cancels right after (`DELETE /tasks/{id}`).
+    pub cancel_share: f64,
+    /// Share of acknowledged tasks the load reads back right after (`GET /tasks/{id}`).
+    pub read_share: f64,
 }
 
 /// What a step does.
@@ -337,6 +345,11 @@ pub struct Expectations {
     /// At least this many distinct workers must have executed a task (proves a scale-up or a
     /// restart brought new workers in); `None`: not checked.
     pub min_workers: Option<u64>,
+    /// At most this many tasks may start while a more urgent one, acknowledged before they
+    /// were submitted, still waited for its first start; `None`: not checked.
+    pub max_priority_inversions: Option<u64>,
+    /// At most this many reads of an acknowledged task may answer 404.
+    pub unreadable: u64,
 }
 
 impl Scenario {

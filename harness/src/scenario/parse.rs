@@ -68,6 +68,10 @@ struct RawCluster {
     worker_concurrency: Spanned<u32>,
     #[serde(default = "default_work", deserialize_with = "de_duration")]
     work: Duration,
+    #[serde(default = "no_share")]
+    fail_rate: Spanned<f64>,
+    #[serde(default = "no_share")]
+    permanent_fail_rate: Spanned<f64>,
 }
 
 impl Default for RawCluster {
@@ -78,8 +82,14 @@ impl Default for RawCluster {
             runtime: None,
             worker_concurrency: default_worker_concurrency(),
             work: default_work(),
+            fail_rate: no_share(),
+            permanent_fail_rate: no_share(),
         }
     }
+}
+
+fn no_share() -> Spanned<f64> {
+    Spanned::new(0..0, 0.0)
 }
 
 fn default_workers() -> Spanned<u32> {
@@ -105,6 +115,10 @@ struct RawLoad {
     users: usize,
     #[serde(default = "default_request_timeout", deserialize_with = "de_duration")]
     request_timeout: Duration,
+    #[serde(default = "no_share")]
+    cancel_share: Spanned<f64>,
+    #[serde(default = "no_share")]
+    read_share: Spanned<f64>,
 }
 
 fn default_users() -> usize {
@@ -172,6 +186,9 @@ struct RawExpect {
     min_carried_over: Option<u64>,
     min_unavailable: Option<u64>,
     min_workers: Option<u64>,
+    max_priority_inversions: Option<u64>,
+    #[serde(default)]
+    unreadable: u64,
 }
 
 impl Default for RawExpect {
@@ -190,6 +207,8 @@ impl Default for RawExpect {
             min_carried_over: None,
             min_unavailable: None,
             min_workers: None,
+            max_priority_inversions: None,
+            unreadable: 0,
         }
     }
 }
@@ -197,7 +216,12 @@ impl Default for RawExpect {
 impl Default for Expectations {
     /// What a scenario without an `[expect]` section expects: no anomaly at all.
     fn default() -> Self {
-        let raw = RawExpect::default();
+        RawExpect::default().into()
+    }
+}
+
+impl From<RawExpect> for Expectations {
+    fn from(raw: RawExpect) -> Self {
         Expectations {
             lost: raw.lost,
             stuck: raw.stuck,
@@ -212,6 +236,8 @@ impl Default for Expectations {
             min_carried_over: raw.min_carried_over,
             min_unavailable: raw.min_unavailable,
             min_workers: raw.min_workers,
+            max_priority_inversions: raw.max_priority_inversions,
+            unreadable: raw.unreadable,
         }
     }
 }
@@ -328,6 +354,47 @@ impl Scenario {
             ));
         }
 
+        let mut shares = [0.0; 4];
+        for (slot, (name, share)) in shares.iter_mut().zip([
+            ("cluster.fail_rate", &raw.cluster.fail_rate),
+            (
+                "cluster.permanent_fail_rate",
+                &raw.cluster.permanent_fail_rate,
+            ),
+            ("load.cancel_share", &raw.load.cancel_share),
+            ("load.read_share", &raw.load.read_share),
+        ]) {
+            let value = *share.get_ref();
+            if !(0.0..=1.0).contains(&value) {
+                return Err(invalid(
+                    share.span().start,
+                    name,
+                    format!("must be a share from 0.0 to 1.0, got {value}"),
+                ));
+            }
+            *slot = value;
+        }
+        if shares[2] + shares[3] > 1.0 {
+            return Err(invalid(
+                raw.load.read_share.span().start,
+                "load.read_share",
+                format!(
+                    "cancel_share + read_share must be at most 1.0, got {}",
+                    shares[2] + shares[3]
+                ),
+            ));
+        }
+        if shares[0] + shares[1] > 1.0 {
+            return Err(invalid(
+                raw.cluster.permanent_fail_rate.span().start,
+                "cluster.permanent_fail_rate",
+                format!(
+                    "fail_rate + permanent_fail_rate must be at most 1.0, got {}",
+                    shares[0] + shares[1]
+                ),
+            ));
+        }
+
         let mut steps = Vec::with_capacity(raw.step.len());
         for (index, spanned) in raw.step.iter().enumerate() {
             let offset = spanned.span().start;
@@ -432,30 +499,20 @@ impl Scenario {
                 runtime: raw.cluster.runtime,
                 worker_concurrency: concurrency,
                 work: raw.cluster.work,
+                fail_rate: shares[0],
+                permanent_fail_rate: shares[1],
             },
             load: LoadSettings {
                 rate: *raw.load.rate.get_ref(),
                 duration: *raw.load.duration.get_ref(),
                 users: raw.load.users.max(1),
                 request_timeout: raw.load.request_timeout,
+                cancel_share: shares[2],
+                read_share: shares[3],
             },
             steps,
             chaos,
-            expect: Expectations {
-                lost: raw.expect.lost,
-                stuck: raw.expect.stuck,
-                wrong_status: raw.expect.wrong_status,
-                unplanned_exits: raw.expect.unplanned_exits,
-                unexpected: raw.expect.unexpected,
-                max_duplicated: raw.expect.max_duplicated,
-                drain_within: raw.expect.drain_within,
-                recovery_within: raw.expect.recovery_within,
-                min_acknowledged: raw.expect.min_acknowledged,
-                min_reclaimed: raw.expect.min_reclaimed,
-                min_carried_over: raw.expect.min_carried_over,
-                min_unavailable: raw.expect.min_unavailable,
-                min_workers: raw.expect.min_workers,
-            },
+            expect: raw.expect.into(),
         })
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Action, ChaosSettings, Scenario, Target};
+use super::{Action, ChaosSettings, Expectations, Scenario, Target};
 
 impl Scenario {
     /// The concrete steps of one run: file steps plus chaos faults, all offsets multiplied by
@@ -42,6 +42,7 @@ impl Scenario {
             load_duration,
             seed,
             time_scale,
+            timing: ServiceTiming::scaled(time_scale),
         }
     }
 }
@@ -57,6 +58,164 @@ pub struct Plan {
     pub seed: Option<u64>,
     /// Factor applied to every offset and to the load duration.
     pub time_scale: f64,
+    /// The services' timeouts, scaled with the faults.
+    pub timing: ServiceTiming,
+}
+
+impl Plan {
+    /// Every fault of the plan with how long it lasts: until the step that heals it on the same
+    /// target, or to the end of the load.
+    pub fn fault_spans(&self) -> Vec<(&PlannedStep, Duration)> {
+        self.steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, step)| {
+                let healing = step.action.healing_action()?;
+                let healed_at = self.steps[i + 1..]
+                    .iter()
+                    .find(|later| {
+                        later.target == step.target
+                            && (later.action == healing || later.action == Action::Restart)
+                    })
+                    .map_or(self.load_duration, |later| later.at);
+                Some((step, healed_at.saturating_sub(step.at)))
+            })
+            .collect()
+    }
+
+    /// Refuses a plan whose faults are too short for the effect the expectations require:
+    /// `min_reclaimed` needs a worker killed, or one stopped, paused or disconnected for longer
+    /// than its peers take to declare it dead ([`ServiceTiming::takeover_after`]);
+    /// `min_unavailable` needs Redis or the orchestrator killed, or stopped, paused or
+    /// disconnected for longer than the orchestrator's Redis timeout. The message names the
+    /// fault, its length at this time scale and the timeout.
+    pub fn refuse_ineffective_faults(&self, expect: &Expectations) -> Result<(), String> {
+        /// An effect an expectation requires: faults on these targets must outlast `needed`.
+        struct Need {
+            expectation: &'static str,
+            on: fn(Target) -> bool,
+            needed: Duration,
+            what: &'static str,
+        }
+        let spans = self.fault_spans();
+        let longest = |on: fn(Target) -> bool| {
+            spans
+                .iter()
+                .filter(|(step, _)| on(step.target))
+                .max_by_key(|(step, span)| (step.action == Action::Kill, *span))
+                .map(|(step, span)| (*step, *span))
+        };
+        let mut checks = Vec::new();
+        if expect.min_reclaimed.is_some() {
+            checks.push(Need {
+                expectation: "min_reclaimed",
+                on: |t| matches!(t, Target::Worker(_) | Target::AllWorkers),
+                needed: self.timing.takeover_after(),
+                what: "WORKER_DEAD_AFTER + WORKER_HEARTBEAT",
+            });
+        }
+        if expect.min_unavailable.is_some() {
+            checks.push(Need {
+                expectation: "min_unavailable",
+                on: |t| matches!(t, Target::Redis | Target::Orchestrator),
+                needed: self.timing.orchestrator_redis_timeout,
+                what: "the orchestrator's REDIS_TIMEOUT",
+            });
+        }
+        for Need {
+            expectation,
+            on,
+            needed,
+            what,
+        } in checks
+        {
+            match longest(on) {
+                // A killed service is gone at once, whatever its span.
+                Some((step, _)) if step.action == Action::Kill => {}
+                Some((_, span)) if span > needed => {}
+                Some((step, span)) => {
+                    return Err(format!(
+                        "{expectation} needs a fault longer than {what} ({}) at time scale {}, \
+                         but the longest one, {} {} at {}, lasts {}; use a larger --time-scale",
+                        humantime::format_duration(needed),
+                        self.time_scale,
+                        step.action,
+                        step.target,
+                        humantime::format_duration(step.at),
+                        humantime::format_duration(span),
+                    ));
+                }
+                // No such fault (a restart, or faults removed): nothing to refuse; the
+                // expectation itself fails if nothing else has the effect.
+                None => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The services' timing settings. [`ServiceTiming::default`] is the services' own defaults;
+/// [`ServiceTiming::scaled`] shrinks or stretches them with a run's time scale, so a fault
+/// scaled down still outlasts the timeouts it is meant to exceed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServiceTiming {
+    /// `WORKER_HEARTBEAT`.
+    pub heartbeat: Duration,
+    /// `WORKER_DEAD_AFTER` (workers and orchestrator).
+    pub dead_after: Duration,
+    /// `WORKER_LEASE`.
+    pub lease: Duration,
+    /// The worker's `REDIS_TIMEOUT`.
+    pub worker_redis_timeout: Duration,
+    /// The orchestrator's `REDIS_TIMEOUT`: a Redis fault shorter than this causes no 503.
+    pub orchestrator_redis_timeout: Duration,
+    /// `RETRY_BASE`.
+    pub retry_base: Duration,
+    /// `RETRY_MAX`.
+    pub retry_max: Duration,
+}
+
+impl Default for ServiceTiming {
+    fn default() -> Self {
+        let ms = Duration::from_millis;
+        Self {
+            heartbeat: ms(1_000),
+            dead_after: ms(3_000),
+            lease: ms(30_000),
+            worker_redis_timeout: ms(2_000),
+            orchestrator_redis_timeout: ms(1_000),
+            retry_base: ms(500),
+            retry_max: ms(60_000),
+        }
+    }
+}
+
+impl ServiceTiming {
+    /// The defaults times `time_scale`, each kept above a floor under which a loaded machine
+    /// (2 cores shared by Redis, the services and the load) would see false alarms: a heartbeat
+    /// of at least 200 ms, dead after at least 1 s and 3 heartbeats, Redis timeouts of at least
+    /// 500 ms.
+    pub fn scaled(time_scale: f64) -> Self {
+        let base = Self::default();
+        let scale = |d: Duration, floor: Duration| d.mul_f64(time_scale).max(floor);
+        let ms = Duration::from_millis;
+        let heartbeat = scale(base.heartbeat, ms(200));
+        Self {
+            heartbeat,
+            dead_after: scale(base.dead_after, ms(1_000).max(heartbeat * 3)),
+            lease: scale(base.lease, ms(2_000)),
+            worker_redis_timeout: scale(base.worker_redis_timeout, ms(500)),
+            orchestrator_redis_timeout: scale(base.orchestrator_redis_timeout, ms(500)),
+            retry_base: scale(base.retry_base, ms(50)),
+            retry_max: scale(base.retry_max, ms(1_000)),
+        }
+    }
+
+    /// How long a worker must be silent before a peer takes its tasks over: dead after, plus
+    /// up to one heartbeat until a peer's next look.
+    pub fn takeover_after(&self) -> Duration {
+        self.dead_after + self.heartbeat
+    }
 }
 
 /// One step of a [`Plan`].
@@ -161,6 +320,99 @@ duration = "10s"
 
     fn parse(text: &str) -> Result<Scenario, crate::scenario::ScenarioError> {
         Scenario::parse(text, "scenarios/t.toml")
+    }
+
+    #[test]
+    fn timing_scales_with_the_time_scale_above_its_floors() {
+        let ms = Duration::from_millis;
+        assert_eq!(ServiceTiming::scaled(1.0), ServiceTiming::default());
+        let quarter = ServiceTiming::scaled(0.25);
+        assert_eq!(quarter.heartbeat, ms(250));
+        assert_eq!(
+            quarter.dead_after,
+            ms(1_000),
+            "floored: 750 ms would be too tight"
+        );
+        assert_eq!(quarter.lease, ms(7_500));
+        assert_eq!(quarter.orchestrator_redis_timeout, ms(500), "floored");
+        assert_eq!(quarter.worker_redis_timeout, ms(500));
+        assert_eq!(quarter.takeover_after(), ms(1_250));
+        let tiny = ServiceTiming::scaled(0.01);
+        assert_eq!(tiny.heartbeat, ms(200));
+        assert!(tiny.dead_after >= tiny.heartbeat * 3);
+        assert_eq!(ServiceTiming::scaled(2.0).dead_after, ms(6_000));
+    }
+
+    #[test]
+    fn a_fault_too_short_for_its_expected_effect_is_refused_naming_both() {
+        let partition = |at_ms: u64, heal_ms: u64, expect: &str| {
+            format!(
+                "{MINIMAL}\n[[step]]\nat = \"{at_ms}ms\"\naction = \"disconnect\"\ntarget = \"worker.1\"\n\
+                 [[step]]\nat = \"{heal_ms}ms\"\naction = \"connect\"\ntarget = \"worker.1\"\n\
+                 [expect]\n{expect}\n"
+            )
+        };
+        // 10 s at 0.25 is 2.5 s, over the 1.25 s a takeover needs then
+        let long = parse(&partition(6_000, 16_000, "min_reclaimed = 1")).unwrap();
+        assert_eq!(
+            long.plan(None, 0.25)
+                .refuse_ineffective_faults(&long.expect),
+            Ok(())
+        );
+        // 4 s at 0.25 is 1 s: too short
+        let short = parse(&partition(6_000, 10_000, "min_reclaimed = 1")).unwrap();
+        let refused = short
+            .plan(None, 0.25)
+            .refuse_ineffective_faults(&short.expect)
+            .unwrap_err();
+        for needle in [
+            "min_reclaimed",
+            "WORKER_DEAD_AFTER + WORKER_HEARTBEAT (1s 250ms)",
+            "disconnect worker.1",
+            "lasts 1s",
+            "time scale 0.25",
+        ] {
+            assert!(refused.contains(needle), "{needle:?} in {refused}");
+        }
+        // the same fault without that expectation: nothing to refuse
+        let unexpected = parse(&partition(6_000, 10_000, "lost = 0")).unwrap();
+        assert_eq!(
+            unexpected
+                .plan(None, 0.25)
+                .refuse_ineffective_faults(&unexpected.expect),
+            Ok(())
+        );
+        // a kill takes effect at once, whatever its span
+        let kill = parse(&format!(
+            "{MINIMAL}\n[[step]]\nat = \"6s\"\naction = \"kill\"\ntarget = \"redis\"\n\
+             [[step]]\nat = \"6100ms\"\naction = \"start\"\ntarget = \"redis\"\n\
+             [expect]\nmin_unavailable = 1\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            kill.plan(None, 0.25)
+                .refuse_ineffective_faults(&kill.expect),
+            Ok(())
+        );
+        // a Redis pause shorter than the orchestrator's Redis timeout causes no 503
+        let pause = parse(&format!(
+            "{MINIMAL}\n[[step]]\nat = \"6s\"\naction = \"pause\"\ntarget = \"redis\"\n\
+             [[step]]\nat = \"7s\"\naction = \"unpause\"\ntarget = \"redis\"\n\
+             [expect]\nmin_unavailable = 1\n"
+        ))
+        .unwrap();
+        let refused = pause
+            .plan(None, 0.25)
+            .refuse_ineffective_faults(&pause.expect)
+            .unwrap_err();
+        assert!(refused.contains("REDIS_TIMEOUT (500ms)"), "{refused}");
+        assert!(
+            pause
+                .plan(None, 1.0)
+                .refuse_ineffective_faults(&pause.expect)
+                .is_err(),
+            "at full scale the 1 s pause only equals the 1 s timeout"
+        );
     }
 
     #[test]
