@@ -16,6 +16,8 @@
 //!   `harness check` alike).
 //! - [`plot`]: the run's timelines as inline SVG in an HTML page beside the report.
 //! - [`runner`]: runs one scenario end to end and produces a [`report::Report`].
+//! - [`progress`]: the live line per running scenario on a terminal (indicatif), plain phase
+//!   lines elsewhere, and the log writer that keeps the two apart.
 //! - [`report`]: the JSON report (documented in `docs/scenarios.md`) and the human summary.
 //! - [`cleanup`]: labels, leftover sweep and the Ctrl-C handler, so nothing outlives a run.
 //! - `src/main.rs`: the `harness` command line (`run`, `list`, `up`, `sweep`).
@@ -31,6 +33,7 @@ pub mod history;
 pub mod judge;
 pub mod load;
 pub mod plot;
+pub mod progress;
 pub mod report;
 pub mod runner;
 pub mod scenario;

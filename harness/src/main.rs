@@ -1,13 +1,16 @@
 //! `harness`: run fault scenarios against the Agent System services.
 //!
 //! ```text
-//! harness run scenarios/kill-redis.toml [--runtime docker|process] [--report r.json] [--seed N] [--time-scale F]
+//! harness run scenarios/kill-redis.toml [--runtime docker|process] [--report r.json] [--seed N] [--time-scale F] [--no-progress]
 //! harness run kill-redis worker-restart      # names resolve to scenarios/NAME.toml
 //! harness list                               # the shipped scenarios
 //! harness up [--workers 2]                   # a cluster to poke at; Ctrl-C removes it
 //! harness sweep                              # remove leftovers of crashed runs
 //! harness check run.history.jsonl [--scenario kill-redis] [--report r.json]   # judge a history again
 //! ```
+//!
+//! On a terminal `run` shows a live line per running scenario (phase, elapsed, counts); log
+//! lines go through [`harness::progress::LogWriter`] so they never cut through it.
 //!
 //! Exit status: 0 when every expectation of every scenario held, 1 when one failed, 2 on a usage
 //! or setup error, 130 after Ctrl-C (everything created is removed first).
@@ -92,6 +95,9 @@ struct RunArgs {
     /// Save every service's logs under DIR/<run id>/.
     #[arg(long)]
     logs_dir: Option<PathBuf>,
+    /// No live progress line on a terminal: a plain log line per phase, as when not a terminal.
+    #[arg(long)]
+    no_progress: bool,
 }
 
 #[derive(clap::Args)]
@@ -128,7 +134,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "harness=info,goose=error,warn".into()),
         )
-        .with_writer(std::io::stderr)
+        // stderr, hiding the progress bars (if any) while a line is written.
+        .with_writer(harness::progress::LogWriter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     harness::cleanup::install_interrupt_handler();
@@ -207,6 +214,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         logs_dir: args.logs_dir,
     };
+    harness::progress::enable_bars(!args.no_progress);
     let mut reports = Vec::new();
     for scenario in &scenarios {
         let report = harness::run_scenario(scenario, &options).await;

@@ -33,6 +33,7 @@ use crate::{
         self, FollowUpKind, FollowUpRecord, FollowUps, LoadRecords, SubmitLoad, SubmitOutcome,
         SubmitRecord,
     },
+    progress::{Phase, ScenarioProgress},
     report::{Report, StepReport, secs},
     scenario::{Plan, RuntimeKind, Scenario},
 };
@@ -100,6 +101,7 @@ fn unix_ms() -> u64 {
 /// Runs one scenario; never fails: a harness error becomes a failed report with `error` set.
 pub async fn run_scenario(scenario: &Scenario, options: &RunOptions) -> Report {
     let started = Instant::now();
+    let progress = ScenarioProgress::start(&scenario.name);
     let plan = scenario.plan(options.seed, options.time_scale);
     let mut report = Report {
         scenario: scenario.name.clone(),
@@ -109,11 +111,12 @@ pub async fn run_scenario(scenario: &Scenario, options: &RunOptions) -> Report {
         rate_per_s: scenario.load.rate,
         ..Report::default()
     };
-    if let Err(error) = run_into(scenario, &plan, options, &mut report).await {
+    if let Err(error) = run_into(scenario, &plan, options, &mut report, &progress).await {
         report.error = Some(format!("{error:#}"));
         report.passed = false;
     }
     report.wall_ms = started.elapsed().as_millis() as u64;
+    progress.finish(&report);
     report
 }
 
@@ -122,6 +125,7 @@ async fn run_into(
     plan: &Plan,
     options: &RunOptions,
     report: &mut Report,
+    progress: &ScenarioProgress,
 ) -> anyhow::Result<()> {
     let (runtime, why) = cluster::choose_runtime(options.runtime, scenario.cluster.runtime).await?;
     report.runtime = runtime.to_string();
@@ -135,7 +139,8 @@ async fn run_into(
     plan.refuse_ineffective_faults(&scenario.expect)
         .map_err(|why| anyhow::anyhow!("{}: {why}", scenario.name))?;
     if options.prepare == Prepare::Build {
-        prepare_runtime(runtime).await?;
+        // The build's cargo writes to stderr itself: keep the progress bar out of its way.
+        progress.hidden(prepare_runtime(runtime)).await?;
     }
 
     let mut spec = ClusterSpec::new(&scenario.name, scenario.cluster.workers);
@@ -166,7 +171,7 @@ async fn run_into(
 
     // The cluster is dropped (and removed) on every early return below; the normal path shuts
     // it down explicitly to report cleanup errors.
-    let outcome = drive(scenario, plan, &mut cluster, report).await;
+    let outcome = drive(scenario, plan, &mut cluster, report, progress).await;
     if let Some(dir) = &options.logs_dir
         && let Err(e) = save_logs(&cluster, &dir.join(&spec.run_id)).await
     {
@@ -183,6 +188,7 @@ async fn drive(
     plan: &Plan,
     cluster: &mut Cluster,
     report: &mut Report,
+    progress: &ScenarioProgress,
 ) -> anyhow::Result<()> {
     let request_timeout = scenario.load.request_timeout;
     let load = SubmitLoad {
@@ -196,6 +202,7 @@ async fn drive(
             cancel: scenario.load.cancel_share,
             read: scenario.load.read_share,
         },
+        progress: Some(progress.start_load()),
     };
     let run_id = load.run_id.clone();
     let spawned = Instant::now();
@@ -264,6 +271,7 @@ async fn drive(
     while !load_task.is_finished() {
         watch_until(cluster, Instant::now() + WATCH_PERIOD, &mut exits).await;
     }
+    progress.phase(Phase::Drain);
     let (records, load_ended) = load_task.await.context("the load task panicked")?;
     let LoadRecords {
         submits,
@@ -283,12 +291,21 @@ async fn drive(
         .filter(|f| f.kind == FollowUpKind::Cancel && f.status == Some(200))
         .map(|f| f.task_id.as_str())
         .collect();
-    let (_, executions) =
-        wait_for_drain(cluster, &submits, &resolved, &cancelled, drain_deadline).await?;
+    let (_, executions) = wait_for_drain(
+        cluster,
+        &submits,
+        &resolved,
+        &cancelled,
+        drain_deadline,
+        progress,
+    )
+    .await?;
     // Reconciliation: once the queue is quiet, the state of every task any submit may have
     // created is read back, so a task stuck in `running` or marked `dead` after a success shows.
+    progress.phase(Phase::Reconcile);
     wait_quiet(cluster, drain_deadline).await;
     let executions = cluster.executions().await.unwrap_or(executions);
+    progress.executions(&executions);
     let origin_unix = submits
         .iter()
         .map(|s| s.started_unix_ms)
@@ -628,6 +645,7 @@ async fn wait_for_drain(
     resolved: &HashMap<String, String>,
     cancelled: &HashSet<&str>,
     deadline: Instant,
+    progress: &ScenarioProgress,
 ) -> anyhow::Result<(Option<Instant>, Vec<Execution>)> {
     let mut must_finish: HashSet<&str> = submits
         .iter()
@@ -643,6 +661,7 @@ async fn wait_for_drain(
     );
     loop {
         let executions = cluster.executions().await?;
+        progress.executions(&executions);
         let finished: HashSet<&str> = executions
             .iter()
             .filter(|e| e.outcome.is_final())

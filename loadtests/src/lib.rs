@@ -4,7 +4,8 @@
 //!
 //! - [`scenarios`]: the goose scenarios `submit`, `submit_and_wait` and `read_mostly`.
 //! - [`submit`]: the one code path that sends `POST /tasks` (idempotency key, classification,
-//!   optional record of every attempt), shared by all scenarios and the harness.
+//!   optional record of every attempt, optional live counts in a [`LoadProgress`]), shared by
+//!   all scenarios and the harness.
 //! - [`outcome`]: ok / fail / info classification of a submit attempt and its record.
 //! - [`task_body`]: realistic, varied task descriptions and priorities.
 //! - [`follow_up`]: cancels and reads sent right after an acknowledged submit.
@@ -49,6 +50,7 @@
 //!     request_timeout: Duration::from_secs(2),
 //!     run_id: "kill-redis-1".into(),
 //!     follow_ups: Default::default(),
+//!     progress: None, // or Some(Arc<LoadProgress>) to watch the counts while it runs
 //! })
 //! .await?;
 //! let acknowledged = records.iter().filter(|r| r.outcome.task_id().is_some()).count();
@@ -66,4 +68,5 @@ pub mod task_body;
 
 pub use follow_up::{FollowUpKind, FollowUpRecord, FollowUps};
 pub use outcome::{SubmitOutcome, SubmitRecord};
+pub use submit::{LoadCounts, LoadProgress};
 pub use submit_load::{LoadRecords, SubmitLoad, run_load, run_submit_load};

@@ -3,10 +3,12 @@
 //! [`submit_task`] sends `POST /tasks` through goose (so goose's throttle, metrics and
 //! reports see it), with an `Idempotency-Key` of `{run_id}-{op}`, classifies the answer with
 //! [`classify_submit`] and, when its [`SubmitContext`] records, keeps a [`SubmitRecord`].
+//! A context may also carry a [`LoadProgress`]: live counts of the outcomes so far, lock-free,
+//! for a progress display while the load runs.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use goose::prelude::*;
@@ -21,6 +23,89 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
 /// What the outcome of an attempt is while its request is in flight; it stays so only if
 /// the request never finished (the run was torn down under it).
 const NO_ANSWER_YET: &str = "no answer recorded: the load stopped before the request finished";
+
+/// Live counts of a load's submits, updated as attempts end and readable at any time without a
+/// lock (a progress display polls [`Self::snapshot`] while goose runs).
+///
+/// An attempt counts once, with its final outcome: the provisional `info` journaled before the
+/// request is sent is not counted, and an attempt the throttle never let out is taken back.
+#[derive(Debug, Default)]
+pub struct LoadProgress {
+    attempted: AtomicU64,
+    acknowledged: AtomicU64,
+    failed: AtomicU64,
+    indeterminate: AtomicU64,
+}
+
+/// The counts of a [`LoadProgress`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadCounts {
+    /// Submits sent so far, answered or still in flight.
+    pub attempted: u64,
+    /// Answered with a task id (`ok`).
+    pub acknowledged: u64,
+    /// Refused (`fail`: an answer that says no task was created).
+    pub failed: u64,
+    /// Without a clear answer (`info`: timeout, transport error, unreadable body).
+    pub indeterminate: u64,
+}
+
+impl LoadCounts {
+    /// Attempts that ended without an acknowledgement: `fail` and `info`.
+    pub fn errors(&self) -> u64 {
+        self.failed + self.indeterminate
+    }
+
+    /// Attempts sent whose outcome is not known yet.
+    pub fn in_flight(&self) -> u64 {
+        self.attempted
+            .saturating_sub(self.acknowledged + self.failed + self.indeterminate)
+    }
+}
+
+impl LoadProgress {
+    /// Counters at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The counts now. Each counter is read on its own (relaxed), so a snapshot taken while
+    /// attempts end may be off by the attempts ending meanwhile.
+    pub fn snapshot(&self) -> LoadCounts {
+        LoadCounts {
+            attempted: self.attempted.load(Ordering::Relaxed),
+            acknowledged: self.acknowledged.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            indeterminate: self.indeterminate.load(Ordering::Relaxed),
+        }
+    }
+
+    fn sent(&self) {
+        self.attempted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn never_sent(&self) {
+        // Only after `sent`: the counter cannot underflow.
+        self.attempted.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn ended(&self, outcome: &SubmitOutcome) {
+        let counter = match outcome {
+            SubmitOutcome::Ok { .. } => &self.acknowledged,
+            SubmitOutcome::Fail { .. } => &self.failed,
+            SubmitOutcome::Info { .. } => &self.indeterminate,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Two progress counters are equal when their counts are (so that a
+/// [`SubmitLoad`](crate::SubmitLoad) holding one can still be compared).
+impl PartialEq for LoadProgress {
+    fn eq(&self, other: &Self) -> bool {
+        self.snapshot() == other.snapshot()
+    }
+}
 
 /// State shared by all goose users of one run: the run id, the attempt counter and,
 /// optionally, the journal of attempts.
@@ -38,6 +123,8 @@ pub struct SubmitContext {
     follow_ups: FollowUps,
     /// The follow-ups sent, when the run records.
     follow_up_journal: Option<Mutex<Vec<FollowUpRecord>>>,
+    /// Live counts of the submits' outcomes, when someone watches.
+    progress: Option<Arc<LoadProgress>>,
 }
 
 impl SubmitContext {
@@ -49,6 +136,7 @@ impl SubmitContext {
             journal: Some(Mutex::new(BTreeMap::new())),
             follow_ups: FollowUps::default(),
             follow_up_journal: Some(Mutex::new(Vec::new())),
+            progress: None,
         }
     }
 
@@ -56,6 +144,12 @@ impl SubmitContext {
     /// says.
     pub fn with_follow_ups(mut self, follow_ups: FollowUps) -> Self {
         self.follow_ups = follow_ups;
+        self
+    }
+
+    /// The same context, counting every submit's final outcome in `progress` as it ends.
+    pub fn with_progress(mut self, progress: Arc<LoadProgress>) -> Self {
+        self.progress = Some(progress);
         self
     }
 
@@ -92,6 +186,7 @@ impl SubmitContext {
             journal: None,
             follow_ups: FollowUps::default(),
             follow_up_journal: None,
+            progress: None,
         }
     }
 
@@ -108,6 +203,13 @@ impl SubmitContext {
                 std::mem::take(&mut *journal).into_values().collect()
             }
             None => Vec::new(),
+        }
+    }
+
+    /// Calls `f` on the progress counters, if any.
+    fn count(&self, f: impl FnOnce(&LoadProgress)) {
+        if let Some(progress) = &self.progress {
+            f(progress);
         }
     }
 
@@ -175,6 +277,7 @@ pub async fn submit_task(
             message: NO_ANSWER_YET.to_string(),
         },
     });
+    context.count(LoadProgress::sent);
 
     let mut goose = match user.request(request).await {
         Ok(goose) => goose,
@@ -182,16 +285,19 @@ pub async fn submit_task(
             if matches!(*error, TransactionError::RequestCanceled { .. }) {
                 // The throttle closed as the run ended: the request was never sent.
                 context.forget(op);
+                context.count(LoadProgress::never_sent);
             } else {
+                let outcome = SubmitOutcome::Info {
+                    message: format!("goose could not send the request: {error}"),
+                };
+                context.count(|progress| progress.ended(&outcome));
                 context.record(SubmitRecord {
                     op,
                     idempotency_key,
                     started_unix_ms: unix_ms(SystemTime::now()),
                     latency_ms: 0.0,
                     priority: task.priority,
-                    outcome: SubmitOutcome::Info {
-                        message: format!("goose could not send the request: {error}"),
-                    },
+                    outcome,
                 });
             }
             return Err(error);
@@ -224,6 +330,8 @@ pub async fn submit_task(
         .checked_sub(latency)
         .unwrap_or_else(Instant::now);
     let outcome = classify_submit(&answer);
+    // Counted here, with the final outcome, not in `record`, which also sees the provisional one.
+    context.count(|progress| progress.ended(&outcome));
 
     context.record(SubmitRecord {
         op,
@@ -311,6 +419,45 @@ mod tests {
         };
         context.record(answered.clone());
         assert_eq!(context.take_records(), vec![answered]);
+    }
+
+    #[test]
+    fn progress_counts_each_attempt_once_with_its_final_outcome() {
+        let progress = Arc::new(LoadProgress::new());
+        let context = SubmitContext::recording("run").with_progress(Arc::clone(&progress));
+        for _ in 0..4 {
+            context.count(LoadProgress::sent);
+        }
+        assert_eq!(progress.snapshot().in_flight(), 4);
+        context.count(|p| {
+            p.ended(&SubmitOutcome::Ok {
+                task_id: "t".into(),
+            })
+        });
+        context.count(|p| {
+            p.ended(&SubmitOutcome::Fail {
+                status: Some(503),
+                message: "busy".into(),
+            })
+        });
+        context.count(|p| {
+            p.ended(&SubmitOutcome::Info {
+                message: "timeout".into(),
+            })
+        });
+        context.count(LoadProgress::never_sent);
+        let counts = progress.snapshot();
+        assert_eq!(
+            counts,
+            LoadCounts {
+                attempted: 3,
+                acknowledged: 1,
+                failed: 1,
+                indeterminate: 1,
+            }
+        );
+        assert_eq!(counts.errors(), 2);
+        assert_eq!(counts.in_flight(), 0);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::follow_up::{FollowUpRecord, FollowUps};
 use crate::outcome::SubmitRecord;
 use crate::scenarios::{SUBMIT, submit_scenario};
-use crate::submit::SubmitContext;
+use crate::submit::{LoadProgress, SubmitContext};
 
 /// How much submit load to offer, to which host, for how long.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +46,10 @@ pub struct SubmitLoad {
     /// against `rate_per_s` like submits.
     #[serde(default)]
     pub follow_ups: FollowUps,
+    /// Live counts of the submits' outcomes, updated while the load runs (for a progress
+    /// display); `None` counts nothing. Not part of the serialized form.
+    #[serde(skip)]
+    pub progress: Option<Arc<LoadProgress>>,
 }
 
 /// Everything one load sent.
@@ -84,8 +88,12 @@ pub async fn run_load(load: SubmitLoad) -> anyhow::Result<LoadRecords> {
         .map_err(|why| anyhow::anyhow!("follow-ups: {why}"))?;
     let configuration = GooseConfiguration::parse_args_default(&args)
         .with_context(|| format!("goose refused the arguments {args:?}"))?;
-    let context =
-        Arc::new(SubmitContext::recording(load.run_id.clone()).with_follow_ups(load.follow_ups));
+    let mut context =
+        SubmitContext::recording(load.run_id.clone()).with_follow_ups(load.follow_ups);
+    if let Some(progress) = &load.progress {
+        context = context.with_progress(Arc::clone(progress));
+    }
+    let context = Arc::new(context);
     GooseAttack::initialize_with_config(configuration)
         .context("initialising goose")?
         .register_scenario(submit_scenario(&context))
@@ -152,6 +160,7 @@ mod tests {
             request_timeout: Duration::from_millis(1_500),
             run_id: "run".into(),
             follow_ups: FollowUps::default(),
+            progress: None,
         }
     }
 

@@ -20,8 +20,8 @@ use goose::config::GooseConfiguration;
 use loadtests::scenarios::register_scenarios;
 use loadtests::submit::SubmitContext;
 use loadtests::{
-    FollowUpKind, FollowUpRecord, FollowUps, SubmitLoad, SubmitOutcome, SubmitRecord, run_load,
-    run_submit_load,
+    FollowUpKind, FollowUpRecord, FollowUps, LoadCounts, LoadProgress, SubmitLoad, SubmitOutcome,
+    SubmitRecord, run_load, run_submit_load,
 };
 use serde_json::{Value, json};
 
@@ -188,6 +188,7 @@ fn load(host: &str, rate_per_s: u32, seconds: u64, run_id: &str) -> SubmitLoad {
         request_timeout: Duration::from_millis(500),
         run_id: run_id.to_string(),
         follow_ups: Default::default(),
+        progress: None,
     }
 }
 
@@ -263,9 +264,10 @@ async fn submit_load_records_every_attempt_with_the_outcome_the_server_gave() {
     });
     let host = spawn_stub(Arc::clone(&stub)).await;
 
-    let records = run_submit_load(load(&host, 50, 2, "faults"))
-        .await
-        .expect("the load runs");
+    let progress = Arc::new(LoadProgress::new());
+    let mut faults = load(&host, 50, 2, "faults");
+    faults.progress = Some(Arc::clone(&progress));
+    let records = run_submit_load(faults).await.expect("the load runs");
 
     // About 50/s for 2 s, give or take start-up and shutdown.
     assert!(
@@ -348,6 +350,23 @@ async fn submit_load_records_every_attempt_with_the_outcome_the_server_gave() {
             "expected at least one {kind} outcome, saw {seen:?}"
         );
     }
+
+    // The live counts end where the records do: each attempt counted once, by its final outcome.
+    let count = |kinds: &[&str]| -> u64 {
+        kinds
+            .iter()
+            .map(|kind| seen.get(kind).copied().unwrap_or(0) as u64)
+            .sum()
+    };
+    assert_eq!(
+        progress.snapshot(),
+        LoadCounts {
+            attempted: records.len() as u64,
+            acknowledged: count(&["ok"]),
+            failed: count(&["fail"]),
+            indeterminate: count(&["info 500", "info timeout"]),
+        }
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
