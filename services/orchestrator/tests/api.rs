@@ -811,6 +811,9 @@ mod redis_refusals {
             .query_async(conn)
             .await
             .expect("KEYS");
+        // the backpressure check's count is a cache with a short life, not state
+        let count = taskq::Keys::new("api-test").waiting_count();
+        keys.retain(|key| *key != count);
         keys.sort();
         let mut lengths = Vec::new();
         for stream in taskq::Keys::new("api-test").streams() {
@@ -1087,6 +1090,12 @@ mod backpressure {
         );
         let uri = format!("/tasks/{}", first.body["id"].as_str().expect("id"));
         assert_eq!(send(&router, delete(&uri)).await.status, StatusCode::OK);
+        // The check counts the streams again once its count is older than its period; until
+        // then it errs on the side of refusing.
+        tokio::time::sleep(Duration::from_millis(
+            taskq::queue::WAITING_COUNT_TTL_MS + 50,
+        ))
+        .await;
         assert_eq!(
             send(&router, post_json(r#"{"description":"room again"}"#))
                 .await

@@ -93,6 +93,13 @@ impl Keys {
     pub fn sweep_cursor(&self) -> String {
         format!("{}:sweep", self.prefix)
     }
+
+    /// The backpressure check's count of waiting tasks (a string, expiring after
+    /// [`crate::queue::WAITING_COUNT_TTL_MS`]): the sum of the streams' lengths when it was
+    /// taken, plus every enqueue since, so `MAX_QUEUED` costs ten `XLEN`s only once per period.
+    pub fn waiting_count(&self) -> String {
+        format!("{}:waiting", self.prefix)
+    }
 }
 
 /// Whose `Idempotency-Key`s: the same key sent by two callers names two tasks.
@@ -150,6 +157,7 @@ mod tests {
             keys.dead_letter(),
             keys.workers(),
             keys.sweep_cursor(),
+            keys.waiting_count(),
         ] {
             assert!(key.starts_with("run42:"), "{key} lacks the prefix");
         }

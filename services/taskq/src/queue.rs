@@ -167,6 +167,12 @@ pub struct QueueConfig {
 /// Default of [`QueueConfig::max_queued`].
 pub const DEFAULT_MAX_QUEUED: u64 = 1_000_000;
 
+/// How long the backpressure check trusts its count of waiting tasks ([`Keys::waiting_count`])
+/// before it sums the streams' lengths again. Enqueues in between add to the count; tasks that
+/// leave the streams meanwhile do not subtract, so a submit can be refused up to this long
+/// early, never accepted past the limit by other submits.
+pub const WAITING_COUNT_TTL_MS: u64 = 100;
+
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
@@ -597,7 +603,8 @@ impl Queue {
         invocation
             .key(keys.task(&task_id))
             .key(keys.stream(priority))
-            .key(self.streams.as_slice());
+            .key(self.streams.as_slice())
+            .key(keys.waiting_count());
         let digest = match idempotency_key {
             Some(key) => {
                 invocation.key(keys.idempotency(scope, key));
@@ -617,7 +624,8 @@ impl Queue {
             .arg(RECORD_VERSION)
             .arg(self.config.max_queued)
             .arg(digest)
-            .arg(timeout.map(TaskTimeout::as_millis).unwrap_or_default());
+            .arg(timeout.map(TaskTimeout::as_millis).unwrap_or_default())
+            .arg(WAITING_COUNT_TTL_MS);
         // {1, id, created_ms}, {0, existing id, 0}, {2, '', tasks waiting} or
         // {3, existing id, 0}: see enqueue.lua.
         let (outcome, id, number): (i64, String, i64) = invocation.invoke_async(conn).await?;
