@@ -276,7 +276,8 @@ fn priority_inversions<'a>(
     let mut tasks: Vec<Task> = events
         .iter()
         .filter_map(|e| match e {
-            Event::Submit(s) if s.outcome == OpOutcome::Ok => {
+            // a scheduled task waits for its time, not in the queue
+            Event::Submit(s) if s.outcome == OpOutcome::Ok && s.delay_ms.is_none() => {
                 let id = s.id.as_deref()?;
                 let started_ms = runs
                     .get(id)?
@@ -525,6 +526,7 @@ mod tests {
             id: id.map(str::to_owned),
             key: Some(key.to_owned()),
             priority: Some(5),
+            delay_ms: None,
         })
     }
 
@@ -575,6 +577,7 @@ mod tests {
             id: Some(id.to_owned()),
             key: Some(format!("k-{id}")),
             priority: Some(priority),
+            delay_ms: None,
         })
     }
 
@@ -659,6 +662,18 @@ mod tests {
             started("b", 500.0),
         ]);
         assert_eq!(after_healing.priority_inversions, 1, "{after_healing:?}");
+        // b was scheduled: it waited for its time, not in the queue
+        let mut scheduled = ok_at("b", 1, 0.0);
+        if let Event::Submit(s) = &mut scheduled {
+            s.delay_ms = Some(400);
+        }
+        let delayed = analyze(&[
+            scheduled,
+            ok_at("a", 5, 10.0),
+            started("a", 20.0),
+            started("b", 500.0),
+        ]);
+        assert_eq!(delayed.priority_inversions, 0, "{delayed:?}");
         // b's first attempt never logged (its worker died): its start is unknown, not late
         let unknown = analyze(&[
             ok_at("b", 1, 0.0),

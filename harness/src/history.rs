@@ -6,7 +6,7 @@
 //!
 //! | `type` | fields |
 //! |---|---|
-//! | `submit` | `t_ms`, `end_ms`, `outcome` (`ok` / `fail` / `info`), `status`, `id`, `key`, `priority` |
+//! | `submit` | `t_ms`, `end_ms`, `outcome` (`ok` / `fail` / `info`), `status`, `id`, `key`, `priority`, `delay_ms` (scheduled tasks only) |
 //! | `cancel` | `t_ms`, `end_ms`, `id`, `outcome`, `status` |
 //! | `read` | `t_ms`, `end_ms`, `id`, `outcome` (`ok`: 200, `fail`: 404, `info`: anything else), `status` |
 //! | `execution` | `t_ms` (start), `id`, `attempt`, `worker`, `outcome` (`succeeded` / `retrying` / `dead`) |
@@ -57,6 +57,9 @@ pub struct Submit {
     /// The priority asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
+    /// The `delay_ms` asked for: a scheduled task, not to start before then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
 }
 
 /// One `DELETE /tasks/{id}`.
@@ -288,6 +291,7 @@ mod tests {
                 id: Some("t1".into()),
                 key: Some("k1".into()),
                 priority: Some(3),
+                delay_ms: None,
             }),
             Event::Cancel(Cancel {
                 t_ms: 4.0,

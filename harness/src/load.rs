@@ -4,8 +4,8 @@
 //! Goose keeps process-wide state: run one load at a time per process.
 
 pub use loadtests::{
-    FollowUpKind, FollowUpRecord, FollowUps, LoadCounts, LoadProgress, LoadRecords, SubmitLoad,
-    SubmitOutcome, SubmitRecord,
+    Delays, FollowUpKind, FollowUpRecord, FollowUps, LoadCounts, LoadProgress, LoadRecords,
+    SubmitLoad, SubmitOutcome, SubmitRecord,
 };
 
 /// Offers `load` and returns every submit attempt (ok / fail / info), ordered by `op`, and the

@@ -351,6 +351,7 @@ mod tests {
                 id: Some(format!("t{i}")),
                 key: None,
                 priority: Some(5),
+                delay_ms: None,
             }));
             events.push(Event::Execution(Execution {
                 t_ms: t + 10.0,

@@ -30,8 +30,8 @@ use crate::{
         Read, Submit,
     },
     load::{
-        self, FollowUpKind, FollowUpRecord, FollowUps, LoadRecords, SubmitLoad, SubmitOutcome,
-        SubmitRecord,
+        self, Delays, FollowUpKind, FollowUpRecord, FollowUps, LoadRecords, SubmitLoad,
+        SubmitOutcome, SubmitRecord,
     },
     progress::{Phase, ScenarioProgress},
     report::{Report, StepReport, secs},
@@ -202,6 +202,10 @@ async fn drive(
             cancel: scenario.load.cancel_share,
             read: scenario.load.read_share,
         },
+        delays: Delays {
+            share: scenario.load.delay_share,
+            max_ms: scenario.load.max_delay.as_millis() as u64,
+        },
         progress: Some(progress.start_load()),
     };
     let run_id = load.run_id.clone();
@@ -369,6 +373,7 @@ fn submit_events(submits: &[SubmitRecord], origin_unix: u64) -> Vec<Event> {
                 id,
                 key: Some(s.idempotency_key.clone()),
                 priority: Some(s.priority),
+                delay_ms: s.delay_ms,
             })
         })
         .collect()

@@ -51,6 +51,37 @@ impl FollowUps {
     }
 }
 
+/// Scheduled tasks in the load: a share of submits carries a `delay_ms` drawn uniformly from
+/// 1 to `max_ms`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delays {
+    /// Share (0.0–1.0) of submits that are scheduled.
+    pub share: f64,
+    /// Longest delay, in milliseconds (at least 1 when `share` is above 0).
+    pub max_ms: u64,
+}
+
+impl Delays {
+    /// The share is within 0.0–1.0 and a positive share has a positive longest delay.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.share) {
+            return Err(format!(
+                "the delay share must be within 0.0–1.0, got {}",
+                self.share
+            ));
+        }
+        if self.share > 0.0 && self.max_ms == 0 {
+            return Err("delayed submits need a longest delay above 0 ms".into());
+        }
+        Ok(())
+    }
+
+    /// The `delay_ms` of one submit, given two draws in `[0, 1)`.
+    pub fn pick(&self, r: f64, within: f64) -> Option<u64> {
+        (r < self.share).then(|| 1 + ((self.max_ms.saturating_sub(1)) as f64 * within) as u64)
+    }
+}
+
 /// What a follow-up request does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -123,6 +154,35 @@ pub async fn send_follow_up(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delays_pick_a_share_of_submits_and_stay_within_the_longest() {
+        let delays = Delays {
+            share: 0.25,
+            max_ms: 2_000,
+        };
+        assert_eq!(delays.validate(), Ok(()));
+        assert_eq!(delays.pick(0.3, 0.5), None);
+        assert_eq!(delays.pick(0.1, 0.0), Some(1));
+        assert_eq!(delays.pick(0.1, 0.999_999), Some(1_999));
+        assert_eq!(Delays::default().pick(0.0, 0.5), None);
+        assert!(
+            Delays {
+                share: 0.1,
+                max_ms: 0
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Delays {
+                share: 1.5,
+                max_ms: 10
+            }
+            .validate()
+            .is_err()
+        );
+    }
 
     #[test]
     fn shares_pick_their_follow_up_and_are_validated() {

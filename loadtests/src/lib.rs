@@ -50,6 +50,7 @@
 //!     request_timeout: Duration::from_secs(2),
 //!     run_id: "kill-redis-1".into(),
 //!     follow_ups: Default::default(),
+//!     delays: Default::default(),
 //!     progress: None, // or Some(Arc<LoadProgress>) to watch the counts while it runs
 //! })
 //! .await?;
@@ -66,7 +67,7 @@ pub mod submit;
 pub mod submit_load;
 pub mod task_body;
 
-pub use follow_up::{FollowUpKind, FollowUpRecord, FollowUps};
+pub use follow_up::{Delays, FollowUpKind, FollowUpRecord, FollowUps};
 pub use outcome::{SubmitOutcome, SubmitRecord};
 pub use submit::{LoadCounts, LoadProgress};
 pub use submit_load::{LoadRecords, SubmitLoad, run_load, run_submit_load};

@@ -56,6 +56,9 @@ pub struct SubmitRecord {
     pub latency_ms: f64,
     /// The priority the task was submitted with.
     pub priority: u8,
+    /// Its `delay_ms`, when it was scheduled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
     /// What became of it.
     pub outcome: SubmitOutcome,
 }
@@ -355,6 +358,7 @@ mod tests {
             started_unix_ms: 1_700_000_000_000,
             latency_ms: 1.25,
             priority: 5,
+            delay_ms: None,
             outcome: SubmitOutcome::Fail {
                 status: Some(503),
                 message: "unavailable".into(),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use goose::prelude::*;
 
-use crate::follow_up::{FollowUpRecord, FollowUps};
+use crate::follow_up::{Delays, FollowUpRecord, FollowUps};
 use crate::outcome::{SubmitAnswer, SubmitOutcome, SubmitRecord, classify_submit, error_chain};
 use crate::task_body::random_task;
 
@@ -121,6 +121,8 @@ pub struct SubmitContext {
     journal: Option<Mutex<BTreeMap<u64, SubmitRecord>>>,
     /// What follows an acknowledged submit in the `submit` scenario (nothing by default).
     follow_ups: FollowUps,
+    /// Which submits are scheduled (none by default).
+    delays: Delays,
     /// The follow-ups sent, when the run records.
     follow_up_journal: Option<Mutex<Vec<FollowUpRecord>>>,
     /// Live counts of the submits' outcomes, when someone watches.
@@ -135,9 +137,16 @@ impl SubmitContext {
             next_op: AtomicU64::new(0),
             journal: Some(Mutex::new(BTreeMap::new())),
             follow_ups: FollowUps::default(),
+            delays: Delays::default(),
             follow_up_journal: Some(Mutex::new(Vec::new())),
             progress: None,
         }
+    }
+
+    /// The same context, scheduling a share of its submits as `delays` says.
+    pub fn with_delays(mut self, delays: Delays) -> Self {
+        self.delays = delays;
+        self
     }
 
     /// The same context, following acknowledged submits with cancels and reads as `follow_ups`
@@ -185,6 +194,7 @@ impl SubmitContext {
             next_op: AtomicU64::new(0),
             journal: None,
             follow_ups: FollowUps::default(),
+            delays: Delays::default(),
             follow_up_journal: None,
             progress: None,
         }
@@ -251,7 +261,10 @@ pub async fn submit_task(
     context: &SubmitContext,
 ) -> Result<Acknowledged, Box<TransactionError>> {
     // ThreadRng is not Send: draw everything before the first await.
-    let task = random_task(&mut rand::rng());
+    let mut task = random_task(&mut rand::rng());
+    task.delay_ms = context
+        .delays
+        .pick(rand::random::<f64>(), rand::random::<f64>());
     let op = context.allocate_op();
     let idempotency_key = format!("{}-{op}", context.run_id);
 
@@ -273,6 +286,7 @@ pub async fn submit_task(
         started_unix_ms: unix_ms(SystemTime::now()),
         latency_ms: 0.0,
         priority: task.priority,
+        delay_ms: task.delay_ms,
         outcome: SubmitOutcome::Info {
             message: NO_ANSWER_YET.to_string(),
         },
@@ -297,6 +311,7 @@ pub async fn submit_task(
                     started_unix_ms: unix_ms(SystemTime::now()),
                     latency_ms: 0.0,
                     priority: task.priority,
+                    delay_ms: task.delay_ms,
                     outcome,
                 });
             }
@@ -339,6 +354,7 @@ pub async fn submit_task(
         started_unix_ms: unix_ms(SystemTime::now().checked_sub(latency).unwrap_or(UNIX_EPOCH)),
         latency_ms: latency.as_secs_f64() * 1_000.0,
         priority: task.priority,
+        delay_ms: task.delay_ms,
         outcome: outcome.clone(),
     });
 
@@ -381,6 +397,7 @@ mod tests {
             started_unix_ms: 0,
             latency_ms: 0.0,
             priority: 5,
+            delay_ms: None,
             outcome: SubmitOutcome::Info {
                 message: NO_ANSWER_YET.into(),
             },

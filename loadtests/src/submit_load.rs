@@ -22,7 +22,7 @@ use goose::config::GooseConfiguration;
 use goose::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::follow_up::{FollowUpRecord, FollowUps};
+use crate::follow_up::{Delays, FollowUpRecord, FollowUps};
 use crate::outcome::SubmitRecord;
 use crate::scenarios::{SUBMIT, submit_scenario};
 use crate::submit::{LoadProgress, SubmitContext};
@@ -46,6 +46,9 @@ pub struct SubmitLoad {
     /// against `rate_per_s` like submits.
     #[serde(default)]
     pub follow_ups: FollowUps,
+    /// Scheduled submits (`delay_ms`), none by default.
+    #[serde(default)]
+    pub delays: Delays,
     /// Live counts of the submits' outcomes, updated while the load runs (for a progress
     /// display); `None` counts nothing. Not part of the serialized form.
     #[serde(skip)]
@@ -86,10 +89,14 @@ pub async fn run_load(load: SubmitLoad) -> anyhow::Result<LoadRecords> {
     load.follow_ups
         .validate()
         .map_err(|why| anyhow::anyhow!("follow-ups: {why}"))?;
+    load.delays
+        .validate()
+        .map_err(|why| anyhow::anyhow!("delays: {why}"))?;
     let configuration = GooseConfiguration::parse_args_default(&args)
         .with_context(|| format!("goose refused the arguments {args:?}"))?;
-    let mut context =
-        SubmitContext::recording(load.run_id.clone()).with_follow_ups(load.follow_ups);
+    let mut context = SubmitContext::recording(load.run_id.clone())
+        .with_follow_ups(load.follow_ups)
+        .with_delays(load.delays);
     if let Some(progress) = &load.progress {
         context = context.with_progress(Arc::clone(progress));
     }
@@ -160,6 +167,7 @@ mod tests {
             request_timeout: Duration::from_millis(1_500),
             run_id: "run".into(),
             follow_ups: FollowUps::default(),
+            delays: Delays::default(),
             progress: None,
         }
     }

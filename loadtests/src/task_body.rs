@@ -25,6 +25,9 @@ pub struct NewTask {
     pub description: String,
     /// [`MIN_PRIORITY`] (most urgent) to [`MAX_PRIORITY`].
     pub priority: u8,
+    /// Start this many milliseconds after acceptance (a scheduled task); absent: at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
 }
 
 const VERBS: &[&str] = &[
@@ -131,6 +134,7 @@ pub fn random_task<R: Rng + ?Sized>(rng: &mut R) -> NewTask {
     NewTask {
         description: random_description(rng),
         priority: random_priority(rng),
+        delay_ms: None,
     }
 }
 

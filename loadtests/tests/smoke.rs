@@ -42,6 +42,7 @@ async fn ten_seconds_of_submit_load_get_no_request_error_and_every_task_complete
         request_timeout: Duration::from_secs(5),
         run_id: "smoke".into(),
         follow_ups: Default::default(),
+        delays: Default::default(),
         progress: None,
     })
     .await

@@ -188,6 +188,7 @@ fn load(host: &str, rate_per_s: u32, seconds: u64, run_id: &str) -> SubmitLoad {
         request_timeout: Duration::from_millis(500),
         run_id: run_id.to_string(),
         follow_ups: Default::default(),
+        delays: Default::default(),
         progress: None,
     }
 }

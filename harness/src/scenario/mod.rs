@@ -150,6 +150,10 @@ pub struct LoadSettings {
     pub cancel_share: f64,
     /// Share of acknowledged tasks the load reads back right after (`GET /tasks/{id}`).
     pub read_share: f64,
+    /// Share of submits that are scheduled (`delay_ms` up to `max_delay`).
+    pub delay_share: f64,
+    /// Longest `delay_ms` of a scheduled submit (not time-scaled).
+    pub max_delay: Duration,
 }
 
 /// What a step does.

@@ -119,6 +119,17 @@ struct RawLoad {
     cancel_share: Spanned<f64>,
     #[serde(default = "no_share")]
     read_share: Spanned<f64>,
+    #[serde(default = "no_share")]
+    delay_share: Spanned<f64>,
+    #[serde(
+        default = "default_max_delay",
+        deserialize_with = "de_spanned_duration"
+    )]
+    max_delay: Spanned<Duration>,
+}
+
+fn default_max_delay() -> Spanned<Duration> {
+    Spanned::new(0..0, Duration::from_secs(2))
 }
 
 fn default_users() -> usize {
@@ -354,7 +365,7 @@ impl Scenario {
             ));
         }
 
-        let mut shares = [0.0; 4];
+        let mut shares = [0.0; 5];
         for (slot, (name, share)) in shares.iter_mut().zip([
             ("cluster.fail_rate", &raw.cluster.fail_rate),
             (
@@ -363,6 +374,7 @@ impl Scenario {
             ),
             ("load.cancel_share", &raw.load.cancel_share),
             ("load.read_share", &raw.load.read_share),
+            ("load.delay_share", &raw.load.delay_share),
         ]) {
             let value = *share.get_ref();
             if !(0.0..=1.0).contains(&value) {
@@ -382,6 +394,14 @@ impl Scenario {
                     "cancel_share + read_share must be at most 1.0, got {}",
                     shares[2] + shares[3]
                 ),
+            ));
+        }
+        let max_delay = *raw.load.max_delay.get_ref();
+        if max_delay < Duration::from_millis(1) || max_delay > Duration::from_secs(30 * 86_400) {
+            return Err(invalid(
+                raw.load.max_delay.span().start,
+                "load.max_delay",
+                "must be from 1ms to 30 days".into(),
             ));
         }
         if shares[0] + shares[1] > 1.0 {
@@ -509,6 +529,8 @@ impl Scenario {
                 request_timeout: raw.load.request_timeout,
                 cancel_share: shares[2],
                 read_share: shares[3],
+                delay_share: shares[4],
+                max_delay,
             },
             steps,
             chaos,

@@ -423,6 +423,62 @@ async fn item_9_a_task_carries_its_own_execution_deadline() {
     );
 }
 
+#[tokio::test]
+async fn a_task_can_be_scheduled_by_delay_or_time_and_cancelled_while_it_waits() {
+    let redis = RedisServer::start();
+    let router = router_for(&redis.url());
+
+    for bad in [
+        json!({ "description": "d", "delay_ms": -1 }),
+        json!({ "description": "d", "delay_ms": 2_592_000_001_i64 }),
+        json!({ "description": "d", "delay_ms": null }),
+        json!({ "description": "d", "run_at": "tomorrow" }),
+        json!({ "description": "d", "run_at": "2999-01-01T00:00:00Z" }),
+        json!({ "description": "d", "run_at": null }),
+        json!({ "description": "d", "delay_ms": 5, "run_at": "2020-01-01T00:00:00Z" }),
+    ] {
+        let reply = send(&router, post_json(bad.to_string())).await;
+        assert_error(
+            &reply,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+    }
+    assert_eq!(
+        send(&router, get("/stats")).await.body["queued_total"],
+        0,
+        "nothing refused was enqueued"
+    );
+
+    let delayed = send(
+        &router,
+        post_json(json!({ "description": "d", "delay_ms": 60_000 }).to_string()),
+    )
+    .await;
+    assert_eq!(delayed.status, StatusCode::CREATED, "{:?}", delayed.body);
+    assert_eq!(delayed.body["status"], "scheduled");
+    let id = delayed.body["id"].as_str().expect("id").to_owned();
+    let read = send(&router, get(&format!("/tasks/{id}"))).await;
+    assert_eq!(read.body["status"], "scheduled");
+    assert_eq!(read.body["run_at"], delayed.body["run_at"]);
+    assert_eq!(
+        send(&router, get("/stats")).await.body["queued_total"],
+        0,
+        "a scheduled task waits outside the streams"
+    );
+    let cancelled = send(&router, delete(&format!("/tasks/{id}"))).await;
+    assert_eq!(cancelled.status, StatusCode::OK);
+    assert_eq!(cancelled.body["status"], "cancelled");
+
+    let past = send(
+        &router,
+        post_json(json!({ "description": "d", "run_at": "2020-01-01T00:00:00Z" }).to_string()),
+    )
+    .await;
+    assert_eq!(past.status, StatusCode::CREATED);
+    assert_eq!(past.body["status"], "queued", "a time in the past: at once");
+}
+
 /// The characters of a `[^...]` class made of `\uXXXX` escapes and `a-b` ranges.
 fn negated_class_chars(pattern: &str) -> Vec<u32> {
     let inner = pattern

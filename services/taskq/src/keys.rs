@@ -77,6 +77,13 @@ impl Keys {
         format!("{}:retry", self.prefix)
     }
 
+    /// Sorted set of scheduled task ids (`delay_ms`, `run_at`), scored by due time (ms since the
+    /// epoch). Apart from the retry schedule, so a worker that predates scheduling never sees
+    /// (and never drops) them.
+    pub fn scheduled(&self) -> String {
+        format!("{}:scheduled", self.prefix)
+    }
+
     /// Stream of dead-lettered tasks (id and last error).
     pub fn dead_letter(&self) -> String {
         format!("{}:dead", self.prefix)
@@ -158,6 +165,7 @@ mod tests {
             keys.workers(),
             keys.sweep_cursor(),
             keys.waiting_count(),
+            keys.scheduled(),
         ] {
             assert!(key.starts_with("run42:"), "{key} lacks the prefix");
         }

@@ -21,7 +21,9 @@ pub mod support;
 
 pub use event::{Outcome, TaskExecuted};
 pub use keys::{IdempotencyScope, Keys};
-pub use model::{Description, Priority, Status, TaskId, TaskRecord, TaskTimeout, ValidationError};
+pub use model::{
+    Description, Priority, Schedule, Status, TaskId, TaskRecord, TaskTimeout, ValidationError,
+};
 pub use queue::{
     ClaimedTask, EnqueueOutcome, ExecutionOutcome, Finish, FinishResult, MAX_ERROR_BYTES,
     MAX_RESULT_BYTES, NewTask, QueueConfig, QueueError, Stats,

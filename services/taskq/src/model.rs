@@ -14,6 +14,9 @@ pub const MAX_DESCRIPTION_CHARS: usize = 10_000;
 /// Longest accepted execution deadline (`timeout_ms`): one day.
 pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
 
+/// Longest accepted delay (`delay_ms`), and how far ahead `run_at` may be: 30 days.
+pub const MAX_DELAY_MS: u64 = 2_592_000_000;
+
 /// Why client input was rejected. The message is safe to show to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
@@ -35,6 +38,15 @@ pub enum ValidationError {
     /// The execution deadline is outside 1..=[`MAX_TIMEOUT_MS`].
     #[error("timeout_ms must be an integer from 1 to {MAX_TIMEOUT_MS} (one day), got {0}")]
     TimeoutOutOfRange(i64),
+    /// The delay is outside 0..=[`MAX_DELAY_MS`].
+    #[error("delay_ms must be an integer from 0 to {MAX_DELAY_MS} (30 days), got {0}")]
+    DelayOutOfRange(i64),
+    /// `run_at` is no RFC 3339 time, or more than 30 days ahead.
+    #[error("run_at must be an RFC 3339 time at most 30 days ahead, got {0:?}")]
+    BadRunAt(String),
+    /// Both `delay_ms` and `run_at`.
+    #[error("give delay_ms or run_at, not both")]
+    DelayAndRunAt,
 }
 
 /// A task identifier (a time-ordered UUIDv7).
@@ -157,6 +169,45 @@ impl TaskTimeout {
     }
 }
 
+/// When a task should start: after a delay from its acceptance (Redis's clock), or at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    /// This many milliseconds after the task is accepted.
+    Delay(u64),
+    /// At this time (a time in the past: at once).
+    At(OffsetDateTime),
+}
+
+impl Schedule {
+    /// Parses a client's `delay_ms` and `run_at` (at most one of them); `now` bounds `run_at`.
+    /// `None`: start at once. A delay of 0 is no schedule.
+    pub fn parse(
+        delay_ms: Option<i64>,
+        run_at: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<Option<Self>, ValidationError> {
+        match (delay_ms, run_at) {
+            (Some(_), Some(_)) => Err(ValidationError::DelayAndRunAt),
+            (Some(raw), None) => match u64::try_from(raw) {
+                Ok(0) => Ok(None),
+                Ok(ms) if ms <= MAX_DELAY_MS => Ok(Some(Schedule::Delay(ms))),
+                _ => Err(ValidationError::DelayOutOfRange(raw)),
+            },
+            (None, Some(raw)) => {
+                let bad = || ValidationError::BadRunAt(truncate_for_message(raw));
+                let at = OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| bad())?;
+                let limit = now + time::Duration::milliseconds(MAX_DELAY_MS as i64);
+                if at > limit {
+                    return Err(bad());
+                }
+                Ok(Some(Schedule::At(at)))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+}
+
 /// A task description: 1 to [`MAX_DESCRIPTION_CHARS`] characters, not all of them whitespace.
 /// Kept as sent: whitespace around the text is not trimmed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -192,10 +243,13 @@ impl AsRef<str> for Description {
 
 /// Where a task is in its life.
 ///
-/// `queued → running → succeeded | retrying → running … | dead`, and `queued → cancelled`.
+/// `queued → running → succeeded | retrying → running … | dead`, `scheduled → queued` when
+/// due, and `queued | scheduled | retrying → cancelled`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// Waiting for its time (`delay_ms`, `run_at`); then queued at its priority.
+    Scheduled,
     /// Waiting in a priority stream.
     Queued,
     /// Claimed by a worker and executing.
@@ -214,6 +268,7 @@ impl Status {
     /// The name stored in Redis and shown in the API.
     pub fn as_str(self) -> &'static str {
         match self {
+            Status::Scheduled => "scheduled",
             Status::Queued => "queued",
             Status::Running => "running",
             Status::Succeeded => "succeeded",
@@ -239,6 +294,7 @@ impl FromStr for Status {
     type Err = DecodeError;
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
         Ok(match raw {
+            "scheduled" => Status::Scheduled,
             "queued" => Status::Queued,
             "running" => Status::Running,
             "succeeded" => Status::Succeeded,
@@ -288,6 +344,9 @@ pub struct TaskRecord {
     /// The execution deadline the client asked for, in milliseconds; `null` when the worker's
     /// `TASK_TIMEOUT` applies.
     pub timeout_ms: Option<u64>,
+    /// When a scheduled task is (or was) due; `null` for a task queued at once.
+    #[serde(default, with = "timestamp::option")]
+    pub run_at: Option<OffsetDateTime>,
 }
 
 /// RFC 3339 timestamps in UTC with exactly three fractional digits
@@ -437,6 +496,9 @@ impl TaskRecord {
         let finished_at = optional("finished_at")
             .map(|raw| timestamp("finished_at", raw))
             .transpose()?;
+        let run_at = optional("run_at")
+            .map(|raw| timestamp("run_at", raw))
+            .transpose()?;
         let result = optional("result")
             .map(|raw| serde_json::from_str(raw).map_err(|_| bad("result", raw)))
             .transpose()?;
@@ -463,6 +525,7 @@ impl TaskRecord {
             result,
             error: optional("error").map(str::to_owned),
             timeout_ms,
+            run_at,
         })
     }
 }
@@ -529,6 +592,40 @@ mod tests {
         assert!(Priority::parse(-3).is_err());
         assert_eq!(Priority::parse(1).map(Priority::get), Ok(1));
         assert_eq!(Priority::parse(10).map(Priority::get), Ok(10));
+    }
+
+    #[test]
+    fn a_schedule_is_a_delay_or_a_time_not_both_and_at_most_30_days_ahead() {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        assert_eq!(Schedule::parse(None, None, now), Ok(None));
+        assert_eq!(Schedule::parse(Some(0), None, now), Ok(None));
+        assert_eq!(
+            Schedule::parse(Some(1500), None, now),
+            Ok(Some(Schedule::Delay(1500)))
+        );
+        for bad in [-1, 2_592_000_001] {
+            assert_eq!(
+                Schedule::parse(Some(bad), None, now),
+                Err(ValidationError::DelayOutOfRange(bad))
+            );
+        }
+        assert_eq!(
+            Schedule::parse(Some(5), Some("2023-11-14T22:13:20Z"), now),
+            Err(ValidationError::DelayAndRunAt)
+        );
+        assert_eq!(
+            Schedule::parse(None, Some("2023-11-14T22:13:25+00:00"), now),
+            Ok(Some(Schedule::At(now + time::Duration::seconds(5))))
+        );
+        for bad in ["tomorrow", "2023-11-14 22:13:25", "2024-01-01T00:00:00Z"] {
+            assert!(
+                matches!(
+                    Schedule::parse(None, Some(bad), now),
+                    Err(ValidationError::BadRunAt(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -19,7 +19,8 @@ use time::OffsetDateTime;
 use crate::event::Outcome;
 use crate::keys::{CONSUMER_GROUP, IdempotencyScope, Keys};
 use crate::model::{
-    DecodeError, Description, Priority, RECORD_VERSION, Status, TaskId, TaskRecord, TaskTimeout,
+    DecodeError, Description, Priority, RECORD_VERSION, Schedule, Status, TaskId, TaskRecord,
+    TaskTimeout,
 };
 
 const PRELUDE: &str = include_str!("scripts/prelude.lua");
@@ -191,15 +192,27 @@ impl Default for QueueConfig {
 fn request_digest(task: &NewTask) -> String {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
-    // A request without a timeout digests as before timeouts existed, so keys stored then still
-    // match; with one, another header (`v2`), so no description can make the two forms collide.
-    match task.timeout {
-        None => hasher.update(format!("v1\n{}\n", task.priority.get())),
-        Some(timeout) => hasher.update(format!(
+    // A request without a timeout or schedule digests as before they existed, so keys stored
+    // then still match; with them, other headers (`v2`, `v3`), so no description can make two
+    // forms collide.
+    match (task.timeout, task.schedule) {
+        (None, None) => hasher.update(format!("v1\n{}\n", task.priority.get())),
+        (Some(timeout), None) => hasher.update(format!(
             "v2\n{}\n{}\n",
             task.priority.get(),
             timeout.as_millis()
         )),
+        (timeout, Some(schedule)) => {
+            let schedule = match schedule {
+                Schedule::Delay(ms) => format!("delay {ms}"),
+                Schedule::At(at) => format!("at {}", at.unix_timestamp_nanos() / 1_000_000),
+            };
+            hasher.update(format!(
+                "v3\n{}\n{}\n{schedule}\n",
+                task.priority.get(),
+                timeout.map_or(0, TaskTimeout::as_millis)
+            ));
+        }
     }
     hasher.update(task.description.as_str());
     hasher.finalize()[..16]
@@ -256,15 +269,18 @@ pub struct NewTask {
     pub priority: Priority,
     /// The execution deadline; `None`: the worker's `TASK_TIMEOUT`.
     pub timeout: Option<TaskTimeout>,
+    /// When to start; `None`: at once.
+    pub schedule: Option<Schedule>,
 }
 
 impl NewTask {
-    /// A task with no deadline of its own.
+    /// A task with no deadline of its own, queued at once.
     pub fn new(description: Description, priority: Priority) -> Self {
         Self {
             description,
             priority,
             timeout: None,
+            schedule: None,
         }
     }
 }
@@ -595,8 +611,9 @@ impl Queue {
             description,
             priority,
             timeout,
+            schedule,
         } = task;
-        let (priority, timeout) = (*priority, *timeout);
+        let (priority, timeout, schedule) = (*priority, *timeout, *schedule);
         let task_id = TaskId::new();
         let keys = &self.config.keys;
         let mut invocation = self.scripts.enqueue.prepare_invoke();
@@ -604,7 +621,8 @@ impl Queue {
             .key(keys.task(&task_id))
             .key(keys.stream(priority))
             .key(self.streams.as_slice())
-            .key(keys.waiting_count());
+            .key(keys.waiting_count())
+            .key(keys.scheduled());
         let digest = match idempotency_key {
             Some(key) => {
                 invocation.key(keys.idempotency(scope, key));
@@ -626,9 +644,17 @@ impl Queue {
             .arg(digest)
             .arg(timeout.map(TaskTimeout::as_millis).unwrap_or_default())
             .arg(WAITING_COUNT_TTL_MS);
-        // {1, id, created_ms}, {0, existing id, 0}, {2, '', tasks waiting} or
-        // {3, existing id, 0}: see enqueue.lua.
-        let (outcome, id, number): (i64, String, i64) = invocation.invoke_async(conn).await?;
+        match schedule {
+            Some(Schedule::Delay(ms)) => invocation.arg("delay").arg(ms),
+            Some(Schedule::At(at)) => invocation
+                .arg("at")
+                .arg((at.unix_timestamp_nanos() / 1_000_000).max(0) as i64),
+            None => invocation.arg("now").arg(0),
+        };
+        // {1, id, created_ms, due_ms}, {0, existing id, 0, 0}, {2, '', tasks waiting, 0} or
+        // {3, existing id, 0, 0}: see enqueue.lua. due_ms is 0 for a task queued at once.
+        let (outcome, id, number, due): (i64, String, i64, i64) =
+            invocation.invoke_async(conn).await?;
         if outcome == 2 {
             return Err(QueueError::QueueFull {
                 waiting: u64::try_from(number).unwrap_or_default(),
@@ -648,13 +674,25 @@ impl Queue {
             })?;
             return Ok(EnqueueOutcome::Replayed(existing));
         }
-        let created_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(number) * 1_000_000)
-            .map_err(|_| QueueError::Protocol(format!("created_at {number}")))?;
+        let millis = |ms: i64, what: &str| {
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                .map_err(|_| QueueError::Protocol(format!("{what} {ms}")))
+        };
+        let created_at = millis(number, "created_at")?;
+        let run_at = if due > 0 {
+            Some(millis(due, "run_at")?)
+        } else {
+            None
+        };
         Ok(EnqueueOutcome::Created(TaskRecord {
             id: task_id,
             description: description.as_str().to_owned(),
             priority,
-            status: Status::Queued,
+            status: if run_at.is_some() {
+                Status::Scheduled
+            } else {
+                Status::Queued
+            },
             attempts: 0,
             max_attempts: self.config.max_attempts,
             created_at,
@@ -664,6 +702,7 @@ impl Queue {
             result: None,
             error: None,
             timeout_ms: timeout.map(TaskTimeout::as_millis),
+            run_at,
         }))
     }
 
@@ -701,6 +740,7 @@ impl Queue {
             .key(keys.task(task_id))
             .key(keys.retry_schedule())
             .key(self.streams.as_slice())
+            .key(keys.scheduled())
             .arg(CONSUMER_GROUP)
             .arg(seconds(self.config.task_retention))
             .arg(task_id.to_string())
@@ -944,16 +984,29 @@ impl Queue {
         conn: &mut C,
         limit: usize,
     ) -> Result<usize, QueueError> {
-        let n: usize = self
+        Ok(self.promote_due(conn, limit).await?.0)
+    }
+
+    /// Moves up to `limit` retries and scheduled tasks that came due into their streams (a
+    /// scheduled one becomes `queued`); returns how many, and how long until the next one is
+    /// due (`None`: nothing waits).
+    pub async fn promote_due<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        limit: usize,
+    ) -> Result<(usize, Option<Duration>), QueueError> {
+        let (n, next): (usize, i64) = self
             .scripts
             .promote
             .key(self.config.keys.retry_schedule())
             .key(self.streams.as_slice())
+            .key(self.config.keys.scheduled())
             .arg(self.config.keys.task_prefix())
             .arg(limit)
             .invoke_async(conn)
             .await?;
-        Ok(n)
+        let next = u64::try_from(next).ok().map(Duration::from_millis);
+        Ok((n, next))
     }
 
     /// Takes over, for `consumer`, up to `limit` entries pending at workers whose heartbeat is
@@ -1158,6 +1211,7 @@ mod tests {
             description: Description::parse(text.into()).expect("valid"),
             priority,
             timeout: timeout.map(|ms| TaskTimeout::from_millis(ms as i64).expect("valid")),
+            schedule: None,
         };
         let digest = request_digest(&task("summarise", Priority::DEFAULT, None));
 
@@ -1179,6 +1233,16 @@ mod tests {
             request_digest(&task("summarise", Priority::DEFAULT, Some(500))),
             request_digest(&task("500\nsummarise", Priority::DEFAULT, None))
         );
+        // the schedule is part of the request too
+        let scheduled = |schedule| NewTask {
+            schedule: Some(schedule),
+            ..task("summarise", Priority::DEFAULT, None)
+        };
+        let delayed = request_digest(&scheduled(Schedule::Delay(500)));
+        assert_ne!(delayed, digest);
+        assert_ne!(delayed, request_digest(&scheduled(Schedule::Delay(501))));
+        let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("valid");
+        assert_ne!(delayed, request_digest(&scheduled(Schedule::At(at))));
         let id = "0190c5d2-6a8e-7cc3-9a43-0d5f1e1e2a01";
         assert_eq!(idempotency_record_task_id(&format!("{id} {digest}")), id);
         assert_eq!(idempotency_record_task_id(id), id, "a record from before");

@@ -6,8 +6,8 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use taskq::queue::{ClaimedTask, Delivery, ExecutionOutcome, Finish, FinishResult, Queue};
 use taskq::{
-    Description, EnqueueOutcome, Keys, NewTask, Priority, QueueConfig, Status, TaskId, TaskRecord,
-    TaskTimeout,
+    Description, EnqueueOutcome, Keys, NewTask, Priority, QueueConfig, Schedule, Status, TaskId,
+    TaskRecord, TaskTimeout,
 };
 use testkit::RedisServer;
 
@@ -607,5 +607,107 @@ async fn item_9_an_interrupted_execution_gives_its_attempt_back_and_runs_again()
     assert_eq!(
         record(&queue, &mut conn, &id).await.status,
         Status::Succeeded
+    );
+}
+
+#[tokio::test]
+async fn a_scheduled_task_waits_for_its_time_and_can_be_cancelled_until_then() {
+    let redis = RedisServer::start();
+    let (queue, mut conn) = setup(&redis, 5).await;
+    let scope = taskq::IdempotencyScope::open();
+    let scheduled = |what: &str, schedule| {
+        let mut task = NewTask::new(
+            Description::parse(what.to_owned()).expect("valid"),
+            Priority::DEFAULT,
+        );
+        task.schedule = Some(schedule);
+        task
+    };
+    let created = |outcome| match outcome {
+        EnqueueOutcome::Created(record) => record,
+        EnqueueOutcome::Replayed(id) => panic!("replayed {id}"),
+    };
+    let soon = created(
+        queue
+            .enqueue_in_scope(
+                &mut conn,
+                &scheduled("soon", Schedule::Delay(200)),
+                &scope,
+                None,
+            )
+            .await
+            .expect("enqueue"),
+    );
+    let later = created(
+        queue
+            .enqueue_in_scope(
+                &mut conn,
+                &scheduled("later", Schedule::Delay(60_000)),
+                &scope,
+                None,
+            )
+            .await
+            .expect("enqueue"),
+    );
+    let past = time::OffsetDateTime::now_utc() - time::Duration::seconds(5);
+    let at_once = created(
+        queue
+            .enqueue_in_scope(
+                &mut conn,
+                &scheduled("at once", Schedule::At(past)),
+                &scope,
+                None,
+            )
+            .await
+            .expect("enqueue"),
+    );
+    assert_eq!(soon.status, Status::Scheduled);
+    let due = soon.run_at.expect("run_at") - soon.created_at;
+    assert_eq!(due, time::Duration::milliseconds(200), "{soon:?}");
+    assert_eq!(
+        record(&queue, &mut conn, &soon.id).await.status,
+        Status::Scheduled
+    );
+    assert_eq!(
+        at_once.status,
+        Status::Queued,
+        "a time in the past: queued at once"
+    );
+
+    // Before its time nothing but the past one is claimable, and promotion moves nothing.
+    let started = queue.claim(&mut conn, "w", 10, &[]).await.expect("claim");
+    let ids: Vec<&str> = started
+        .iter()
+        .map(|t| t.delivery.task_id.as_str())
+        .collect();
+    assert_eq!(ids, [at_once.id.to_string()]);
+    let (moved, next) = queue.promote_due(&mut conn, 100).await.expect("promote");
+    assert_eq!(moved, 0);
+    assert!(
+        next.is_some_and(|next| next <= Duration::from_millis(200)),
+        "{next:?}"
+    );
+    assert_eq!(
+        queue.cancel(&mut conn, &later.id).await.expect("cancel"),
+        taskq::queue::CancelOutcome::Cancelled
+    );
+
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let (moved, next) = queue.promote_due(&mut conn, 100).await.expect("promote");
+    assert_eq!(moved, 1, "only the due one: the other is cancelled");
+    assert_eq!(next, None, "nothing else waits");
+    assert_eq!(
+        record(&queue, &mut conn, &soon.id).await.status,
+        Status::Queued
+    );
+    let started = queue.claim(&mut conn, "w", 10, &[]).await.expect("claim");
+    let ids: Vec<&str> = started
+        .iter()
+        .map(|t| t.delivery.task_id.as_str())
+        .collect();
+    assert_eq!(ids, [soon.id.to_string()]);
+    assert_eq!(
+        record(&queue, &mut conn, &later.id).await.status,
+        Status::Cancelled
     );
 }

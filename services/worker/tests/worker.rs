@@ -870,3 +870,48 @@ async fn item_9_an_execution_cut_by_the_shutdown_grace_runs_again_without_losing
     assert_eq!(task["attempts"], 1, "{task}");
     second.stop().await;
 }
+
+/// Schedules tasks a few hundred milliseconds ahead and reports how late each started after its
+/// time (Redis's clock, whole milliseconds). The bound asserted is loose (a loaded machine); the
+/// figures printed are the measurement.
+#[tokio::test]
+async fn scheduled_tasks_start_at_their_time() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url(), 5).await;
+    let worker = RunningWorker::start(&redis.url(), |c| c.work = Duration::from_millis(5)).await;
+    let mut ids = Vec::new();
+    for i in 0..40u64 {
+        let delay = 200 + 10 * i;
+        ids.push(create_with(&api, json!({"description": "later", "delay_ms": delay})).await);
+    }
+    let parse = |v: &Value| {
+        time::OffsetDateTime::parse(
+            v.as_str().expect("timestamp"),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .expect("RFC 3339")
+    };
+    let mut late_ms = Vec::new();
+    for id in &ids {
+        let task = api
+            .wait_for_status(id, "succeeded", Duration::from_secs(10))
+            .await;
+        let late = parse(&task["started_at"]) - parse(&task["run_at"]);
+        assert!(
+            late >= time::Duration::ZERO,
+            "started before its time: {task}"
+        );
+        late_ms.push(late.whole_milliseconds());
+    }
+    late_ms.sort_unstable();
+    let at = |q: f64| late_ms[((late_ms.len() - 1) as f64 * q) as usize];
+    println!(
+        "scheduled start lateness over {} tasks: p50 {} ms, p90 {} ms, max {} ms",
+        late_ms.len(),
+        at(0.5),
+        at(0.9),
+        at(1.0)
+    );
+    assert!(at(1.0) < 1_000, "{late_ms:?}");
+    worker.stop().await;
+}

@@ -6,7 +6,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use taskq::queue::CancelOutcome;
-use taskq::{Description, EnqueueOutcome, NewTask, Priority, TaskId, TaskRecord, TaskTimeout};
+use taskq::{
+    Description, EnqueueOutcome, NewTask, Priority, Schedule, TaskId, TaskRecord, TaskTimeout,
+};
 
 use crate::error::AppError;
 use crate::guard;
@@ -34,12 +36,24 @@ pub struct CreateTaskRequest {
     /// Execution deadline, 1 ms to one day; the worker's `TASK_TIMEOUT` when absent.
     #[serde(default, deserialize_with = "present_integer")]
     pub timeout_ms: Option<i64>,
+    /// Start this many milliseconds from now (0 to 30 days); not with `run_at`.
+    #[serde(default, deserialize_with = "present_integer")]
+    pub delay_ms: Option<i64>,
+    /// Start at this RFC 3339 time (at most 30 days ahead; past: at once); not with `delay_ms`.
+    #[serde(default, deserialize_with = "present_string")]
+    pub run_at: Option<String>,
 }
 
 fn present_integer<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<i64>, D::Error> {
     i64::deserialize(deserializer).map(Some)
+}
+
+fn present_string<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    String::deserialize(deserializer).map(Some)
 }
 
 /// Longest accepted `Idempotency-Key`.
@@ -90,6 +104,11 @@ pub async fn create_task(
         .timeout_ms
         .map(TaskTimeout::from_millis)
         .transpose()?;
+    let schedule = Schedule::parse(
+        request.delay_ms,
+        request.run_at.as_deref(),
+        time::OffsetDateTime::now_utc(),
+    )?;
     let key = idempotency_key(&headers)?;
     let scope = match key {
         Some(_) => guard::idempotency_scope(&state.tokens, &headers),
@@ -99,6 +118,7 @@ pub async fn create_task(
         description,
         priority,
         timeout,
+        schedule,
     };
     let mut conn = state.redis.clone();
     let enqueue = state.queue.enqueue_in_scope(&mut conn, &task, &scope, key);

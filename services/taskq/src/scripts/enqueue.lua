@@ -1,19 +1,21 @@
--- Enqueue one task atomically: task hash + stream entry (+ idempotency record).
+-- Enqueue one task atomically: task hash + stream entry, or + the scheduled set for a task due
+-- later (+ idempotency record).
 -- KEYS[1] task hash, KEYS[2] the task's priority stream, KEYS[3..12] the ten priority streams
 -- (for the backpressure check), KEYS[13] the backpressure check's count of waiting tasks,
--- KEYS[14] the caller's idempotency key (optional), KEYS[15] where the same key was stored
--- before keys were scoped (optional; read, never written)
+-- KEYS[14] scheduled tasks, KEYS[15] the caller's idempotency key (optional), KEYS[16] where the
+-- same key was stored before keys were scoped (optional; read, never written)
 -- ARGV[1] task id, ARGV[2] description, ARGV[3] priority, ARGV[4] max attempts,
 -- ARGV[5] idempotency ttl (s), ARGV[6] record layout version, ARGV[7] most tasks waiting (0 or
 -- absent: no limit), ARGV[8] digest of the request (description, priority, timeout), ARGV[9]
 -- the task's execution deadline in ms (0 or absent: the worker's default), ARGV[10] how long (ms)
--- the count of waiting tasks (KEYS[13]) is trusted
+-- the count of waiting tasks (KEYS[13]) is trusted, ARGV[11] when to start ('now', 'delay':
+-- ARGV[12] ms after now, 'at': at ARGV[12] ms since the epoch; absent: now)
 -- The call of earlier versions, KEYS[1..2] and ARGV[1..6] (the benchmark's ceilings), still
 -- works: no limit, no idempotency record.
--- Returns {1, id, created_ms} for a new task, {0, existing id, 0} for a replay,
--- {2, '', tasks waiting} when the queue is full, {3, existing id, 0} when the key created a task
--- for another request.
-local idempotency_key, legacy_key = KEYS[14], KEYS[15]
+-- Returns {1, id, created_ms, due_ms (0: queued at once)} for a new task, {0, existing id, 0, 0}
+-- for a replay, {2, '', tasks waiting, 0} when the queue is full, {3, existing id, 0, 0} when the
+-- key created a task for another request.
+local idempotency_key, legacy_key = KEYS[15], KEYS[16]
 if idempotency_key then
   local stored = redis.call('GET', idempotency_key)
   if not stored and legacy_key then
@@ -24,12 +26,12 @@ if idempotency_key then
     -- holds the task id alone: with no digest to compare, it counts as a match and replays.
     local id, digest = string.match(stored, '^(%S+) (%S+)$')
     if not id then
-      return {0, stored, 0}
+      return {0, stored, 0, 0}
     end
     if digest ~= ARGV[8] then
-      return {3, id, 0}
+      return {3, id, 0, 0}
     end
-    return {0, id, 0}
+    return {0, id, 0, 0}
   end
 end
 -- Backpressure. Waiting = entries in the ten streams: queued, plus delivered to a worker and not
@@ -52,18 +54,39 @@ if limit > 0 then
     counted = waiting
   end
   if waiting >= limit then
-    return {2, '', waiting}
+    return {2, '', waiting, 0}
   end
 end
 -- All or nothing under a refusal: Redis refuses OOM, READONLY and MISCONF at a script's first
 -- write and lets later writes through, so the first write (XADD) is the only one that can be
 -- refused, and nothing is written before it.
 local now = now_ms()
+local due = 0
+if ARGV[11] == 'delay' then
+  due = now + tonumber(ARGV[12])
+elseif ARGV[11] == 'at' then
+  due = tonumber(ARGV[12])
+end
+local timeout = tonumber(ARGV[9]) or 0
+if due > now then
+  -- Scheduled: the record and the scheduled set, no stream entry until it is due (promote.lua).
+  -- The HSET is the first write, so a refusal leaves nothing written. Not counted as waiting.
+  redis.call('HSET', KEYS[1], 'v', ARGV[6], 'id', ARGV[1], 'description', ARGV[2],
+    'priority', ARGV[3], 'status', 'scheduled', 'attempts', 0, 'max_attempts', ARGV[4],
+    'created_at', now, 'run_at', due)
+  redis.call('ZADD', KEYS[14], due, ARGV[1])
+  if timeout > 0 then
+    redis.call('HSET', KEYS[1], 'timeout_ms', timeout)
+  end
+  if idempotency_key then
+    redis.call('SET', idempotency_key, ARGV[1] .. ' ' .. ARGV[8], 'EX', ARGV[5])
+  end
+  return {1, ARGV[1], now, due}
+end
 local entry = redis.call('XADD', KEYS[2], '*', 't', ARGV[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[6], 'id', ARGV[1], 'description', ARGV[2],
   'priority', ARGV[3], 'status', 'queued', 'attempts', 0, 'max_attempts', ARGV[4],
   'created_at', now, 'stream_id', entry)
-local timeout = tonumber(ARGV[9]) or 0
 if timeout > 0 then
   redis.call('HSET', KEYS[1], 'timeout_ms', timeout)
 end
@@ -76,4 +99,4 @@ if counted == 'cached' then
 elseif counted then
   redis.call('SET', KEYS[13], counted + 1, 'PX', tonumber(ARGV[10]) or 100)
 end
-return {1, ARGV[1], now}
+return {1, ARGV[1], now, 0}

@@ -1,14 +1,19 @@
-//! The heartbeat loop, and the maintenance loop: renews the lease of long tasks, promotes due
-//! retries and takes over the entries of workers whose heartbeat stopped.
+//! The heartbeat loop; the scheduler loop, which moves retries and scheduled tasks into their
+//! streams as they come due; and the maintenance loop: renews the lease of long tasks and takes
+//! over the entries of workers whose heartbeat stopped.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use taskq::queue::Delivery;
 use tokio_util::sync::CancellationToken;
 
 use super::{Runner, Shared, entry_key, lock, record_redis_error};
+
+/// The longest sleep of the scheduler loop: a due task starts at most about this late (plus its
+/// claim) when no other due time was known.
+pub const SCHEDULER_TICK: Duration = Duration::from_millis(50);
 
 impl Runner {
     /// Records that this worker is alive, every heartbeat period, on a connection no other call
@@ -56,6 +61,29 @@ impl Runner {
         }
     }
 
+    /// Moves retries and scheduled tasks into their streams as they come due: sleeps until the
+    /// next one is due, and never longer than [`SCHEDULER_TICK`], so a task scheduled meanwhile
+    /// (or by another worker) starts at most that late. Every worker runs one; the promotion is
+    /// atomic, so they never promote a task twice.
+    pub(super) async fn scheduler_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut conn = self.conn.clone();
+        loop {
+            let wait = match self.queue.promote_due(&mut conn, 1000).await {
+                // more came due than one call moves: go on at once
+                Ok((1000.., _)) => Duration::ZERO,
+                Ok((_, next)) => next.map_or(SCHEDULER_TICK, |next| next.min(SCHEDULER_TICK)),
+                Err(err) => {
+                    record_redis_error("promote", &err);
+                    self.settings.heartbeat
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
     pub(super) async fn maintenance(
         self: Arc<Self>,
         shared: Arc<Shared>,
@@ -80,9 +108,6 @@ impl Runner {
             self.renew_leases(&mut conn, &shared).await;
             if shutdown.is_cancelled() {
                 continue; // keep heartbeating while draining, but take on nothing new
-            }
-            if let Err(err) = self.queue.promote_due_retries(&mut conn, 1000).await {
-                record_redis_error("promote", &err);
             }
             // Take over whatever the free slots are, busy or not: a dead worker's entries must
             // change hands within a heartbeat whatever the load, and then compete for this

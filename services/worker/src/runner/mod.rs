@@ -9,8 +9,10 @@
 //!   while Redis is away so no result is dropped;
 //! - the **heartbeat** loop records that this worker is alive, on a connection of its own and
 //!   each call bounded by one heartbeat period, so no other Redis call can delay it;
-//! - the **maintenance** loop renews the lease of long tasks, promotes due retries and takes over
-//!   the entries of workers whose heartbeat stopped.
+//! - the **scheduler** loop moves retries and scheduled tasks into their streams as they come
+//!   due (within 50 ms);
+//! - the **maintenance** loop renews the lease of long tasks and takes over the entries of
+//!   workers whose heartbeat stopped.
 //!
 //! Shutdown: stop claiming, let executions finish within the grace period, flush the finisher,
 //! then deregister (or mark this worker dead at once if something was left, so another worker
@@ -209,6 +211,7 @@ impl Runner {
         let heartbeat = tokio::spawn(
             Arc::clone(&this).heartbeat_loop(Arc::clone(&shared), stop_maintenance.clone()),
         );
+        let scheduler = tokio::spawn(Arc::clone(&this).scheduler_loop(stop_maintenance.clone()));
         let maintenance = tokio::spawn(Arc::clone(&this).maintenance(
             Arc::clone(&shared),
             shutdown.clone(),
@@ -254,6 +257,7 @@ impl Runner {
         }
         stop_maintenance.cancel();
         let _ = maintenance.await;
+        let _ = scheduler.await;
         let _ = heartbeat.await;
 
         // Whatever is still pending for this worker (unfinished, unrecorded or never started) is
