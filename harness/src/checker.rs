@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `lost` | an `ok` submit, no execution, and a final state that is not waiting, running or cancelled (`missing` included) |
 //! | `stuck` | an `ok` (or recovered) task whose final state is still `queued`, `scheduled`, `retrying` or `running` |
-//! | `wrong_status` | final `succeeded` without a succeeded execution; `dead` although one succeeded; `cancelled` or `missing` with an execution; anything but `cancelled` (or `missing`) after a cancel answered 200 |
+//! | `wrong_status` | final `succeeded` without a succeeded execution; `dead` although one succeeded; `cancelled` with a succeeded execution, or with one that started after a cancel was answered 200 (a failed attempt before the cancel is history: a task waiting for its retry may be cancelled); `missing` with an execution; anything but `cancelled` (or `missing`) after a cancel answered 200 |
 //! | `duplicated` | two or more succeeded executions of one task |
 //! | `unexpected` | an executed task that no `ok` submit returned and no `info` submit's key maps to |
 //! | `recovered` | an `info` submit whose key maps to an executed task |
@@ -210,6 +210,16 @@ pub fn analyze(events: &[Event]) -> Analysis {
             note("stuck", id);
         }
     }
+    // When each task's first cancel answered 200 ended: no execution may start after it.
+    let mut cancelled_at: HashMap<&str, f64> = HashMap::new();
+    for event in events {
+        if let Event::Cancel(c) = event
+            && c.outcome == OpOutcome::Ok
+        {
+            let at = cancelled_at.entry(c.id.as_str()).or_insert(c.end_ms);
+            *at = at.min(c.end_ms);
+        }
+    }
     let mut judged: Vec<(&str, FinalStatus)> = finals.iter().map(|(id, s)| (*id, *s)).collect();
     judged.sort_unstable();
     for (id, status) in judged {
@@ -217,7 +227,15 @@ pub fn analyze(events: &[Event]) -> Analysis {
         let wrong = match status {
             FinalStatus::Succeeded => !succeeded(id),
             FinalStatus::Dead => succeeded(id),
-            FinalStatus::Cancelled | FinalStatus::Missing => executed,
+            // A task waiting for its retry may be cancelled: failed executions before the cancel
+            // are its history. A success, or an execution after the cancel, is not.
+            FinalStatus::Cancelled => {
+                succeeded(id)
+                    || cancelled_at.get(id).is_some_and(|at| {
+                        runs.get(id).is_some_and(|r| r.iter().any(|e| e.t_ms > *at))
+                    })
+            }
+            FinalStatus::Missing => executed,
             _ => false,
         };
         if wrong {
@@ -785,6 +803,35 @@ mod tests {
     fn a_cancelled_task_that_never_ran_is_neither_lost_nor_wrong() {
         let a = analyze(&[ok("a"), fin("a", FinalStatus::Cancelled)]);
         assert_eq!((a.lost, a.stuck, a.wrong_status), (0, 0, 0), "{a:?}");
+    }
+
+    #[test]
+    fn a_task_cancelled_while_it_waited_for_a_retry_has_the_right_status() {
+        let cancel_at = |t_ms| {
+            Event::Cancel(Cancel {
+                t_ms,
+                end_ms: t_ms + 1.0,
+                id: "a".into(),
+                outcome: OpOutcome::Ok,
+                status: Some(200),
+            })
+        };
+        // attempt 1 (t 10) failed, the cancel came while the retry waited
+        let waited = analyze(&[
+            ok("a"),
+            run("a", 1, Outcome::Retrying),
+            cancel_at(15.0),
+            fin("a", FinalStatus::Cancelled),
+        ]);
+        assert_eq!(waited.wrong_status, 0, "{waited:?}");
+        // an execution that started after the cancel was answered is wrong
+        let ran_after = analyze(&[
+            ok("a"),
+            cancel_at(5.0),
+            run("a", 1, Outcome::Retrying),
+            fin("a", FinalStatus::Cancelled),
+        ]);
+        assert_eq!(ran_after.wrong_status, 1, "{ran_after:?}");
     }
 
     #[test]
