@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::Serialize;
 use taskq::event::Outcome;
 
-use crate::history::{Event, Execution, Fault, FinalStatus, OpOutcome};
+use crate::history::{Event, Execution, FinalStatus, OpOutcome};
 
 /// How many ids of each anomaly a report lists.
 pub const SAMPLE_IDS: usize = 20;
@@ -352,13 +352,7 @@ fn priority_inversions<'a>(
 /// When faults were in force: from a `kill`, `stop`, `pause` or `disconnect` to the next step that
 /// heals the same target (or for ever), and the instant of a `restart` or `scale`.
 fn fault_windows(events: &[Event]) -> Vec<(f64, f64)> {
-    let faults: Vec<&Fault> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Fault(f) => Some(f),
-            _ => None,
-        })
-        .collect();
+    let faults = crate::history::faults(events);
     faults
         .iter()
         .enumerate()
@@ -529,7 +523,7 @@ pub fn drain_ms(events: &[Event]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::{Cancel, Exit, Final, Read, Submit};
+    use crate::history::{Cancel, Exit, Fault, Final, Read, Submit};
 
     fn submit(outcome: OpOutcome, id: Option<&str>, key: &str) -> Event {
         Event::Submit(Submit {

@@ -216,6 +216,17 @@ pub enum Event {
     Unknown,
 }
 
+/// The `fault` events of a history, in order.
+pub fn faults(events: &[Event]) -> Vec<&Fault> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Fault(f) => Some(f),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A history line that could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}:{line}: {message}")]

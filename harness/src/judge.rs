@@ -4,7 +4,7 @@
 
 use crate::{
     checker::{self, Analysis},
-    history::{Event, Fault},
+    history::Event,
     report::{ExpectationReport, Report, StepReport, secs},
     scenario::Expectations,
 };
@@ -14,13 +14,7 @@ use crate::{
 /// must be the i-th `fault` event of the history.
 pub fn judge(report: &mut Report, expect: &Expectations, events: Vec<Event>) {
     let analysis = checker::analyze(&events);
-    let faults: Vec<&Fault> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Fault(f) => Some(f),
-            _ => None,
-        })
-        .collect();
+    let faults = crate::history::faults(&events);
     for index in 0..report.steps.len().min(faults.len()) {
         let step = &report.steps[index];
         if !(step.ok && step.action.is_healing()) {
@@ -50,12 +44,8 @@ pub fn judge(report: &mut Report, expect: &Expectations, events: Vec<Event>) {
 
 /// The steps a history's `fault` events record (for `harness check`, which has no run).
 pub fn steps_from_history(events: &[Event]) -> Result<Vec<StepReport>, String> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Fault(f) => Some(f),
-            _ => None,
-        })
+    crate::history::faults(events)
+        .into_iter()
         .map(|fault| {
             let action: crate::scenario::Action =
                 serde_json::from_value(serde_json::Value::String(fault.action.clone()))

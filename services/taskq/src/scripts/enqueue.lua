@@ -68,6 +68,15 @@ elseif ARGV[11] == 'at' then
   due = tonumber(ARGV[12])
 end
 local timeout = tonumber(ARGV[9]) or 0
+-- What both kinds of task write after their record: the deadline, and the idempotency record.
+local function write_extras()
+  if timeout > 0 then
+    redis.call('HSET', KEYS[1], 'timeout_ms', timeout)
+  end
+  if idempotency_key then
+    redis.call('SET', idempotency_key, ARGV[1] .. ' ' .. ARGV[8], 'EX', ARGV[5])
+  end
+end
 if due > now then
   -- Scheduled: the record and the scheduled set, no stream entry until it is due (promote.lua).
   -- The HSET is the first write, so a refusal leaves nothing written. Not counted as waiting.
@@ -75,24 +84,14 @@ if due > now then
     'priority', ARGV[3], 'status', 'scheduled', 'attempts', 0, 'max_attempts', ARGV[4],
     'created_at', now, 'run_at', due)
   redis.call('ZADD', KEYS[14], due, ARGV[1])
-  if timeout > 0 then
-    redis.call('HSET', KEYS[1], 'timeout_ms', timeout)
-  end
-  if idempotency_key then
-    redis.call('SET', idempotency_key, ARGV[1] .. ' ' .. ARGV[8], 'EX', ARGV[5])
-  end
+  write_extras()
   return {1, ARGV[1], now, due}
 end
 local entry = redis.call('XADD', KEYS[2], '*', 't', ARGV[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[6], 'id', ARGV[1], 'description', ARGV[2],
   'priority', ARGV[3], 'status', 'queued', 'attempts', 0, 'max_attempts', ARGV[4],
   'created_at', now, 'stream_id', entry)
-if timeout > 0 then
-  redis.call('HSET', KEYS[1], 'timeout_ms', timeout)
-end
-if idempotency_key then
-  redis.call('SET', idempotency_key, ARGV[1] .. ' ' .. ARGV[8], 'EX', ARGV[5])
-end
+write_extras()
 -- after the first write (XADD), so a refusal still leaves nothing written
 if counted == 'cached' then
   redis.call('INCR', KEYS[13])
