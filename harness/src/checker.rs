@@ -88,6 +88,9 @@ pub struct Analysis {
     pub workers: u64,
     /// Submit latency of acknowledged attempts.
     pub submit_latency_ms: Latency,
+    /// From acknowledgement to the first attempt's start, ms (acknowledged, unscheduled tasks
+    /// whose first attempt logged).
+    pub start_wait_ms: Latency,
     /// Up to [`SAMPLE_IDS`] ids per anomaly, by count name.
     pub sample_ids: BTreeMap<String, Vec<String>>,
 }
@@ -267,11 +270,32 @@ pub fn analyze(events: &[Event]) -> Analysis {
         }
     }
     analysis.submit_latency_ms = latency(&mut latencies);
+    analysis.start_wait_ms = latency(&mut start_waits(events, &runs));
     analysis.sample_ids = samples
         .into_iter()
         .map(|(count, ids)| (count.to_owned(), ids))
         .collect();
     analysis
+}
+
+/// How long each acknowledged, unscheduled task waited from its acknowledgement to the start of
+/// its first attempt, ms (tasks whose first attempt never logged are left out).
+fn start_waits(events: &[Event], runs: &BTreeMap<&str, Vec<&Execution>>) -> Vec<f64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Submit(s) if s.outcome == OpOutcome::Ok && s.delay_ms.is_none() => {
+                let started_ms = runs
+                    .get(s.id.as_deref()?)?
+                    .iter()
+                    .filter(|e| e.attempt == 1 && e.t_ms.is_finite())
+                    .map(|e| e.t_ms)
+                    .min_by(f64::total_cmp)?;
+                Some((started_ms - s.end_ms).max(0.0))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// The acknowledged tasks whose first execution started while a more urgent task, acknowledged
@@ -349,25 +373,29 @@ fn priority_inversions<'a>(
     inverted
 }
 
-/// When faults were in force: from a `kill`, `stop`, `pause` or `disconnect` to the next step that
-/// heals the same target (or for ever), and the instant of a `restart` or `scale`.
+/// When faults were in force: from a `kill`, `stop`, `pause`, `disconnect`, `partition`, `loss`
+/// or `disk-full` to the next step that heals the same service or link (or for ever), and the
+/// instant of a `restart`, `scale` or `power-loss`.
 fn fault_windows(events: &[Event]) -> Vec<(f64, f64)> {
     let faults = crate::history::faults(events);
     faults
         .iter()
         .enumerate()
         .filter_map(|(i, fault)| {
-            let heals = match fault.action.as_str() {
-                "kill" | "stop" => ["start", "restart"],
-                "pause" => ["unpause", "restart"],
-                "disconnect" => ["connect", "restart"],
-                "restart" | "scale" => return Some((fault.t_ms, fault.t_ms)),
+            let heals: &[&str] = match fault.action.as_str() {
+                "kill" | "stop" => &["start", "restart"],
+                "pause" => &["unpause", "restart"],
+                "disconnect" => &["connect", "restart"],
+                "partition" | "loss" | "disk-full" => &["heal"],
+                "restart" | "scale" | "power-loss" => return Some((fault.t_ms, fault.t_ms)),
                 _ => return None,
             };
+            let subject = fault.subject().ok()?;
             let healed = faults[i + 1..]
                 .iter()
                 .find(|later| {
-                    later.target == fault.target && heals.contains(&later.action.as_str())
+                    heals.contains(&later.action.as_str())
+                        && later.subject().is_ok_and(|s| s.heals(&subject))
                 })
                 .map_or(f64::INFINITY, |later| later.t_ms);
             Some((fault.t_ms, healed))
@@ -653,6 +681,7 @@ mod tests {
                 action: action.into(),
                 target: Some("worker.1".into()),
                 between: None,
+                one_way: false,
                 ok: true,
             })
         };

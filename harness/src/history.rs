@@ -24,6 +24,8 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use taskq::event::Outcome;
 
+use crate::scenario::{Link, Subject};
+
 /// How a client request ended, in Jepsen's vocabulary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -125,8 +127,48 @@ pub struct Fault {
     /// The two services of a link fault.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub between: Option<[String; 2]>,
+    /// With `between`: only packets from the first service to the second are affected.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub one_way: bool,
     /// Whether the step succeeded.
     pub ok: bool,
+}
+
+impl Fault {
+    /// The event of a step on `subject`: `target` for a service, `between` (and `one_way`) for a
+    /// link, neither for every link.
+    pub fn new(t_ms: f64, action: &str, subject: &Subject, ok: bool) -> Self {
+        let (target, between, one_way) = match subject {
+            Subject::Service(target) => (Some(target.to_string()), None, false),
+            Subject::Link(link) => (
+                None,
+                Some([link.a.to_string(), link.b.to_string()]),
+                link.one_way,
+            ),
+            Subject::AllLinks => (None, None, false),
+        };
+        Self {
+            t_ms,
+            action: action.to_string(),
+            target,
+            between,
+            one_way,
+            ok,
+        }
+    }
+
+    /// What the step acted on; an error names a service the harness does not know.
+    pub fn subject(&self) -> Result<Subject, String> {
+        match (&self.target, &self.between) {
+            (Some(target), _) => target.parse().map(Subject::Service),
+            (None, Some([a, b])) => Ok(Subject::Link(Link {
+                a: a.parse()?,
+                b: b.parse()?,
+                one_way: self.one_way,
+            })),
+            (None, None) => Ok(Subject::AllLinks),
+        }
+    }
 }
 
 /// A service process or container that ended.
@@ -324,6 +366,7 @@ mod tests {
                 action: "partition".into(),
                 target: None,
                 between: Some(["orchestrator".into(), "redis".into()]),
+                one_way: false,
                 ok: true,
             }),
             Event::Exit(Exit {

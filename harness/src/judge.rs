@@ -25,7 +25,9 @@ pub fn judge(report: &mut Report, expect: &Expectations, events: Vec<Event>) {
         // The fault this step heals: the latest earlier fault on the same target.
         let fault_ms = (0..index)
             .rev()
-            .find(|i| report.steps[*i].target == step.target && report.steps[*i].action.is_fault())
+            .find(|i| {
+                step.target.heals(&report.steps[*i].target) && report.steps[*i].action.is_fault()
+            })
             .map(|i| faults[i].t_ms);
         let carried = fault_ms.map(|f| checker::carried_over(f, healed_ms, &events));
         let step = &mut report.steps[index];
@@ -50,15 +52,7 @@ pub fn steps_from_history(events: &[Event]) -> Result<Vec<StepReport>, String> {
             let action: crate::scenario::Action =
                 serde_json::from_value(serde_json::Value::String(fault.action.clone()))
                     .map_err(|_| format!("unknown action `{}` in a fault event", fault.action))?;
-            let target = match &fault.target {
-                Some(target) => target.parse()?,
-                None => {
-                    return Err(format!(
-                        "a `{}` fault without a target: link faults are not judged by this harness",
-                        fault.action
-                    ));
-                }
-            };
+            let target = fault.subject()?;
             let at_ms = fault.t_ms.max(0.0) as u64;
             Ok(StepReport {
                 at_ms,
@@ -98,6 +92,7 @@ fn fill_counts(report: &mut Report, analysis: &Analysis, load_ms: u64) {
     report.workers_executed = analysis.workers;
     report.carried_over = report.steps.iter().filter_map(|s| s.carried_over).sum();
     report.submit_latency_ms = analysis.submit_latency_ms;
+    report.start_wait_ms = analysis.start_wait_ms;
     report.throughput_per_s = if load_ms == 0 {
         0.0
     } else {
@@ -210,6 +205,15 @@ pub fn evaluate(expect: &Expectations, report: &Report) -> Vec<ExpectationReport
             expected: format!(">= {minimum} distinct workers executed"),
             actual: report.workers_executed.to_string(),
             passed: report.workers_executed >= minimum,
+        });
+    }
+    if let Some(minimum) = expect.min_start_wait_p99 {
+        let minimum_ms = minimum.as_secs_f64() * 1000.0;
+        out.push(ExpectationReport {
+            name: "min_start_wait_p99".into(),
+            expected: format!(">= {minimum_ms} ms p99 from acknowledgement to first start"),
+            actual: format!("{} ms", report.start_wait_ms.p99),
+            passed: report.start_wait_ms.p99 >= minimum_ms,
         });
     }
     if let Some(minimum) = expect.min_reclaimed {

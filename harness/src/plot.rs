@@ -53,6 +53,7 @@ pub fn fault_intervals(events: &[Event]) -> Vec<FaultInterval> {
             continue;
         }
         let what = subject(&fault.target, &fault.between);
+        let fault_subject = fault.subject().ok();
         let from_s = fault.t_ms / 1000.0;
         let to_s = if INSTANT.contains(&action) {
             from_s + 0.25
@@ -61,10 +62,9 @@ pub fn fault_intervals(events: &[Event]) -> Vec<FaultInterval> {
                 .iter()
                 .find(|later| {
                     HEALING.contains(&later.action.as_str())
-                        && (later.action == "heal"
-                            && later.target.is_none()
-                            && later.between.is_none()
-                            || subject(&later.target, &later.between) == what)
+                        && later
+                            .subject()
+                            .is_ok_and(|s| fault_subject.is_some_and(|f| s.heals(&f)))
                 })
                 .map_or(end_s, |heal| heal.t_ms / 1000.0)
         };
@@ -324,6 +324,7 @@ mod tests {
             action: action.into(),
             target: Some(target.into()),
             between: None,
+            one_way: false,
             ok: true,
         })
     }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::checker::Latency;
-use crate::scenario::{Action, StepOrigin, Target};
+use crate::scenario::{Action, StepOrigin, Subject};
 
 /// Everything known about one scenario run, each field documented in docs/scenarios.md ("Reading
 /// a report"). The fields up to `expectations` are the contract README.md names ("Fault
@@ -51,6 +51,9 @@ pub struct Report {
     pub recovery_ms: Option<u64>,
     /// Submit latency of acknowledged attempts.
     pub submit_latency_ms: Latency,
+    /// From acknowledgement to first start, ms (acknowledged, unscheduled tasks).
+    #[serde(default)]
+    pub start_wait_ms: Latency,
     /// Acknowledged submits per second of load.
     pub throughput_per_s: f64,
     /// Every step, in order, as executed.
@@ -137,8 +140,8 @@ pub struct StepReport {
     pub planned_at_ms: u64,
     /// The action.
     pub action: Action,
-    /// The target.
-    pub target: Target,
+    /// The service or link (`worker.2`, `orchestrator<->redis`, `worker.1->redis`, `links`).
+    pub target: Subject,
     /// Whether the action (including its readiness wait) succeeded.
     pub ok: bool,
     /// What happened, or the error.
@@ -226,6 +229,11 @@ impl Report {
             self.submit_latency_ms.max,
             self.throughput_per_s
         );
+        let _ = writeln!(
+            out,
+            "   wait to first start ms: p50 {} | p99 {} | max {}",
+            self.start_wait_ms.p50, self.start_wait_ms.p99, self.start_wait_ms.max,
+        );
         if !self.steps.is_empty() {
             let _ = writeln!(out, "   steps:");
             for step in &self.steps {
@@ -289,6 +297,7 @@ pub fn to_json(reports: &[Report]) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenario::{Link, Target};
 
     #[test]
     fn the_report_has_every_documented_field() {
@@ -324,7 +333,7 @@ mod tests {
             at_ms: 1250,
             planned_at_ms: 1000,
             action,
-            target,
+            target: Subject::Service(target),
             ok: true,
             message: "done".into(),
             duration_ms: 220,
@@ -342,6 +351,21 @@ mod tests {
             step(Action::Scale, Target::AllWorkers, StepOrigin::File),
             step(Action::Disconnect, Target::Orchestrator, StepOrigin::Chaos),
         ];
+        let mut steps = steps;
+        let link = |a, b, one_way| Subject::Link(Link { a, b, one_way });
+        for (action, target) in [
+            (
+                Action::Partition,
+                link(Target::Orchestrator, Target::Redis, false),
+            ),
+            (Action::Loss, link(Target::Worker(1), Target::Redis, true)),
+            (Action::Heal, Subject::AllLinks),
+            (Action::PowerLoss, Subject::Service(Target::Redis)),
+        ] {
+            let mut s = step(action, Target::Redis, StepOrigin::File);
+            s.target = target;
+            steps.push(s);
+        }
         let value = serde_json::to_value(&steps).unwrap();
         let words: Vec<(&str, &str, &str)> = value
             .as_array()
@@ -362,6 +386,10 @@ mod tests {
                 ("unpause", "redis", "file"),
                 ("scale", "worker", "file"),
                 ("disconnect", "orchestrator", "chaos"),
+                ("partition", "orchestrator<->redis", "file"),
+                ("loss", "worker.1->redis", "file"),
+                ("heal", "links", "file"),
+                ("power-loss", "redis", "file"),
             ]
         );
         let back: Vec<StepReport> = serde_json::from_value(value).unwrap();

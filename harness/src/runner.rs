@@ -132,9 +132,13 @@ async fn run_into(
     tracing::info!(scenario = %scenario.name, %runtime, "runtime: {why}");
     if runtime == RuntimeKind::Process && scenario.needs_network_control() {
         anyhow::bail!(
-            "{} disconnects services from the network, which only the docker runtime can do",
+            "{} cuts or degrades network links (disconnect, partition, loss), which only the \
+             docker runtime can do: the process runtime's services share the host's loopback",
             scenario.name
         );
+    }
+    if scenario.steps.iter().any(|s| s.action.on_link()) {
+        cluster::links::check_privileges()?;
     }
     plan.refuse_ineffective_faults(&scenario.expect)
         .map_err(|why| anyhow::anyhow!("{}: {why}", scenario.name))?;
@@ -241,7 +245,7 @@ async fn drive(
         watch_until(cluster, load_started + step.at, &mut exits).await;
         let at = load_started.elapsed();
         let started_unix = unix_ms();
-        let result = cluster.apply(step.action, step.target, step.replicas).await;
+        let result = cluster.apply(step).await;
         let duration = load_started.elapsed() - at;
         let (ok, message) = match result {
             Ok(message) => (true, message),
@@ -251,7 +255,7 @@ async fn drive(
             "[{:>7}] {} {}: {} ({})",
             secs(at.as_millis() as u64),
             step.action,
-            step.target,
+            step.subject,
             if ok { "ok" } else { "FAILED" },
             message
         );
@@ -260,7 +264,7 @@ async fn drive(
                 at_ms: at.as_millis() as u64,
                 planned_at_ms: step.at.as_millis() as u64,
                 action: step.action,
-                target: step.target,
+                target: step.subject,
                 ok,
                 message,
                 duration_ms: duration.as_millis() as u64,
@@ -318,13 +322,12 @@ async fn drive(
     let mut events = submit_events(&submits, origin_unix);
     events.extend(follow_up_events(&follow_ups, origin_unix));
     events.extend(steps.iter().map(|(step, at_unix)| {
-        Event::Fault(Fault {
-            t_ms: *at_unix as f64 - origin_unix as f64,
-            action: step.action.to_string(),
-            target: Some(step.target.to_string()),
-            between: None,
-            ok: step.ok,
-        })
+        Event::Fault(Fault::new(
+            *at_unix as f64 - origin_unix as f64,
+            step.action.as_str(),
+            &step.target,
+            step.ok,
+        ))
     }));
     events.extend(execution_events(&executions, origin_unix));
     events.extend(exits.iter().map(|(at_unix, service, code)| {

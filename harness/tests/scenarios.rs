@@ -142,11 +142,12 @@ async fn every_shipped_scenario_passes_in_the_docker_runtime() {
 }
 
 /// Expectations that prove a scenario's fault had an effect.
-const FAULT_EFFECTS: [&str; 4] = [
+const FAULT_EFFECTS: [&str; 5] = [
     "min_unavailable",
     "min_workers",
     "min_reclaimed",
     "min_carried_over",
+    "min_start_wait_p99",
 ];
 
 /// Every shipped scenario carries an expectation that its fault had an effect: run with its
@@ -165,6 +166,7 @@ async fn every_shipped_scenario_fails_with_its_faults_removed() {
                 "min_unavailable" => scenario.expect.min_unavailable.is_some(),
                 "min_workers" => scenario.expect.min_workers.is_some(),
                 "min_reclaimed" => scenario.expect.min_reclaimed.is_some(),
+                "min_start_wait_p99" => scenario.expect.min_start_wait_p99.is_some(),
                 _ => scenario.expect.min_carried_over.is_some(),
             })
             .collect();

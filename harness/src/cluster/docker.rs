@@ -455,6 +455,33 @@ impl DockerCluster {
         self.refresh_address(service).await
     }
 
+    /// The process id of the container's init (its network namespace) and its address on the
+    /// run's network, for link faults.
+    pub async fn netns(&self, service: Service) -> anyhow::Result<(u32, std::net::Ipv4Addr)> {
+        let name = self.container_name(service);
+        let inspect = self
+            .docker
+            .inspect_container(&name, None)
+            .await
+            .with_context(|| format!("inspecting {name}"))?;
+        let pid = inspect
+            .state
+            .and_then(|s| s.pid)
+            .filter(|pid| *pid > 0)
+            .with_context(|| format!("{service} is not running"))?;
+        let ip = inspect
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut networks| networks.remove(&self.network))
+            .and_then(|endpoint| endpoint.ip_address)
+            .filter(|ip| !ip.is_empty())
+            .with_context(|| format!("{service} has no address on {}", self.network))?;
+        let ip = ip
+            .parse()
+            .with_context(|| format!("{service}'s address `{ip}` is not IPv4"))?;
+        Ok((pid as u32, ip))
+    }
+
     /// Of `services` (those the harness believes running), the ones whose container is not
     /// running, with its exit code. A container that cannot be inspected counts as gone.
     pub async fn exited(&self, services: &[Service]) -> Vec<(Service, Option<i64>)> {

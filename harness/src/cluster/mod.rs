@@ -16,6 +16,7 @@
 //! fails or panics, or by the interrupt handler in [`crate::cleanup`].
 
 pub mod docker;
+pub mod links;
 pub mod process;
 
 use std::{collections::BTreeMap, fmt, time::Duration};
@@ -24,7 +25,9 @@ use anyhow::{Context, bail};
 
 use crate::{
     executions::Execution,
-    scenario::{Action, Persistence, RuntimeKind, ServiceTiming, Target},
+    scenario::{
+        Action, Link, Persistence, PlannedStep, RuntimeKind, ServiceTiming, Subject, Target,
+    },
 };
 
 /// Env var forcing the runtime (`docker` or `process`).
@@ -272,6 +275,14 @@ pub struct Cluster {
     http: reqwest::Client,
     spec: ClusterSpec,
     startup: StartupTimes,
+    /// Link faults in force, with the filter rules that make them.
+    link_faults: Vec<LinkFault>,
+}
+
+/// A `partition` or `loss` in force.
+struct LinkFault {
+    link: Link,
+    rules: Vec<links::Rule>,
 }
 
 /// How long each phase of [`Cluster::start`] took.
@@ -323,6 +334,7 @@ impl Cluster {
             http,
             spec: spec.clone(),
             startup,
+            link_faults: Vec::new(),
         };
         startup.prepare = phase.elapsed();
         // From here on a failure drops `cluster`, which removes what was created.
@@ -423,14 +435,20 @@ impl Cluster {
     }
 
     /// Applies one scenario step and returns what was done.
-    pub async fn apply(
-        &mut self,
-        action: Action,
-        target: Target,
-        replicas: Option<u32>,
-    ) -> anyhow::Result<String> {
+    pub async fn apply(&mut self, step: &PlannedStep) -> anyhow::Result<String> {
+        let action = step.action;
+        let target = match step.subject {
+            Subject::Link(link) if action.on_link() => {
+                return self.break_link(action, link, step.probability).await;
+            }
+            Subject::Link(_) | Subject::AllLinks if action == Action::Heal => {
+                return self.heal_links(&step.subject).await;
+            }
+            Subject::Service(target) => target,
+            subject => bail!("`{action}` cannot act on `{subject}`"),
+        };
         if action == Action::Scale {
-            let n = replicas.context("`scale` needs `replicas`")?;
+            let n = step.replicas.context("`scale` needs `replicas`")?;
             if target != Target::AllWorkers {
                 bail!("`scale` applies to `worker`, not `{target}`");
             }
@@ -450,11 +468,85 @@ impl Cluster {
                 Action::Unpause => self.unpause(service).await?,
                 Action::Disconnect => self.disconnect(service).await?,
                 Action::Connect => self.connect(service).await?,
-                Action::Scale => unreachable!("handled above"),
+                Action::PowerLoss | Action::DiskFull | Action::Heal => {
+                    bail!("`{action}` on {service} is not supported yet")
+                }
+                Action::Scale | Action::Partition | Action::Loss => {
+                    unreachable!("handled above")
+                }
             }
             done.push(service.to_string());
         }
         Ok(format!("{action} {}", done.join(", ")))
+    }
+
+    /// The process id holding a service's network namespace and its address on the run's
+    /// network (docker runtime), e.g. to check a link fault from inside.
+    pub async fn network_namespace(
+        &self,
+        service: Service,
+    ) -> anyhow::Result<(u32, std::net::Ipv4Addr)> {
+        match &self.backend {
+            Backend::Docker(docker) => docker.netns(service).await,
+            Backend::Process(_) => bail!("the process runtime's services share the host's network"),
+        }
+    }
+
+    /// Drops the packets (all, or a share for `loss`) on a link, docker runtime only; see
+    /// [`links`].
+    async fn break_link(
+        &mut self,
+        action: Action,
+        link: Link,
+        probability: Option<f64>,
+    ) -> anyhow::Result<String> {
+        let Backend::Docker(docker) = &self.backend else {
+            bail!(
+                "the process runtime cannot {action} a link: its services share the host's \
+                 loopback; use --runtime docker"
+            );
+        };
+        let drop = match action {
+            Action::Loss => links::Drop::Random(probability.context("`loss` needs `probability`")?),
+            _ => links::Drop::All,
+        };
+        let mut rules = Vec::new();
+        for a in self.services_for(link.a)? {
+            let (pid, _) = docker.netns(a).await?;
+            for b in self.services_for(link.b)? {
+                let (_, ip) = docker.netns(b).await?;
+                rules.extend(links::rules(pid, ip, link.one_way, drop));
+            }
+        }
+        links::insert(&rules).await?;
+        let message = format!("{action} {link}: {} filter rule(s)", rules.len());
+        self.link_faults.push(LinkFault { link, rules });
+        Ok(message)
+    }
+
+    /// Ends the link faults `subject` selects (one link, or all).
+    async fn heal_links(&mut self, subject: &Subject) -> anyhow::Result<String> {
+        let (healed, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.link_faults)
+            .into_iter()
+            .partition(|fault| subject.heals(&Subject::Link(fault.link)));
+        self.link_faults = kept;
+        if healed.is_empty() && *subject != Subject::AllLinks {
+            bail!("no link fault on {subject} to heal");
+        }
+        let mut removed = 0;
+        for fault in &healed {
+            removed += links::remove(&fault.rules).await;
+        }
+        let names: Vec<String> = healed.iter().map(|f| f.link.to_string()).collect();
+        Ok(format!(
+            "healed {} link fault(s) ({removed} filter rule(s) removed){}",
+            healed.len(),
+            if names.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", names.join(", "))
+            }
+        ))
     }
 
     fn services_for(&self, target: Target) -> anyhow::Result<Vec<Service>> {

@@ -22,6 +22,16 @@ pub mod plan;
 pub use parse::{ScenarioError, parse_duration};
 pub use plan::{Plan, PlannedStep, ServiceTiming, StepOrigin};
 
+impl Scenario {
+    /// Whether Redis's data directory must sit on the fault filesystem (`power-loss`,
+    /// `disk-full`).
+    pub fn needs_fault_fs(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s.action, Action::PowerLoss | Action::DiskFull))
+    }
+}
+
 /// Most worker replicas a scenario may ask for (the machine has two cores).
 pub const MAX_WORKERS: u32 = 16;
 
@@ -158,7 +168,7 @@ pub struct LoadSettings {
 
 /// What a step does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Action {
     /// SIGKILL.
     Kill,
@@ -178,6 +188,16 @@ pub enum Action {
     Disconnect,
     /// Reconnect a disconnected service.
     Connect,
+    /// Drop every packet on a link (both ways, or one way with `from`/`to`).
+    Partition,
+    /// Drop a random share (`probability`) of the packets on a link.
+    Loss,
+    /// End link faults (of one link, or all), or a `disk-full` (with `target`).
+    Heal,
+    /// SIGKILL Redis, drop every write it had not fsynced, start it again.
+    PowerLoss,
+    /// Redis's data directory refuses writes (ENOSPC) until `heal`.
+    DiskFull,
 }
 
 impl Action {
@@ -185,8 +205,13 @@ impl Action {
     pub fn is_healing(self) -> bool {
         matches!(
             self,
-            Action::Start | Action::Restart | Action::Unpause | Action::Connect
+            Action::Start | Action::Restart | Action::Unpause | Action::Connect | Action::Heal
         )
+    }
+
+    /// Whether this step acts on a link between two services (`between`, or `from` and `to`).
+    pub fn on_link(self) -> bool {
+        matches!(self, Action::Partition | Action::Loss)
     }
 
     /// Whether this step injects a fault that a later step heals.
@@ -200,6 +225,7 @@ impl Action {
             Action::Kill | Action::Stop => Some(Action::Start),
             Action::Pause => Some(Action::Unpause),
             Action::Disconnect => Some(Action::Connect),
+            Action::Partition | Action::Loss | Action::DiskFull => Some(Action::Heal),
             _ => None,
         }
     }
@@ -216,6 +242,11 @@ impl Action {
             Action::Scale => "scale",
             Action::Disconnect => "disconnect",
             Action::Connect => "connect",
+            Action::Partition => "partition",
+            Action::Loss => "loss",
+            Action::Heal => "heal",
+            Action::PowerLoss => "power-loss",
+            Action::DiskFull => "disk-full",
         }
     }
 }
@@ -283,6 +314,113 @@ impl serde::Serialize for Target {
     }
 }
 
+/// A link between two services: both ways (`between = [a, b]`) or one way (`from = a`, `to = b`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Link {
+    /// First service (`from` for a one-way link).
+    pub a: Target,
+    /// Second service (`to` for a one-way link).
+    pub b: Target,
+    /// Only packets from `a` to `b` are affected.
+    pub one_way: bool,
+}
+
+impl Link {
+    /// Whether `self` and `other` name the same link (a two-way pair in either order).
+    pub fn same(&self, other: &Link) -> bool {
+        self.one_way == other.one_way
+            && ((self.a == other.a && self.b == other.b)
+                || (!self.one_way && self.a == other.b && self.b == other.a))
+    }
+
+    /// Whether one end of the link is on `pred`'s side and the other on `other`'s.
+    pub fn joins(&self, pred: fn(Target) -> bool, other: fn(Target) -> bool) -> bool {
+        (pred(self.a) && other(self.b)) || (pred(self.b) && other(self.a))
+    }
+}
+
+impl fmt::Display for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let arrow = if self.one_way { "->" } else { "<->" };
+        f.pad(&format!("{}{arrow}{}", self.a, self.b))
+    }
+}
+
+/// What a step acts on: one service, one link, or (a `heal` without selector) every link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// One service, or every worker (`target`).
+    Service(Target),
+    /// A link between two services (`between`, or `from` and `to`).
+    Link(Link),
+    /// Every link fault (`heal` with no selector).
+    AllLinks,
+}
+
+impl Subject {
+    /// The service, for steps on one service.
+    pub fn service(&self) -> Option<Target> {
+        match self {
+            Subject::Service(target) => Some(*target),
+            _ => None,
+        }
+    }
+
+    /// Whether a healing step on `self` ends a fault on `fault`: the same service or link, or
+    /// any link for `heal` without selector.
+    pub fn heals(&self, fault: &Subject) -> bool {
+        match (self, fault) {
+            (Subject::Service(a), Subject::Service(b)) => a == b,
+            (Subject::Link(a), Subject::Link(b)) => a.same(b),
+            (Subject::AllLinks, Subject::Link(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Service(target) => target.fmt(f),
+            Subject::Link(link) => link.fmt(f),
+            Subject::AllLinks => f.pad("links"),
+        }
+    }
+}
+
+impl FromStr for Subject {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "links" {
+            return Ok(Subject::AllLinks);
+        }
+        for (arrow, one_way) in [("<->", false), ("->", true)] {
+            if let Some((a, b)) = s.split_once(arrow) {
+                return Ok(Subject::Link(Link {
+                    a: a.parse()?,
+                    b: b.parse()?,
+                    one_way,
+                }));
+            }
+        }
+        s.parse().map(Subject::Service)
+    }
+}
+
+impl<'de> Deserialize<'de> for Subject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        raw.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for Subject {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// One `[[step]]` of a scenario file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {
@@ -290,10 +428,12 @@ pub struct Step {
     pub at: Duration,
     /// What to do.
     pub action: Action,
-    /// To which service.
-    pub target: Target,
+    /// On which service or link.
+    pub subject: Subject,
     /// With `scale`: the wanted worker replicas.
     pub replicas: Option<u32>,
+    /// With `loss`: the share of packets dropped.
+    pub probability: Option<f64>,
 }
 
 /// The `[chaos]` section: random faults drawn from a seeded generator.
@@ -349,6 +489,9 @@ pub struct Expectations {
     /// At least this many distinct workers must have executed a task (proves a scale-up or a
     /// restart brought new workers in); `None`: not checked.
     pub min_workers: Option<u64>,
+    /// The 99th percentile of the wait from acknowledgement to first start must be at least
+    /// this (proves a fault slowed the queue down without stopping it); `None`: not checked.
+    pub min_start_wait_p99: Option<Duration>,
     /// At most this many tasks may start while a more urgent one, acknowledged before they
     /// were submitted, still waited for its first start; `None`: not checked.
     pub max_priority_inversions: Option<u64>,
@@ -357,14 +500,16 @@ pub struct Expectations {
 }
 
 impl Scenario {
-    /// Whether any step (or chaos fault) needs network partitions, which only Docker can do.
+    /// Whether any step (or chaos fault) needs network control (disconnects, link faults), which
+    /// only Docker can do.
     pub fn needs_network_control(&self) -> bool {
-        self.steps
-            .iter()
-            .any(|s| matches!(s.action, Action::Disconnect | Action::Connect))
-            || self
-                .chaos
-                .as_ref()
-                .is_some_and(|c| c.actions.contains(&Action::Disconnect))
+        self.steps.iter().any(|s| {
+            matches!(s.action, Action::Disconnect | Action::Connect)
+                || s.action.on_link()
+                || matches!(s.subject, Subject::Link(_) | Subject::AllLinks)
+        }) || self
+            .chaos
+            .as_ref()
+            .is_some_and(|c| c.actions.contains(&Action::Disconnect))
     }
 }

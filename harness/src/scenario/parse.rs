@@ -7,8 +7,8 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use super::{
-    Action, ChaosSettings, ClusterSettings, Expectations, LoadSettings, MAX_WORKERS, Persistence,
-    RuntimeKind, Scenario, Step, Target,
+    Action, ChaosSettings, ClusterSettings, Expectations, Link, LoadSettings, MAX_WORKERS,
+    Persistence, RuntimeKind, Scenario, Step, Subject, Target,
 };
 
 /// A scenario file could not be used.
@@ -145,8 +145,12 @@ struct RawStep {
     #[serde(deserialize_with = "de_duration")]
     at: Duration,
     action: Action,
-    target: Target,
+    target: Option<Target>,
+    between: Option<[Target; 2]>,
+    from: Option<Target>,
+    to: Option<Target>,
     replicas: Option<u32>,
+    probability: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -197,6 +201,8 @@ struct RawExpect {
     min_carried_over: Option<u64>,
     min_unavailable: Option<u64>,
     min_workers: Option<u64>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    min_start_wait_p99: Option<Duration>,
     max_priority_inversions: Option<u64>,
     #[serde(default)]
     unreadable: u64,
@@ -218,6 +224,7 @@ impl Default for RawExpect {
             min_carried_over: None,
             min_unavailable: None,
             min_workers: None,
+            min_start_wait_p99: None,
             max_priority_inversions: None,
             unreadable: 0,
         }
@@ -247,6 +254,7 @@ impl From<RawExpect> for Expectations {
             min_carried_over: raw.min_carried_over,
             min_unavailable: raw.min_unavailable,
             min_workers: raw.min_workers,
+            min_start_wait_p99: raw.min_start_wait_p99,
             max_priority_inversions: raw.max_priority_inversions,
             unreadable: raw.unreadable,
         }
@@ -420,6 +428,32 @@ impl Scenario {
             let offset = spanned.span().start;
             let step = spanned.get_ref();
             let field = |name: &str| format!("step[{}].{name}", index + 1);
+            let subject = step_subject(step)
+                .map_err(|(name, message)| invalid(offset, &field(name), message))?;
+            match (step.action, step.probability) {
+                (Action::Loss, None) => {
+                    return Err(invalid(
+                        offset,
+                        &field("probability"),
+                        "`loss` needs `probability`".into(),
+                    ));
+                }
+                (Action::Loss, Some(p)) if !(p > 0.0 && p <= 1.0) => {
+                    return Err(invalid(
+                        offset,
+                        &field("probability"),
+                        format!("must be a share above 0.0 and at most 1.0, got {p}"),
+                    ));
+                }
+                (action, Some(_)) if action != Action::Loss => {
+                    return Err(invalid(
+                        offset,
+                        &field("probability"),
+                        format!("only `loss` takes `probability`, not `{action}`"),
+                    ));
+                }
+                _ => {}
+            }
             match (step.action, step.replicas) {
                 (Action::Scale, None) => {
                     return Err(invalid(
@@ -435,11 +469,11 @@ impl Scenario {
                         format!("must be at most {MAX_WORKERS}, got {n}"),
                     ));
                 }
-                (Action::Scale, Some(_)) if step.target != Target::AllWorkers => {
+                (Action::Scale, Some(_)) if subject != Subject::Service(Target::AllWorkers) => {
                     return Err(invalid(
                         offset,
                         &field("target"),
-                        format!("`scale` applies to `worker`, not `{}`", step.target),
+                        format!("`scale` applies to `worker`, not `{subject}`"),
                     ));
                 }
                 (action, Some(_)) if action != Action::Scale => {
@@ -454,8 +488,9 @@ impl Scenario {
             steps.push(Step {
                 at: step.at,
                 action: step.action,
-                target: step.target,
+                subject,
                 replicas: step.replicas,
+                probability: step.probability,
             });
         }
         // Stable: steps at the same offset keep their file order.
@@ -536,6 +571,90 @@ impl Scenario {
             chaos,
             expect: raw.expect.into(),
         })
+    }
+}
+
+/// What a step acts on, from its selector fields; an error names the field and what is wrong.
+fn step_subject(step: &RawStep) -> Result<Subject, (&'static str, String)> {
+    let action = step.action;
+    let link = match (step.between, step.from, step.to) {
+        (None, None, None) => None,
+        (Some([a, b]), None, None) => Some(Link {
+            a,
+            b,
+            one_way: false,
+        }),
+        (None, Some(a), Some(b)) => Some(Link {
+            a,
+            b,
+            one_way: true,
+        }),
+        (Some(_), _, _) => {
+            return Err((
+                "between",
+                "give `between` or `from` and `to`, not both".into(),
+            ));
+        }
+        (None, Some(_), None) => return Err(("to", format!("`{action}` with `from` needs `to`"))),
+        (None, None, Some(_)) => {
+            return Err(("from", format!("`{action}` with `to` needs `from`")));
+        }
+    };
+    if let Some(link) = link {
+        let overlap = |x: Target, y: Target| {
+            x == y
+                || matches!((x, y), (Target::AllWorkers, Target::Worker(_)))
+                || matches!((x, y), (Target::Worker(_), Target::AllWorkers))
+        };
+        if overlap(link.a, link.b) {
+            let name = if link.one_way { "to" } else { "between" };
+            return Err((
+                name,
+                format!("a link joins two different services, not `{link}`"),
+            ));
+        }
+    }
+    match (action, step.target, link) {
+        (Action::Heal, None, None) => Ok(Subject::AllLinks),
+        (Action::Heal, Some(Target::Redis), None) => Ok(Subject::Service(Target::Redis)),
+        (Action::Heal, Some(target), None) => Err((
+            "target",
+            format!(
+                "`heal` with `target` ends a `disk-full`, which only `redis` has, not `{target}`"
+            ),
+        )),
+        (Action::Heal, Some(_), Some(_)) => Err((
+            "target",
+            "`heal` takes a link (`between`, or `from` and `to`) or a `target`, not both".into(),
+        )),
+        (Action::Heal, None, Some(link)) => Ok(Subject::Link(link)),
+        (action, None, Some(link)) if action.on_link() => Ok(Subject::Link(link)),
+        (action, Some(_), _) if action.on_link() => Err((
+            "target",
+            format!("`{action}` acts on a link: use `between = [a, b]`, or `from` and `to`"),
+        )),
+        (action, None, None) if action.on_link() => Err((
+            "between",
+            format!("`{action}` needs `between = [a, b]`, or `from` and `to`"),
+        )),
+        (action, _, Some(_)) => Err((
+            if step.between.is_some() {
+                "between"
+            } else {
+                "from"
+            },
+            format!("`{action}` acts on one service (`target`), not on a link"),
+        )),
+        (action, None, None) => Err(("target", format!("`{action}` needs `target`"))),
+        (Action::PowerLoss | Action::DiskFull, Some(target), None) if target != Target::Redis => {
+            Err((
+                "target",
+                format!(
+                    "`{action}` applies to `redis` (the service with a data directory), not `{target}`"
+                ),
+            ))
+        }
+        (_, Some(target), None) => Ok(Subject::Service(target)),
     }
 }
 
@@ -703,6 +822,122 @@ duration = "10s"
         let (_, field, message) = error_of("name = \"t\"\n[load]\nrate = 10\n");
         assert_eq!(field, "load.duration");
         assert!(message.contains("missing field"), "{message}");
+    }
+
+    fn step_error(step: &str) -> (String, String) {
+        let (_, field, message) = error_of(&format!("{MINIMAL}\n[[step]]\nat = \"1s\"\n{step}"));
+        (field, message)
+    }
+
+    #[test]
+    fn link_faults_parse_into_links() {
+        let text = format!(
+            "{MINIMAL}\n[[step]]\nat = \"1s\"\naction = \"partition\"\nbetween = [\"orchestrator\", \"redis\"]\n\
+             [[step]]\nat = \"2s\"\naction = \"loss\"\nfrom = \"worker\"\nto = \"redis\"\nprobability = 0.3\n\
+             [[step]]\nat = \"3s\"\naction = \"heal\"\nbetween = [\"redis\", \"orchestrator\"]\n\
+             [[step]]\nat = \"4s\"\naction = \"heal\"\n\
+             [[step]]\nat = \"5s\"\naction = \"disk-full\"\ntarget = \"redis\"\n\
+             [[step]]\nat = \"6s\"\naction = \"heal\"\ntarget = \"redis\"\n\
+             [[step]]\nat = \"7s\"\naction = \"power-loss\"\ntarget = \"redis\"\n"
+        );
+        let scenario = parse(&text).unwrap();
+        let subjects: Vec<String> = scenario
+            .steps
+            .iter()
+            .map(|s| format!("{} {}", s.action, s.subject))
+            .collect();
+        assert_eq!(
+            subjects,
+            [
+                "partition orchestrator<->redis",
+                "loss worker->redis",
+                "heal redis<->orchestrator",
+                "heal links",
+                "disk-full redis",
+                "heal redis",
+                "power-loss redis",
+            ]
+        );
+        assert_eq!(scenario.steps[1].probability, Some(0.3));
+        // a two-way heal names the pair in either order
+        assert!(scenario.steps[2].subject.heals(&scenario.steps[0].subject));
+        assert!(scenario.steps[3].subject.heals(&scenario.steps[1].subject));
+        assert!(!scenario.steps[3].subject.heals(&scenario.steps[4].subject));
+        assert!(scenario.steps[5].subject.heals(&scenario.steps[4].subject));
+        assert!(scenario.needs_network_control());
+        assert!(scenario.needs_fault_fs());
+    }
+
+    #[test]
+    fn bad_link_steps_name_the_field_and_the_fix() {
+        for (step, field, needle) in [
+            (
+                "action = \"partition\"\ntarget = \"redis\"\n",
+                "target",
+                "acts on a link",
+            ),
+            ("action = \"partition\"\n", "between", "needs `between"),
+            (
+                "action = \"partition\"\nfrom = \"worker.1\"\n",
+                "to",
+                "with `from` needs `to`",
+            ),
+            (
+                "action = \"partition\"\nbetween = [\"redis\", \"redis\"]\n",
+                "between",
+                "two different services",
+            ),
+            (
+                "action = \"partition\"\nbetween = [\"worker\", \"worker.2\"]\n",
+                "between",
+                "two different services",
+            ),
+            (
+                "action = \"partition\"\nbetween = [\"redis\", \"worker\"]\nfrom = \"redis\"\nto = \"worker\"\n",
+                "between",
+                "not both",
+            ),
+            (
+                "action = \"loss\"\nbetween = [\"redis\", \"worker\"]\n",
+                "probability",
+                "needs `probability`",
+            ),
+            (
+                "action = \"loss\"\nbetween = [\"redis\", \"worker\"]\nprobability = 1.5\n",
+                "probability",
+                "at most 1.0",
+            ),
+            (
+                "action = \"partition\"\nbetween = [\"redis\", \"worker\"]\nprobability = 0.5\n",
+                "probability",
+                "only `loss`",
+            ),
+            (
+                "action = \"kill\"\nbetween = [\"redis\", \"worker\"]\n",
+                "between",
+                "acts on one service",
+            ),
+            ("action = \"kill\"\n", "target", "needs `target`"),
+            (
+                "action = \"power-loss\"\ntarget = \"worker.1\"\n",
+                "target",
+                "applies to `redis`",
+            ),
+            (
+                "action = \"heal\"\ntarget = \"orchestrator\"\n",
+                "target",
+                "only `redis` has",
+            ),
+            (
+                "action = \"heal\"\ntarget = \"redis\"\nbetween = [\"redis\", \"worker\"]\n",
+                "target",
+                "not both",
+            ),
+        ] {
+            let (got_field, message) = step_error(step);
+            assert_eq!(got_field, format!("step[1].{field}"), "{step}: {message}");
+            assert!(message.contains(needle), "{step}: {message}");
+        }
     }
 
     #[test]

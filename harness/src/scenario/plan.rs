@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Action, ChaosSettings, Expectations, Scenario, Target};
+use super::{Action, ChaosSettings, Expectations, Scenario, Subject, Target};
 
 impl Scenario {
     /// The concrete steps of one run: file steps plus chaos faults, all offsets multiplied by
@@ -19,8 +19,9 @@ impl Scenario {
             .map(|s| PlannedStep {
                 at: scale(s.at),
                 action: s.action,
-                target: s.target,
+                subject: s.subject,
                 replicas: s.replicas,
+                probability: s.probability,
                 origin: StepOrigin::File,
             })
             .collect();
@@ -64,7 +65,7 @@ pub struct Plan {
 
 impl Plan {
     /// Every fault of the plan with how long it lasts: until the step that heals it on the same
-    /// target, or to the end of the load.
+    /// service or link, or to the end of the load.
     pub fn fault_spans(&self) -> Vec<(&PlannedStep, Duration)> {
         self.steps
             .iter()
@@ -74,7 +75,7 @@ impl Plan {
                 let healed_at = self.steps[i + 1..]
                     .iter()
                     .find(|later| {
-                        later.target == step.target
+                        later.subject.heals(&step.subject)
                             && (later.action == healing || later.action == Action::Restart)
                     })
                     .map_or(self.load_duration, |later| later.at);
@@ -90,7 +91,8 @@ impl Plan {
     /// disconnected for longer than the orchestrator's Redis timeout. The message names the
     /// fault, its length at this time scale and the timeout.
     pub fn refuse_ineffective_faults(&self, expect: &Expectations) -> Result<(), String> {
-        /// An effect an expectation requires: faults on these targets must outlast `needed`.
+        /// An effect an expectation requires: faults on these services (or a partition between
+        /// them and Redis) must outlast `needed`.
         struct Need {
             expectation: &'static str,
             on: fn(Target) -> bool,
@@ -98,10 +100,17 @@ impl Plan {
             what: &'static str,
         }
         let spans = self.fault_spans();
+        let cuts = |subject: &Subject, action: Action, on: fn(Target) -> bool| match subject {
+            Subject::Service(target) => on(*target),
+            Subject::Link(link) => {
+                action == Action::Partition && link.joins(on, |t| t == Target::Redis)
+            }
+            Subject::AllLinks => false,
+        };
         let longest = |on: fn(Target) -> bool| {
             spans
                 .iter()
-                .filter(|(step, _)| on(step.target))
+                .filter(|(step, _)| cuts(&step.subject, step.action, on))
                 .max_by_key(|(step, span)| (step.action == Action::Kill, *span))
                 .map(|(step, span)| (*step, *span))
         };
@@ -140,7 +149,7 @@ impl Plan {
                         humantime::format_duration(needed),
                         self.time_scale,
                         step.action,
-                        step.target,
+                        step.subject,
                         humantime::format_duration(step.at),
                         humantime::format_duration(span),
                     ));
@@ -225,10 +234,12 @@ pub struct PlannedStep {
     pub at: Duration,
     /// What to do.
     pub action: Action,
-    /// To which service.
-    pub target: Target,
+    /// On which service or link.
+    pub subject: Subject,
     /// With `scale`: wanted replicas.
     pub replicas: Option<u32>,
+    /// With `loss`: the share of packets dropped.
+    pub probability: Option<f64>,
     /// Written in the file or drawn by chaos.
     pub origin: StepOrigin,
 }
@@ -267,8 +278,9 @@ fn chaos_steps(
         steps.push(PlannedStep {
             at,
             action,
-            target,
+            subject: Subject::Service(target),
             replicas: None,
+            probability: None,
             origin: StepOrigin::Chaos,
         });
         if let Some(heal) = action.healing_action() {
@@ -276,8 +288,9 @@ fn chaos_steps(
             steps.push(PlannedStep {
                 at,
                 action: heal,
-                target,
+                subject: Subject::Service(target),
                 replicas: None,
+                probability: None,
                 origin: StepOrigin::Chaos,
             });
         }
@@ -457,6 +470,11 @@ duration = "10s"
             .filter(|s| matches!(s.action, Action::Start | Action::Unpause | Action::Connect))
             .count();
         assert_eq!(faults, heals, "every kill or pause is healed");
-        assert!(first.steps.iter().all(|s| s.target != Target::AllWorkers));
+        assert!(
+            first
+                .steps
+                .iter()
+                .all(|s| s.subject != Subject::Service(Target::AllWorkers))
+        );
     }
 }

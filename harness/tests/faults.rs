@@ -1,0 +1,191 @@
+//! Each fault injector, shown to take effect on a real cluster (NEEDS DOCKER; never skipped).
+//!
+//! Link faults are checked from inside the services' network namespaces: a TCP connection from
+//! the orchestrator to Redis fails during a partition while one from a worker succeeds, and a
+//! share of connection attempts fails under `loss`; after `heal` every attempt succeeds.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use harness::{
+    cleanup::{self, LABEL_RUN},
+    cluster::{Cluster, ClusterSpec, Service},
+    scenario::{Action, Link, PlannedStep, RuntimeKind, StepOrigin, Subject, Target},
+};
+use tokio::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+fn init() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "harness=info,warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    cleanup::install_interrupt_handler();
+}
+
+async fn start(label: &str, workers: u32) -> Cluster {
+    harness::runner::prepare_runtime(RuntimeKind::Docker)
+        .await
+        .unwrap_or_else(|e| panic!("preparing the docker runtime failed: {e:#}"));
+    let spec = ClusterSpec::new(label, workers);
+    Cluster::start(RuntimeKind::Docker, spec)
+        .await
+        .expect("the cluster starts")
+}
+
+async fn assert_nothing_left(run_id: &str) {
+    let docker = cleanup::docker_client()
+        .await
+        .expect("this test needs a docker engine");
+    let left = cleanup::list_labelled(&docker, &format!("{LABEL_RUN}={run_id}"))
+        .await
+        .expect("listing docker resources");
+    assert!(left.is_empty(), "run {run_id} left {left:?}");
+}
+
+fn step(action: Action, subject: Subject, probability: Option<f64>) -> PlannedStep {
+    PlannedStep {
+        at: Duration::ZERO,
+        action,
+        subject,
+        replicas: None,
+        probability,
+        origin: StepOrigin::File,
+    }
+}
+
+fn link(a: Target, b: Target) -> Subject {
+    Subject::Link(Link {
+        a,
+        b,
+        one_way: false,
+    })
+}
+
+/// Whether a TCP connection from the namespace of `pid` to `ip:port` is established within
+/// `within` (bash's /dev/tcp, run in the namespace with nsenter).
+async fn connects(pid: u32, ip: Ipv4Addr, port: u16, within: Duration) -> bool {
+    let status = tokio::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "timeout"])
+        .arg(format!("{:.3}", within.as_secs_f64()))
+        .args(["bash", "-c", &format!("exec 3<>/dev/tcp/{ip}/{port}")])
+        .status()
+        .await
+        .expect("nsenter runs");
+    status.success()
+}
+
+/// Of `attempts` connections from `pid` to `ip:port`, how many were established in time.
+async fn successes(pid: u32, ip: Ipv4Addr, attempts: u32) -> u32 {
+    let mut ok = 0;
+    for _ in 0..attempts {
+        if connects(pid, ip, 6379, Duration::from_millis(300)).await {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+async fn submit(url: &str) -> Option<u16> {
+    reqwest::Client::new()
+        .post(format!("{url}/tasks"))
+        .json(&serde_json::json!({"description": "link fault", "priority": 3}))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_cuts_one_link_and_loss_drops_a_share_until_heal() {
+    init();
+    let _serial = SERIAL.lock().await;
+    let mut cluster = start("link-faults", 1).await;
+    let run_id = cluster.spec().run_id.clone();
+    let url = cluster.orchestrator_url();
+    let (orchestrator, _) = cluster
+        .network_namespace(Service::Orchestrator)
+        .await
+        .unwrap();
+    let (worker, _) = cluster.network_namespace(Service::Worker(1)).await.unwrap();
+    let (_, redis) = cluster.network_namespace(Service::Redis).await.unwrap();
+    let within = Duration::from_millis(500);
+    assert!(connects(orchestrator, redis, 6379, within).await);
+    assert_eq!(submit(&url).await, Some(201));
+
+    // Partition orchestrator <-> redis: the orchestrator cannot connect, the worker still can,
+    // and a submit is refused (503) instead of hanging or being acknowledged.
+    let message = cluster
+        .apply(&step(
+            Action::Partition,
+            link(Target::Orchestrator, Target::Redis),
+            None,
+        ))
+        .await
+        .expect("partition");
+    println!("{message}");
+    assert!(!connects(orchestrator, redis, 6379, within).await);
+    assert!(connects(worker, redis, 6379, within).await);
+    assert_eq!(submit(&url).await, Some(503));
+    let message = cluster
+        .apply(&step(
+            Action::Heal,
+            link(Target::Redis, Target::Orchestrator),
+            None,
+        ))
+        .await
+        .expect("heal names the pair in either order");
+    println!("{message}");
+    assert!(connects(orchestrator, redis, 6379, within).await);
+    testkit::Wait::new("a submit to succeed after heal", Duration::from_secs(15))
+        .every(Duration::from_millis(200))
+        .until_async(async || match submit(&url).await {
+            Some(201) => Ok(()),
+            other => Err(format!("{other:?}")),
+        })
+        .await;
+
+    // 50% loss both ways: a connection needs its SYN and SYN-ACK through (about 1 in 4 within
+    // 300 ms, before the first retransmission); after heal, all of them.
+    let attempts = 40;
+    cluster
+        .apply(&step(
+            Action::Loss,
+            link(Target::AllWorkers, Target::Redis),
+            Some(0.5),
+        ))
+        .await
+        .expect("loss");
+    let lossy = successes(worker, redis, attempts).await;
+    let clean_peer = successes(orchestrator, redis, attempts).await;
+    cluster
+        .apply(&step(Action::Heal, Subject::AllLinks, None))
+        .await
+        .expect("heal all");
+    let healed = successes(worker, redis, attempts).await;
+    println!(
+        "connections within 300 ms: {lossy}/{attempts} under 50% loss, {clean_peer}/{attempts} \
+         on the orchestrator's clean link, {healed}/{attempts} after heal"
+    );
+    assert!(lossy <= attempts / 2, "{lossy}/{attempts} got through");
+    assert_eq!(clean_peer, attempts);
+    assert_eq!(healed, attempts);
+
+    // Healing a link that has no fault is a failed step, not a silent no-op.
+    let err = cluster
+        .apply(&step(
+            Action::Heal,
+            link(Target::Orchestrator, Target::Redis),
+            None,
+        ))
+        .await
+        .expect_err("nothing to heal");
+    assert!(err.to_string().contains("no link fault"), "{err:#}");
+
+    cluster.shutdown().await.expect("shutdown");
+    assert_nothing_left(&run_id).await;
+}
