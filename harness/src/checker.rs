@@ -91,6 +91,13 @@ pub struct Analysis {
     /// From acknowledgement to the first attempt's start, ms (acknowledged, unscheduled tasks
     /// whose first attempt logged).
     pub start_wait_ms: Latency,
+    /// Acknowledged tasks whose record is gone after a Redis crash (`lost`, or `missing` after
+    /// an execution): how long before the crash (`kill`, `power-loss`, `stop` or `restart` of
+    /// Redis) that followed their acknowledgement they were acknowledged, ms. The measured
+    /// window of writes a persistence setting gives up.
+    pub forgotten_ack_age_ms: Latency,
+    /// How many acknowledged tasks `forgotten_ack_age_ms` covers.
+    pub forgotten: u64,
     /// Up to [`SAMPLE_IDS`] ids per anomaly, by count name.
     pub sample_ids: BTreeMap<String, Vec<String>>,
 }
@@ -271,11 +278,45 @@ pub fn analyze(events: &[Event]) -> Analysis {
     }
     analysis.submit_latency_ms = latency(&mut latencies);
     analysis.start_wait_ms = latency(&mut start_waits(events, &runs));
+    let mut ages = forgotten_ack_ages(events, &finals);
+    analysis.forgotten = ages.len() as u64;
+    analysis.forgotten_ack_age_ms = latency(&mut ages);
     analysis.sample_ids = samples
         .into_iter()
         .map(|(count, ids)| (count.to_owned(), ids))
         .collect();
     analysis
+}
+
+/// For each acknowledged task whose final state is `missing`, the time from its acknowledgement
+/// to the next Redis crash, ms (tasks acknowledged after the last crash are left out).
+fn forgotten_ack_ages(events: &[Event], finals: &HashMap<&str, FinalStatus>) -> Vec<f64> {
+    let mut crashes: Vec<f64> = crate::history::faults(events)
+        .into_iter()
+        .filter(|f| {
+            f.ok && f.target.as_deref() == Some("redis")
+                && matches!(
+                    f.action.as_str(),
+                    "kill" | "power-loss" | "stop" | "restart"
+                )
+        })
+        .map(|f| f.t_ms)
+        .collect();
+    crashes.sort_by(f64::total_cmp);
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Submit(s) if s.outcome == OpOutcome::Ok => {
+                let id = s.id.as_deref()?;
+                if finals.get(id) != Some(&FinalStatus::Missing) {
+                    return None;
+                }
+                let crash = crashes.iter().find(|c| **c >= s.end_ms)?;
+                Some(crash - s.end_ms)
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// How long each acknowledged, unscheduled task waited from its acknowledgement to the start of
@@ -631,6 +672,43 @@ mod tests {
             outcome: Outcome::Succeeded,
             end_ms: Some(at + 1.0),
         })
+    }
+
+    #[test]
+    fn forgotten_tasks_are_aged_to_the_crash_that_took_them_and_waits_to_their_first_start() {
+        let crash = |t_ms, action: &str, target: &str| {
+            Event::Fault(Fault {
+                t_ms,
+                action: action.into(),
+                target: Some(target.into()),
+                between: None,
+                one_way: false,
+                ok: true,
+            })
+        };
+        let analysis = analyze(&[
+            ok_at("kept", 1, 0.0),
+            started("kept", 50.0),
+            ok_at("early", 1, 98.0),
+            started("early", 120.0),
+            ok_at("late", 1, 698.0),
+            // a worker kill is no Redis crash: "late" is aged to the power loss
+            crash(800.0, "kill", "worker.1"),
+            crash(1000.0, "power-loss", "redis"),
+            ok_at("after", 1, 2000.0),
+            fin("kept", FinalStatus::Succeeded),
+            fin("early", FinalStatus::Missing),
+            fin("late", FinalStatus::Missing),
+            fin("after", FinalStatus::Missing),
+        ]);
+        // "after" was forgotten by no crash that followed it
+        assert_eq!(analysis.forgotten, 2, "{analysis:?}");
+        assert_eq!(analysis.forgotten_ack_age_ms.p50, 300.0);
+        assert_eq!(analysis.forgotten_ack_age_ms.max, 900.0);
+        assert_eq!(analysis.lost, 2, "late and after never ran");
+        // acknowledged at 2 and 100, started at 50 and 120
+        assert_eq!(analysis.start_wait_ms.p50, 20.0);
+        assert_eq!(analysis.start_wait_ms.max, 48.0);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::{
     checker::{self, Analysis},
     history::Event,
     report::{ExpectationReport, Report, StepReport, secs},
-    scenario::Expectations,
+    scenario::{Action, Expectations},
 };
 
 /// Fills `report` from a history (counts, latency, drain, recovery per healing step) and checks
@@ -17,18 +17,25 @@ pub fn judge(report: &mut Report, expect: &Expectations, events: Vec<Event>) {
     let faults = crate::history::faults(&events);
     for index in 0..report.steps.len().min(faults.len()) {
         let step = &report.steps[index];
-        if !(step.ok && step.action.is_healing()) {
+        // A power loss is a crash and its restart in one step: its own fault and its healing.
+        let instant = step.action == Action::PowerLoss;
+        if !(step.ok && step.action.is_recovery_point()) {
             continue;
         }
         let healed_ms = faults[index].t_ms;
         let recovery = checker::recovery_ms(healed_ms, &events);
         // The fault this step heals: the latest earlier fault on the same target.
-        let fault_ms = (0..index)
-            .rev()
-            .find(|i| {
-                step.target.heals(&report.steps[*i].target) && report.steps[*i].action.is_fault()
-            })
-            .map(|i| faults[i].t_ms);
+        let fault_ms = if instant {
+            Some(healed_ms)
+        } else {
+            (0..index)
+                .rev()
+                .find(|i| {
+                    step.target.heals(&report.steps[*i].target)
+                        && report.steps[*i].action.is_fault()
+                })
+                .map(|i| faults[i].t_ms)
+        };
         let carried = fault_ms.map(|f| checker::carried_over(f, healed_ms, &events));
         let step = &mut report.steps[index];
         step.recovery_ms = recovery.map(|ms| ms.max(0.0).ceil() as u64);
@@ -93,6 +100,8 @@ fn fill_counts(report: &mut Report, analysis: &Analysis, load_ms: u64) {
     report.carried_over = report.steps.iter().filter_map(|s| s.carried_over).sum();
     report.submit_latency_ms = analysis.submit_latency_ms;
     report.start_wait_ms = analysis.start_wait_ms;
+    report.forgotten = analysis.forgotten;
+    report.forgotten_ack_age_ms = analysis.forgotten_ack_age_ms;
     report.throughput_per_s = if load_ms == 0 {
         0.0
     } else {
@@ -157,7 +166,7 @@ pub fn evaluate(expect: &Expectations, report: &Report) -> Vec<ExpectationReport
         let healing: Vec<&StepReport> = report
             .steps
             .iter()
-            .filter(|s| s.action.is_healing())
+            .filter(|s| s.action.is_recovery_point())
             .collect();
         let never = healing.iter().filter(|s| s.recovery_ms.is_none()).count();
         out.push(ExpectationReport {

@@ -120,9 +120,10 @@ fn parse_persistence(raw: &str) -> Result<Persistence, String> {
     match raw {
         "aof-always" => Ok(Persistence::AofAlways),
         "aof-everysec" => Ok(Persistence::AofEverysec),
+        "aof-no" => Ok(Persistence::AofNo),
         "none" => Ok(Persistence::None),
         other => Err(format!(
-            "unknown persistence `{other}`, expected aof-always, aof-everysec or none"
+            "unknown persistence `{other}`, expected aof-always, aof-everysec, aof-no or none"
         )),
     }
 }

@@ -54,6 +54,13 @@ pub struct Report {
     /// From acknowledgement to first start, ms (acknowledged, unscheduled tasks).
     #[serde(default)]
     pub start_wait_ms: Latency,
+    /// Acknowledged tasks whose record a Redis crash took (`lost`, or `missing` after an
+    /// execution).
+    #[serde(default)]
+    pub forgotten: u64,
+    /// For those: how long before the crash they were acknowledged, ms.
+    #[serde(default)]
+    pub forgotten_ack_age_ms: Latency,
     /// Acknowledged submits per second of load.
     pub throughput_per_s: f64,
     /// Every step, in order, as executed.
@@ -234,6 +241,17 @@ impl Report {
             "   wait to first start ms: p50 {} | p99 {} | max {}",
             self.start_wait_ms.p50, self.start_wait_ms.p99, self.start_wait_ms.max,
         );
+        if self.forgotten > 0 {
+            let _ = writeln!(
+                out,
+                "   {} acknowledged task(s) forgotten by a Redis crash, acknowledged before it by \
+                 ms: p50 {} | p99 {} | max {}",
+                self.forgotten,
+                self.forgotten_ack_age_ms.p50,
+                self.forgotten_ack_age_ms.p99,
+                self.forgotten_ack_age_ms.max,
+            );
+        }
         if !self.steps.is_empty() {
             let _ = writeln!(out, "   steps:");
             for step in &self.steps {

@@ -154,6 +154,7 @@ async fn run_into(
     spec.timing = plan.timing;
     spec.fail_rate = scenario.cluster.fail_rate;
     spec.permanent_fail_rate = scenario.cluster.permanent_fail_rate;
+    spec.fault_disk = scenario.needs_fault_fs();
     report.run_id = spec.run_id.clone();
 
     let cluster_started = Instant::now();

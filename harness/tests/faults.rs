@@ -189,3 +189,127 @@ async fn a_partition_cuts_one_link_and_loss_drops_a_share_until_heal() {
     cluster.shutdown().await.expect("shutdown");
     assert_nothing_left(&run_id).await;
 }
+
+async fn redis(cluster: &Cluster) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(cluster.redis_url())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis answers")
+}
+
+/// `power-loss` keeps what Redis fsynced and drops what it did not: a key written under
+/// `appendfsync always` survives, one written after `CONFIG SET appendfsync no` does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_loss_drops_an_unsynced_write_and_keeps_a_synced_one() {
+    init();
+    let _serial = SERIAL.lock().await;
+    harness::runner::prepare_runtime(RuntimeKind::Docker)
+        .await
+        .unwrap_or_else(|e| panic!("preparing the docker runtime failed: {e:#}"));
+    let mut spec = ClusterSpec::new("power-loss", 1);
+    spec.fault_disk = true;
+    let run_id = spec.run_id.clone();
+    let mut cluster = Cluster::start(RuntimeKind::Docker, spec)
+        .await
+        .expect("the cluster starts on the fault filesystem");
+    let mut conn = redis(&cluster).await;
+    let _: () = redis::cmd("SET")
+        .arg("faults:synced")
+        .arg("1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("appendfsync")
+        .arg("no")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("faults:unsynced")
+        .arg("1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let message = cluster
+        .apply(&step(
+            Action::PowerLoss,
+            Subject::Service(Target::Redis),
+            None,
+        ))
+        .await
+        .expect("power loss");
+    println!("{message}");
+    assert!(!message.contains(" 0 unsynced byte"), "{message}");
+    let mut conn = redis(&cluster).await;
+    let (synced, unsynced): (Option<String>, Option<String>) = redis::pipe()
+        .get("faults:synced")
+        .get("faults:unsynced")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(synced.as_deref(), Some("1"), "the fsynced write survives");
+    assert_eq!(unsynced, None, "the write that was never fsynced is gone");
+    drop(conn);
+    cluster.shutdown().await.expect("shutdown");
+    assert_nothing_left(&run_id).await;
+}
+
+/// `disk-full` makes Redis refuse writes, so the orchestrator answers 503 (never a 201 it could
+/// not keep), and `heal` brings writes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_submits_until_heal() {
+    init();
+    let _serial = SERIAL.lock().await;
+    harness::runner::prepare_runtime(RuntimeKind::Docker)
+        .await
+        .unwrap_or_else(|e| panic!("preparing the docker runtime failed: {e:#}"));
+    let mut spec = ClusterSpec::new("disk-full", 1);
+    spec.fault_disk = true;
+    spec.persistence = harness::scenario::Persistence::AofEverysec;
+    let run_id = spec.run_id.clone();
+    let mut cluster = Cluster::start(RuntimeKind::Docker, spec)
+        .await
+        .expect("the cluster starts on the fault filesystem");
+    let url = cluster.orchestrator_url();
+    assert_eq!(submit(&url).await, Some(201));
+    cluster
+        .apply(&step(
+            Action::DiskFull,
+            Subject::Service(Target::Redis),
+            None,
+        ))
+        .await
+        .expect("disk full");
+    // The first write after the disk filled may still be answered (Redis learns of the failed
+    // AOF write when it flushes); from then on writes are refused.
+    let mut statuses = Vec::new();
+    testkit::Wait::new("submits to be refused", Duration::from_secs(15))
+        .every(Duration::from_millis(200))
+        .until_async(async || {
+            let status = submit(&url).await;
+            statuses.push(status);
+            match status {
+                Some(503) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    println!("submits after disk-full: {statuses:?}");
+    cluster
+        .apply(&step(Action::Heal, Subject::Service(Target::Redis), None))
+        .await
+        .expect("heal");
+    testkit::Wait::new("a submit to succeed after heal", Duration::from_secs(15))
+        .every(Duration::from_millis(200))
+        .until_async(async || match submit(&url).await {
+            Some(201) => Ok(()),
+            other => Err(format!("{other:?}")),
+        })
+        .await;
+    cluster.shutdown().await.expect("shutdown");
+    assert_nothing_left(&run_id).await;
+}

@@ -254,6 +254,40 @@ async fn worker_kill_mid_task_passes_in_the_process_runtime() {
 /// really loses acknowledged tasks, and `harness run` must say so in its exit status and report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_persistence_control_loses_tasks_and_its_twin_does_not() {
+    control_loses_tasks_and_its_twin_does_not(
+        "scenarios/controls/kill-redis-none.toml",
+        Persistence::None,
+        "scenarios/kill-redis.toml",
+    )
+    .await;
+}
+
+/// A power loss drops what Redis did not fsync: with `appendfsync no` acknowledged tasks are
+/// lost (a kill -9 would have kept them in the page cache), with `always` none are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_power_loss_control_loses_tasks_and_its_twin_does_not() {
+    let report = control_loses_tasks_and_its_twin_does_not(
+        "scenarios/controls/power-loss-none.toml",
+        Persistence::AofNo,
+        "scenarios/power-loss-always.toml",
+    )
+    .await;
+    assert!(
+        report.forgotten >= report.lost,
+        "every lost task is one the crash forgot: {} forgotten, {} lost",
+        report.forgotten,
+        report.lost
+    );
+}
+
+/// Runs the negative control `control` (the twin of `twin` but for `redis_persistence`) through
+/// the harness binary: it must exit 1 with `lost` > 0; the twin must pass. Returns the control's
+/// report.
+async fn control_loses_tasks_and_its_twin_does_not(
+    control: &str,
+    persistence: Persistence,
+    twin: &str,
+) -> Report {
     init();
     let _serial = SERIAL.lock().await;
     prepare(RuntimeKind::Docker).await;
@@ -261,12 +295,12 @@ async fn the_persistence_control_loses_tasks_and_its_twin_does_not() {
         "harness-lossy-{}.json",
         uuid::Uuid::new_v4().simple()
     ));
-    let fixture = workspace().join("scenarios/controls/kill-redis-none.toml");
-    let twin_path = workspace().join("scenarios/kill-redis.toml");
+    let fixture = workspace().join(control);
+    let twin_path = workspace().join(twin);
     // The control and its twin differ in the one setting under test, nothing else.
     let control = Scenario::from_file(&fixture).unwrap_or_else(|e| panic!("{e}"));
     let twin = Scenario::from_file(&twin_path).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(control.cluster.redis_persistence, Persistence::None);
+    assert_eq!(control.cluster.redis_persistence, persistence);
     assert_eq!(twin.cluster.redis_persistence, Persistence::AofAlways);
     let mut normalised = control.clone();
     normalised.name = twin.name.clone();
@@ -320,13 +354,14 @@ async fn the_persistence_control_loses_tasks_and_its_twin_does_not() {
     assert!(stdout.contains("FAILED"), "the summary says FAILED");
     assert_nothing_left(&report.run_id).await;
 
-    // Same load, timing and fault with the AOF on: nothing is lost.
+    // Same load, timing and fault with appendfsync always: nothing is lost.
     let twin_report = run_file(&twin_path, RuntimeKind::Docker).await;
     assert!(
         twin_report.passed && twin_report.lost == 0,
         "the twin with appendfsync always must pass with nothing lost: {}",
         failed_expectations(&twin_report)
     );
+    report
 }
 
 /// Liveness: a service that dies on its own (here: SIGKILLed behind the harness's back) is

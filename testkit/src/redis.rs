@@ -28,6 +28,8 @@ pub enum Persistence {
     AofAlways,
     /// `appendonly yes`, `appendfsync everysec`: may lose about the last second.
     AofEverysec,
+    /// `appendonly yes`, `appendfsync no`: survives a process crash, not a power loss.
+    AofNo,
     /// No AOF, no snapshots: a restart loses everything.
     None,
 }
@@ -38,6 +40,7 @@ impl Persistence {
         match self {
             Persistence::AofAlways => &["--appendonly", "yes", "--appendfsync", "always"],
             Persistence::AofEverysec => &["--appendonly", "yes", "--appendfsync", "everysec"],
+            Persistence::AofNo => &["--appendonly", "yes", "--appendfsync", "no"],
             Persistence::None => &["--appendonly", "no"],
         }
     }

@@ -69,6 +69,9 @@ pub struct DockerCluster {
     host_ports: Mutex<HashMap<Service, u16>>,
     live: LiveRun,
     shut_down: bool,
+    /// Redis's data on the fault filesystem instead of the volume (dropped, so unmounted, after
+    /// the containers are gone).
+    fault_disk: Option<super::disk::FaultDisk>,
 }
 
 impl DockerCluster {
@@ -98,7 +101,12 @@ impl DockerCluster {
             host_ports: Mutex::new(HashMap::new()),
             live,
             shut_down: false,
+            fault_disk: None,
         };
+        let mut cluster = cluster;
+        if spec.fault_disk {
+            cluster.fault_disk = Some(super::disk::FaultDisk::mount(&spec.run_id)?);
+        }
         docker
             .create_network(NetworkCreateRequest {
                 name: network.clone(),
@@ -117,6 +125,11 @@ impl DockerCluster {
             .await
             .with_context(|| format!("creating volume {volume}"))?;
         Ok(cluster)
+    }
+
+    /// The switches of Redis's fault filesystem, when the run has one.
+    pub fn fault_disk(&self) -> Option<faultfs::Control> {
+        self.fault_disk.as_ref().map(|d| d.control())
     }
 
     /// Name of the run's network.
@@ -269,7 +282,12 @@ impl DockerCluster {
                     .with_exposed_port(port.tcp())
                     .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
                     .with_cmd(cmd)
-                    .with_mount(Mount::volume_mount(self.volume.clone(), "/data"))
+                    .with_mount(match &self.fault_disk {
+                        Some(disk) => {
+                            Mount::bind_mount(disk.data_dir().display().to_string(), "/data")
+                        }
+                        None => Mount::volume_mount(self.volume.clone(), "/data"),
+                    })
             }
             Service::Orchestrator => {
                 let mut request = GenericImage::new(ORCHESTRATOR_IMAGE.0, ORCHESTRATOR_IMAGE.1)

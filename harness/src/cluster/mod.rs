@@ -15,6 +15,7 @@
 //! Everything a cluster creates is removed by [`Cluster::shutdown`], or by `Drop` when a run
 //! fails or panics, or by the interrupt handler in [`crate::cleanup`].
 
+pub mod disk;
 pub mod docker;
 pub mod links;
 pub mod process;
@@ -70,6 +71,9 @@ pub struct ClusterSpec {
     /// Redis `requirepass`: every run's Redis requires a password, fresh per run, so the
     /// services are always exercised with credentials in `REDIS_URL`. Never printed.
     pub redis_password: String,
+    /// Redis's data directory on the fault filesystem ([`disk`]), so `power-loss` and
+    /// `disk-full` can act on it.
+    pub fault_disk: bool,
 }
 
 impl std::fmt::Debug for ClusterSpec {
@@ -87,6 +91,7 @@ impl std::fmt::Debug for ClusterSpec {
             .field("fail_rate", &self.fail_rate)
             .field("permanent_fail_rate", &self.permanent_fail_rate)
             .field("redis_password", &"***")
+            .field("fault_disk", &self.fault_disk)
             .finish()
     }
 }
@@ -107,6 +112,7 @@ impl ClusterSpec {
             fail_rate: 0.0,
             permanent_fail_rate: 0.0,
             redis_password: format!("{:032x}", rand::random::<u128>()),
+            fault_disk: false,
         }
     }
 
@@ -444,6 +450,27 @@ impl Cluster {
             Subject::Link(_) | Subject::AllLinks if action == Action::Heal => {
                 return self.heal_links(&step.subject).await;
             }
+            Subject::Service(Target::Redis) if action == Action::PowerLoss => {
+                return self.power_loss().await;
+            }
+            Subject::Service(Target::Redis)
+                if matches!(action, Action::DiskFull | Action::Heal) =>
+            {
+                let disk = self.fault_disk()?;
+                let full = action == Action::DiskFull;
+                if disk.is_disk_full() == full {
+                    bail!(
+                        "redis's disk is {} full",
+                        if full { "already" } else { "not" }
+                    );
+                }
+                disk.set_disk_full(full);
+                return Ok(if full {
+                    "redis's data directory refuses writes (ENOSPC)".into()
+                } else {
+                    "redis's data directory accepts writes again".into()
+                });
+            }
             Subject::Service(target) => target,
             subject => bail!("`{action}` cannot act on `{subject}`"),
         };
@@ -469,7 +496,7 @@ impl Cluster {
                 Action::Disconnect => self.disconnect(service).await?,
                 Action::Connect => self.connect(service).await?,
                 Action::PowerLoss | Action::DiskFull | Action::Heal => {
-                    bail!("`{action}` on {service} is not supported yet")
+                    bail!("`{action}` applies to redis, not {service}")
                 }
                 Action::Scale | Action::Partition | Action::Loss => {
                     unreachable!("handled above")
@@ -490,6 +517,26 @@ impl Cluster {
             Backend::Docker(docker) => docker.netns(service).await,
             Backend::Process(_) => bail!("the process runtime's services share the host's network"),
         }
+    }
+
+    /// The switches of Redis's fault filesystem; an error when the run did not mount one.
+    fn fault_disk(&self) -> anyhow::Result<faultfs::Control> {
+        backend!(self, b => b.fault_disk()).context(
+            "redis's data directory is not on the fault filesystem (the cluster was started \
+             without `fault_disk`)",
+        )
+    }
+
+    /// SIGKILL Redis, drop every write it had not fsynced, start it on what was synced.
+    async fn power_loss(&mut self) -> anyhow::Result<String> {
+        let disk = self.fault_disk()?;
+        self.kill(Service::Redis).await?;
+        let lost = disk.power_loss();
+        self.start_service(Service::Redis).await?;
+        Ok(format!(
+            "redis killed, {} unsynced byte(s) in {} file(s) dropped, started again",
+            lost.bytes, lost.files
+        ))
     }
 
     /// Drops the packets (all, or a share for `loss`) on a link, docker runtime only; see

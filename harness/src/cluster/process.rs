@@ -127,6 +127,9 @@ pub struct ProcessCluster {
     orchestrator_port: u16,
     live: LiveRun,
     shut_down: bool,
+    /// Redis's data on the fault filesystem instead of the run directory (declared after
+    /// `procs`, so Redis is dead before it is unmounted).
+    fault_disk: Option<super::disk::FaultDisk>,
 }
 
 impl ProcessCluster {
@@ -146,13 +149,30 @@ impl ProcessCluster {
             procs: BTreeMap::new(),
             live,
             shut_down: false,
+            fault_disk: None,
         };
+        let mut cluster = cluster;
+        if spec.fault_disk {
+            cluster.fault_disk = Some(super::disk::FaultDisk::mount(&spec.run_id)?);
+        }
         std::fs::create_dir_all(cluster.run_dir.join("redis"))?;
         write_private(
             &cluster.run_dir.join("redis-auth.conf"),
             &format!("requirepass {}\n", cluster.spec.redis_password),
         )?;
         Ok(cluster)
+    }
+
+    /// The switches of Redis's fault filesystem, when the run has one.
+    pub fn fault_disk(&self) -> Option<faultfs::Control> {
+        self.fault_disk.as_ref().map(|d| d.control())
+    }
+
+    fn redis_dir(&self) -> PathBuf {
+        match &self.fault_disk {
+            Some(disk) => disk.data_dir().to_path_buf(),
+            None => self.run_dir.join("redis"),
+        }
     }
 
     /// Orchestrator base URL.
@@ -183,12 +203,13 @@ impl ProcessCluster {
                 .persistence(match self.spec.persistence {
                     Persistence::AofAlways => testkit::Persistence::AofAlways,
                     Persistence::AofEverysec => testkit::Persistence::AofEverysec,
+                    Persistence::AofNo => testkit::Persistence::AofNo,
                     Persistence::None => testkit::Persistence::None,
                 })
                 .arg("--daemonize")
                 .arg("no")
                 .extra_args(super::REDIS_MEMORY_ARGS)
-                .command(port, &self.run_dir.join("redis")),
+                .command(port, &self.redis_dir()),
             Service::Orchestrator => {
                 let mut command = Command::new(&self.binaries.orchestrator);
                 command
@@ -362,6 +383,8 @@ impl ProcessCluster {
                 process.kill_async().await;
             }
         }
+        // Redis is gone, so nothing holds a file open on the fault filesystem.
+        self.fault_disk = None;
         cleanup::remove_run_dir(&self.run_dir);
         cleanup::unregister(&self.live);
         Ok(())

@@ -83,6 +83,9 @@ pub enum Persistence {
     AofAlways,
     /// `appendonly yes`, `appendfsync everysec`.
     AofEverysec,
+    /// `appendonly yes`, `appendfsync no`: the AOF is written but never fsynced, so it survives
+    /// a process crash (the page cache keeps it) but not a power loss.
+    AofNo,
     /// No AOF and no snapshots: a restart loses everything.
     None,
 }
@@ -93,6 +96,7 @@ impl Persistence {
         let args: &[&str] = match self {
             Persistence::AofAlways => &["--appendonly", "yes", "--appendfsync", "always"],
             Persistence::AofEverysec => &["--appendonly", "yes", "--appendfsync", "everysec"],
+            Persistence::AofNo => &["--appendonly", "yes", "--appendfsync", "no"],
             Persistence::None => &["--appendonly", "no"],
         };
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -107,6 +111,7 @@ impl fmt::Display for Persistence {
         f.write_str(match self {
             Persistence::AofAlways => "aof-always",
             Persistence::AofEverysec => "aof-everysec",
+            Persistence::AofNo => "aof-no",
             Persistence::None => "none",
         })
     }
@@ -207,6 +212,12 @@ impl Action {
             self,
             Action::Start | Action::Restart | Action::Unpause | Action::Connect | Action::Heal
         )
+    }
+
+    /// Whether recovery is measured after this step: healing steps, and `power-loss` (a crash
+    /// and its restart in one step).
+    pub fn is_recovery_point(self) -> bool {
+        self.is_healing() || self == Action::PowerLoss
     }
 
     /// Whether this step acts on a link between two services (`between`, or `from` and `to`).
