@@ -98,6 +98,9 @@ pub struct Analysis {
     pub forgotten_ack_age_ms: Latency,
     /// How many acknowledged tasks `forgotten_ack_age_ms` covers.
     pub forgotten: u64,
+    /// Tasks taken over from a live worker: an attempt logged by a worker no step faulted and
+    /// that never exited, which did not end in `retrying`, and was followed by another attempt.
+    pub live_takeovers: u64,
     /// Up to [`SAMPLE_IDS`] ids per anomaly, by count name.
     pub sample_ids: BTreeMap<String, Vec<String>>,
 }
@@ -278,6 +281,11 @@ pub fn analyze(events: &[Event]) -> Analysis {
     }
     analysis.submit_latency_ms = latency(&mut latencies);
     analysis.start_wait_ms = latency(&mut start_waits(events, &runs));
+    let live = live_takeovers(events, &runs);
+    analysis.live_takeovers = live.len() as u64;
+    for id in live {
+        note("live_takeovers", id);
+    }
     let mut ages = forgotten_ack_ages(events, &finals);
     analysis.forgotten = ages.len() as u64;
     analysis.forgotten_ack_age_ms = latency(&mut ages);
@@ -286,6 +294,38 @@ pub fn analyze(events: &[Event]) -> Analysis {
         .map(|(count, ids)| (count.to_owned(), ids))
         .collect();
     analysis
+}
+
+/// The tasks taken over from a live worker (see [`Analysis::live_takeovers`]). A step on
+/// `worker`, or a link fault on it, counts for every replica.
+fn live_takeovers<'a>(events: &[Event], runs: &BTreeMap<&'a str, Vec<&Execution>>) -> Vec<&'a str> {
+    let mut touched: HashSet<&str> = HashSet::new();
+    for event in events {
+        match event {
+            Event::Fault(f) => {
+                touched.extend(f.target.as_deref());
+                touched.extend(f.between.iter().flatten().map(String::as_str));
+            }
+            Event::Exit(e) => {
+                touched.insert(e.service.as_str());
+            }
+            _ => {}
+        }
+    }
+    let live = |service: &str| {
+        let every_worker = service.starts_with("worker.") && touched.contains("worker");
+        !(touched.contains(service) || every_worker)
+    };
+    runs.iter()
+        .filter(|(_, runs)| {
+            runs.iter().any(|e| {
+                e.outcome != Outcome::Retrying
+                    && e.service.as_deref().is_some_and(live)
+                    && runs.iter().any(|later| later.attempt == e.attempt + 1)
+            })
+        })
+        .map(|(id, _)| *id)
+        .collect()
 }
 
 /// For each acknowledged task whose final state is `missing`, the time from its acknowledgement
@@ -627,6 +667,7 @@ mod tests {
             worker: "w1".into(),
             outcome,
             end_ms: Some(10.0 * f64::from(attempt) + 1.0),
+            service: None,
         })
     }
 
@@ -671,7 +712,42 @@ mod tests {
             worker: "w1".into(),
             outcome: Outcome::Succeeded,
             end_ms: Some(at + 1.0),
+            service: None,
         })
+    }
+
+    #[test]
+    fn a_task_run_again_after_a_live_worker_ran_it_is_a_live_takeover() {
+        let by = |id: &str, attempt: u32, service: &str| {
+            Event::Execution(Execution {
+                t_ms: 10.0 * f64::from(attempt),
+                id: id.to_owned(),
+                attempt,
+                worker: service.into(),
+                outcome: Outcome::Succeeded,
+                end_ms: None,
+                service: Some(service.into()),
+            })
+        };
+        let kill = Event::Fault(Fault::new(
+            5.0,
+            "kill",
+            &crate::scenario::Subject::Service(crate::scenario::Target::Worker(2)),
+            true,
+        ));
+        let analysis = analyze(&[
+            ok("live"),
+            by("live", 1, "worker.1"),
+            by("live", 2, "worker.3"),
+            ok("killed"),
+            by("killed", 1, "worker.2"),
+            by("killed", 2, "worker.3"),
+            ok("once"),
+            by("once", 1, "worker.1"),
+            kill,
+        ]);
+        assert_eq!(analysis.live_takeovers, 1, "{analysis:?}");
+        assert_eq!(analysis.sample_ids["live_takeovers"], ["live"]);
     }
 
     #[test]
@@ -1084,6 +1160,7 @@ mod tests {
                 worker: "w".into(),
                 outcome: Outcome::Succeeded,
                 end_ms: None,
+                service: None,
             }),
         ];
         assert_eq!(carried_over(100.0, 200.0, &events), 1);

@@ -112,6 +112,9 @@ pub struct Execution {
     /// When it ended (its line's time), if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_ms: Option<f64>,
+    /// The service whose log it came from (`worker.2`), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// One fault step (or healing step) the harness applied.
@@ -360,6 +363,7 @@ mod tests {
                 worker: "w1".into(),
                 outcome: Outcome::Succeeded,
                 end_ms: Some(6.5),
+                service: None,
             }),
             Event::Fault(Fault {
                 t_ms: 7.0,

@@ -101,6 +101,7 @@ fn fill_counts(report: &mut Report, analysis: &Analysis, load_ms: u64) {
     report.submit_latency_ms = analysis.submit_latency_ms;
     report.start_wait_ms = analysis.start_wait_ms;
     report.forgotten = analysis.forgotten;
+    report.live_takeovers = analysis.live_takeovers;
     report.forgotten_ack_age_ms = analysis.forgotten_ack_age_ms;
     report.throughput_per_s = if load_ms == 0 {
         0.0
@@ -214,6 +215,14 @@ pub fn evaluate(expect: &Expectations, report: &Report) -> Vec<ExpectationReport
             expected: format!(">= {minimum} distinct workers executed"),
             actual: report.workers_executed.to_string(),
             passed: report.workers_executed >= minimum,
+        });
+    }
+    if let Some(maximum) = expect.max_live_takeovers {
+        out.push(ExpectationReport {
+            name: "max_live_takeovers".into(),
+            expected: format!("<= {maximum} tasks taken over from a live worker"),
+            actual: report.live_takeovers.to_string(),
+            passed: report.live_takeovers <= maximum,
         });
     }
     if let Some(minimum) = expect.min_start_wait_p99 {

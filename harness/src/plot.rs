@@ -361,6 +361,7 @@ mod tests {
                 worker: "w".into(),
                 outcome: Outcome::Succeeded,
                 end_ms: None,
+                service: None,
             }));
         }
         events

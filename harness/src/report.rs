@@ -58,7 +58,10 @@ pub struct Report {
     /// execution).
     #[serde(default)]
     pub forgotten: u64,
-    /// For those: how long before the crash they were acknowledged, ms.
+    /// Tasks taken over from a worker that no step faulted and that never exited.
+    #[serde(default)]
+    pub live_takeovers: u64,
+    /// For those forgotten: how long before the crash they were acknowledged, ms.
     #[serde(default)]
     pub forgotten_ack_age_ms: Latency,
     /// Acknowledged submits per second of load.
@@ -213,7 +216,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "   tasks: {} executed ({} executions) | lost {} | stuck {} | wrong status {} | unexpected {} | duplicated {} | recovered {} | reclaimed {} | unplanned exits {} | cancelled {} | unreadable {} | priority inversions {}",
+            "   tasks: {} executed ({} executions) | lost {} | stuck {} | wrong status {} | unexpected {} | duplicated {} | recovered {} | reclaimed {} ({} from live workers) | unplanned exits {} | cancelled {} | unreadable {} | priority inversions {}",
             self.executed,
             self.executions,
             self.lost,
@@ -223,6 +226,7 @@ impl Report {
             self.duplicated,
             self.recovered,
             self.reclaimed,
+            self.live_takeovers,
             self.unplanned_exits,
             self.cancelled,
             self.unreadable,

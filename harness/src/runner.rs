@@ -155,6 +155,7 @@ async fn run_into(
     spec.fail_rate = scenario.cluster.fail_rate;
     spec.permanent_fail_rate = scenario.cluster.permanent_fail_rate;
     spec.fault_disk = scenario.needs_fault_fs();
+    spec.clock_shift = scenario.needs_clock_shift();
     report.run_id = spec.run_id.clone();
 
     let cluster_started = Instant::now();
@@ -435,6 +436,7 @@ fn execution_events(executions: &[Execution], origin_unix: u64) -> Vec<Event> {
                 worker: e.worker_id.clone(),
                 outcome: e.outcome,
                 end_ms: Some(end_ms),
+                service: Some(e.source.clone()),
             })
         })
         .collect()

@@ -9,7 +9,7 @@ use std::{net::Ipv4Addr, time::Duration};
 use harness::{
     cleanup::{self, LABEL_RUN},
     cluster::{Cluster, ClusterSpec, Service},
-    scenario::{Action, Link, PlannedStep, RuntimeKind, StepOrigin, Subject, Target},
+    scenario::{Action, ClockOffset, Link, PlannedStep, RuntimeKind, StepOrigin, Subject, Target},
 };
 use tokio::sync::Mutex;
 
@@ -53,6 +53,7 @@ fn step(action: Action, subject: Subject, probability: Option<f64>) -> PlannedSt
         subject,
         replicas: None,
         probability,
+        offset: None,
         origin: StepOrigin::File,
     }
 }
@@ -312,4 +313,64 @@ async fn a_full_disk_refuses_submits_until_heal() {
         .await;
     cluster.shutdown().await.expect("shutdown");
     assert_nothing_left(&run_id).await;
+}
+
+/// Redis's `TIME` (ms) and the host's wall clock (ms) read right after.
+async fn redis_time(conn: &mut redis::aio::MultiplexedConnection) -> (i64, i64) {
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(conn).await.unwrap();
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    (secs * 1000 + micros / 1000, host)
+}
+
+/// `clock-jump` moves Redis's wall clock (what `TIME`, and so every queue timestamp, reads) by
+/// its offset, forward and back, while the host's clock stays put.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_jump_moves_redis_time_by_its_offset() {
+    init();
+    let _serial = SERIAL.lock().await;
+    harness::runner::prepare_runtime(RuntimeKind::Docker)
+        .await
+        .unwrap_or_else(|e| panic!("preparing the docker runtime failed: {e:#}"));
+    let mut spec = ClusterSpec::new("clock-jump", 1);
+    spec.clock_shift = true;
+    let run_id = spec.run_id.clone();
+    let mut cluster = Cluster::start(RuntimeKind::Docker, spec)
+        .await
+        .expect("the cluster starts with a shiftable clock");
+    let mut conn = redis(&cluster).await;
+    let skew = |(redis, host): (i64, i64)| redis - host;
+    let before = skew(redis_time(&mut conn).await);
+    assert!(before.abs() < 1_000, "no offset yet: {before} ms");
+    let jump = |forward, secs| {
+        step(Action::ClockJump, Subject::Service(Target::Redis), None).with_offset(ClockOffset {
+            by: Duration::from_secs(secs),
+            forward,
+        })
+    };
+    let message = cluster.apply(&jump(true, 30)).await.expect("forward");
+    println!("{message}");
+    let forward = skew(redis_time(&mut conn).await);
+    let message = cluster.apply(&jump(false, 50)).await.expect("backward");
+    println!("{message}");
+    let backward = skew(redis_time(&mut conn).await);
+    println!("redis minus host: {before} ms, after +30s {forward} ms, after -50s {backward} ms");
+    assert!((forward - before - 30_000).abs() < 1_000, "{forward}");
+    assert!((backward - before + 20_000).abs() < 1_000, "{backward}");
+    drop(conn);
+    cluster.shutdown().await.expect("shutdown");
+    assert_nothing_left(&run_id).await;
+}
+
+trait WithOffset {
+    fn with_offset(self, offset: ClockOffset) -> Self;
+}
+
+impl WithOffset for PlannedStep {
+    fn with_offset(mut self, offset: ClockOffset) -> Self {
+        self.offset = Some(offset);
+        self
+    }
 }

@@ -72,6 +72,8 @@ pub struct DockerCluster {
     /// Redis's data on the fault filesystem instead of the volume (dropped, so unmounted, after
     /// the containers are gone).
     fault_disk: Option<super::disk::FaultDisk>,
+    /// Redis's shiftable wall clock, for `clock-jump`.
+    clock: Option<super::clock::ClockShift>,
 }
 
 impl DockerCluster {
@@ -102,10 +104,14 @@ impl DockerCluster {
             live,
             shut_down: false,
             fault_disk: None,
+            clock: None,
         };
         let mut cluster = cluster;
         if spec.fault_disk {
             cluster.fault_disk = Some(super::disk::FaultDisk::mount(&spec.run_id)?);
+        }
+        if spec.clock_shift {
+            cluster.clock = Some(super::clock::ClockShift::prepare(&spec.run_id)?);
         }
         docker
             .create_network(NetworkCreateRequest {
@@ -125,6 +131,14 @@ impl DockerCluster {
             .await
             .with_context(|| format!("creating volume {volume}"))?;
         Ok(cluster)
+    }
+
+    /// Moves Redis's wall clock; returns the total offset in nanoseconds.
+    pub fn clock_jump(&mut self, by: Duration, forward: bool) -> anyhow::Result<i64> {
+        self.clock
+            .as_mut()
+            .context("redis runs without a shiftable clock (the cluster was started without `clock_shift`)")?
+            .jump(by, forward)
     }
 
     /// The switches of Redis's fault filesystem, when the run has one.
@@ -278,7 +292,7 @@ impl DockerCluster {
                 ];
                 cmd.extend(self.spec.persistence.redis_args());
                 cmd.extend(super::REDIS_MEMORY_ARGS.map(String::from));
-                GenericImage::new(REDIS_IMAGE.0, REDIS_IMAGE.1)
+                let mut request = GenericImage::new(REDIS_IMAGE.0, REDIS_IMAGE.1)
                     .with_exposed_port(port.tcp())
                     .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
                     .with_cmd(cmd)
@@ -287,7 +301,21 @@ impl DockerCluster {
                             Mount::bind_mount(disk.data_dir().display().to_string(), "/data")
                         }
                         None => Mount::volume_mount(self.volume.clone(), "/data"),
-                    })
+                    });
+                if let Some(clock) = &self.clock {
+                    let inside = std::path::Path::new(super::clock::CONTAINER_DIR);
+                    request = request.with_mount(
+                        Mount::bind_mount(
+                            clock.dir().display().to_string(),
+                            inside.display().to_string(),
+                        )
+                        .with_access_mode(testcontainers::core::AccessMode::ReadOnly),
+                    );
+                    for (key, value) in super::clock::ClockShift::env(inside) {
+                        request = request.with_env_var(key, value);
+                    }
+                }
+                request
             }
             Service::Orchestrator => {
                 let mut request = GenericImage::new(ORCHESTRATOR_IMAGE.0, ORCHESTRATOR_IMAGE.1)

@@ -15,6 +15,7 @@
 //! Everything a cluster creates is removed by [`Cluster::shutdown`], or by `Drop` when a run
 //! fails or panics, or by the interrupt handler in [`crate::cleanup`].
 
+pub mod clock;
 pub mod disk;
 pub mod docker;
 pub mod links;
@@ -74,6 +75,8 @@ pub struct ClusterSpec {
     /// Redis's data directory on the fault filesystem ([`disk`]), so `power-loss` and
     /// `disk-full` can act on it.
     pub fault_disk: bool,
+    /// Redis with a shiftable wall clock ([`clock`]), so `clock-jump` can act on it.
+    pub clock_shift: bool,
 }
 
 impl std::fmt::Debug for ClusterSpec {
@@ -92,6 +95,7 @@ impl std::fmt::Debug for ClusterSpec {
             .field("permanent_fail_rate", &self.permanent_fail_rate)
             .field("redis_password", &"***")
             .field("fault_disk", &self.fault_disk)
+            .field("clock_shift", &self.clock_shift)
             .finish()
     }
 }
@@ -113,6 +117,7 @@ impl ClusterSpec {
             permanent_fail_rate: 0.0,
             redis_password: format!("{:032x}", rand::random::<u128>()),
             fault_disk: false,
+            clock_shift: false,
         }
     }
 
@@ -453,6 +458,14 @@ impl Cluster {
             Subject::Service(Target::Redis) if action == Action::PowerLoss => {
                 return self.power_loss().await;
             }
+            Subject::Service(Target::Redis) if action == Action::ClockJump => {
+                let offset = step.offset.context("`clock-jump` needs `offset`")?;
+                let total = backend!(mut self, b => b.clock_jump(offset.by, offset.forward))?;
+                return Ok(format!(
+                    "redis's clock jumped {offset} (now {:+.3}s off)",
+                    total as f64 / 1e9
+                ));
+            }
             Subject::Service(Target::Redis)
                 if matches!(action, Action::DiskFull | Action::Heal) =>
             {
@@ -495,7 +508,7 @@ impl Cluster {
                 Action::Unpause => self.unpause(service).await?,
                 Action::Disconnect => self.disconnect(service).await?,
                 Action::Connect => self.connect(service).await?,
-                Action::PowerLoss | Action::DiskFull | Action::Heal => {
+                Action::PowerLoss | Action::DiskFull | Action::Heal | Action::ClockJump => {
                     bail!("`{action}` applies to redis, not {service}")
                 }
                 Action::Scale | Action::Partition | Action::Loss => {

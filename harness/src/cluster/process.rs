@@ -130,6 +130,8 @@ pub struct ProcessCluster {
     /// Redis's data on the fault filesystem instead of the run directory (declared after
     /// `procs`, so Redis is dead before it is unmounted).
     fault_disk: Option<super::disk::FaultDisk>,
+    /// Redis's shiftable wall clock, for `clock-jump`.
+    clock: Option<super::clock::ClockShift>,
 }
 
 impl ProcessCluster {
@@ -150,10 +152,14 @@ impl ProcessCluster {
             live,
             shut_down: false,
             fault_disk: None,
+            clock: None,
         };
         let mut cluster = cluster;
         if spec.fault_disk {
             cluster.fault_disk = Some(super::disk::FaultDisk::mount(&spec.run_id)?);
+        }
+        if spec.clock_shift {
+            cluster.clock = Some(super::clock::ClockShift::prepare(&spec.run_id)?);
         }
         std::fs::create_dir_all(cluster.run_dir.join("redis"))?;
         write_private(
@@ -161,6 +167,14 @@ impl ProcessCluster {
             &format!("requirepass {}\n", cluster.spec.redis_password),
         )?;
         Ok(cluster)
+    }
+
+    /// Moves Redis's wall clock; returns the total offset in nanoseconds.
+    pub fn clock_jump(&mut self, by: Duration, forward: bool) -> anyhow::Result<i64> {
+        self.clock
+            .as_mut()
+            .context("redis runs without a shiftable clock (the cluster was started without `clock_shift`)")?
+            .jump(by, forward)
     }
 
     /// The switches of Redis's fault filesystem, when the run has one.
@@ -195,21 +209,29 @@ impl ProcessCluster {
     fn command(&self, service: Service, port: u16) -> Command {
         let redis_url = self.redis_url();
         match service {
-            Service::Redis => RedisConfig::new()
-                .program(&self.binaries.redis_server)
-                // The password goes in a config file (first argument), not on the command line
-                // where `ps` would show it.
-                .config_file(self.run_dir.join("redis-auth.conf"))
-                .persistence(match self.spec.persistence {
-                    Persistence::AofAlways => testkit::Persistence::AofAlways,
-                    Persistence::AofEverysec => testkit::Persistence::AofEverysec,
-                    Persistence::AofNo => testkit::Persistence::AofNo,
-                    Persistence::None => testkit::Persistence::None,
-                })
-                .arg("--daemonize")
-                .arg("no")
-                .extra_args(super::REDIS_MEMORY_ARGS)
-                .command(port, &self.redis_dir()),
+            Service::Redis => {
+                let mut command = RedisConfig::new()
+                    .program(&self.binaries.redis_server)
+                    // The password goes in a config file (first argument), not on the command line
+                    // where `ps` would show it.
+                    .config_file(self.run_dir.join("redis-auth.conf"))
+                    .persistence(match self.spec.persistence {
+                        Persistence::AofAlways => testkit::Persistence::AofAlways,
+                        Persistence::AofEverysec => testkit::Persistence::AofEverysec,
+                        Persistence::AofNo => testkit::Persistence::AofNo,
+                        Persistence::None => testkit::Persistence::None,
+                    })
+                    .arg("--daemonize")
+                    .arg("no")
+                    .extra_args(super::REDIS_MEMORY_ARGS)
+                    .command(port, &self.redis_dir());
+                command.envs(
+                    self.clock
+                        .iter()
+                        .flat_map(|clock| super::clock::ClockShift::env(clock.dir())),
+                );
+                command
+            }
             Service::Orchestrator => {
                 let mut command = Command::new(&self.binaries.orchestrator);
                 command

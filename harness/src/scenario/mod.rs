@@ -30,6 +30,11 @@ impl Scenario {
             .iter()
             .any(|s| matches!(s.action, Action::PowerLoss | Action::DiskFull))
     }
+
+    /// Whether Redis must run with a shiftable wall clock (`clock-jump`).
+    pub fn needs_clock_shift(&self) -> bool {
+        self.steps.iter().any(|s| s.action == Action::ClockJump)
+    }
 }
 
 /// Most worker replicas a scenario may ask for (the machine has two cores).
@@ -203,6 +208,8 @@ pub enum Action {
     PowerLoss,
     /// Redis's data directory refuses writes (ENOSPC) until `heal`.
     DiskFull,
+    /// Redis's wall clock jumps by `offset` (forward, or backward with a leading `-`).
+    ClockJump,
 }
 
 impl Action {
@@ -258,6 +265,7 @@ impl Action {
             Action::Heal => "heal",
             Action::PowerLoss => "power-loss",
             Action::DiskFull => "disk-full",
+            Action::ClockJump => "clock-jump",
         }
     }
 }
@@ -445,6 +453,41 @@ pub struct Step {
     pub replicas: Option<u32>,
     /// With `loss`: the share of packets dropped.
     pub probability: Option<f64>,
+    /// With `clock-jump`: how far the clock jumps.
+    pub offset: Option<ClockOffset>,
+}
+
+/// How far a `clock-jump` moves the clock: `"10s"` forward, `"-10s"` backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockOffset {
+    /// The size of the jump.
+    pub by: Duration,
+    /// Forward (true) or backward.
+    pub forward: bool,
+}
+
+impl FromStr for ClockOffset {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let trimmed = s.trim();
+        let (forward, rest) = match trimmed.strip_prefix('-') {
+            Some(rest) => (false, rest),
+            None => (true, trimmed.strip_prefix('+').unwrap_or(trimmed)),
+        };
+        let by = parse_duration(rest.trim())?;
+        if by.is_zero() {
+            return Err("a clock jump of zero changes nothing".into());
+        }
+        Ok(ClockOffset { by, forward })
+    }
+}
+
+impl fmt::Display for ClockOffset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.forward { "+" } else { "-" };
+        f.pad(&format!("{sign}{}", humantime::format_duration(self.by)))
+    }
 }
 
 /// The `[chaos]` section: random faults drawn from a seeded generator.
@@ -503,6 +546,9 @@ pub struct Expectations {
     /// The 99th percentile of the wait from acknowledgement to first start must be at least
     /// this (proves a fault slowed the queue down without stopping it); `None`: not checked.
     pub min_start_wait_p99: Option<Duration>,
+    /// At most this many tasks may be taken over from a worker that no step faulted and that
+    /// never exited (a live worker judged dead); `None`: not checked.
+    pub max_live_takeovers: Option<u64>,
     /// At most this many tasks may start while a more urgent one, acknowledged before they
     /// were submitted, still waited for its first start; `None`: not checked.
     pub max_priority_inversions: Option<u64>,

@@ -7,8 +7,8 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use super::{
-    Action, ChaosSettings, ClusterSettings, Expectations, Link, LoadSettings, MAX_WORKERS,
-    Persistence, RuntimeKind, Scenario, Step, Subject, Target,
+    Action, ChaosSettings, ClockOffset, ClusterSettings, Expectations, Link, LoadSettings,
+    MAX_WORKERS, Persistence, RuntimeKind, Scenario, Step, Subject, Target,
 };
 
 /// A scenario file could not be used.
@@ -151,6 +151,7 @@ struct RawStep {
     to: Option<Target>,
     replicas: Option<u32>,
     probability: Option<f64>,
+    offset: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -203,6 +204,7 @@ struct RawExpect {
     min_workers: Option<u64>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     min_start_wait_p99: Option<Duration>,
+    max_live_takeovers: Option<u64>,
     max_priority_inversions: Option<u64>,
     #[serde(default)]
     unreadable: u64,
@@ -225,6 +227,7 @@ impl Default for RawExpect {
             min_unavailable: None,
             min_workers: None,
             min_start_wait_p99: None,
+            max_live_takeovers: None,
             max_priority_inversions: None,
             unreadable: 0,
         }
@@ -255,6 +258,7 @@ impl From<RawExpect> for Expectations {
             min_unavailable: raw.min_unavailable,
             min_workers: raw.min_workers,
             min_start_wait_p99: raw.min_start_wait_p99,
+            max_live_takeovers: raw.max_live_takeovers,
             max_priority_inversions: raw.max_priority_inversions,
             unreadable: raw.unreadable,
         }
@@ -454,6 +458,27 @@ impl Scenario {
                 }
                 _ => {}
             }
+            let clock_offset = match (step.action, &step.offset) {
+                (Action::ClockJump, None) => {
+                    return Err(invalid(
+                        offset,
+                        &field("offset"),
+                        "`clock-jump` needs `offset` (e.g. \"10s\", or \"-10s\" backward)".into(),
+                    ));
+                }
+                (Action::ClockJump, Some(raw)) => Some(
+                    raw.parse::<ClockOffset>()
+                        .map_err(|e| invalid(offset, &field("offset"), e))?,
+                ),
+                (action, Some(_)) => {
+                    return Err(invalid(
+                        offset,
+                        &field("offset"),
+                        format!("only `clock-jump` takes `offset`, not `{action}`"),
+                    ));
+                }
+                (_, None) => None,
+            };
             match (step.action, step.replicas) {
                 (Action::Scale, None) => {
                     return Err(invalid(
@@ -491,6 +516,7 @@ impl Scenario {
                 subject,
                 replicas: step.replicas,
                 probability: step.probability,
+                offset: clock_offset,
             });
         }
         // Stable: steps at the same offset keep their file order.
@@ -646,7 +672,9 @@ fn step_subject(step: &RawStep) -> Result<Subject, (&'static str, String)> {
             format!("`{action}` acts on one service (`target`), not on a link"),
         )),
         (action, None, None) => Err(("target", format!("`{action}` needs `target`"))),
-        (Action::PowerLoss | Action::DiskFull, Some(target), None) if target != Target::Redis => {
+        (Action::PowerLoss | Action::DiskFull | Action::ClockJump, Some(target), None)
+            if target != Target::Redis =>
+        {
             Err((
                 "target",
                 format!(

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Action, ChaosSettings, Expectations, Scenario, Subject, Target};
+use super::{Action, ChaosSettings, ClockOffset, Expectations, Scenario, Subject, Target};
 
 impl Scenario {
     /// The concrete steps of one run: file steps plus chaos faults, all offsets multiplied by
@@ -22,6 +22,10 @@ impl Scenario {
                 subject: s.subject,
                 replicas: s.replicas,
                 probability: s.probability,
+                offset: s.offset.map(|o| ClockOffset {
+                    by: scale(o.by),
+                    ..o
+                }),
                 origin: StepOrigin::File,
             })
             .collect();
@@ -240,6 +244,8 @@ pub struct PlannedStep {
     pub replicas: Option<u32>,
     /// With `loss`: the share of packets dropped.
     pub probability: Option<f64>,
+    /// With `clock-jump`: how far (time-scaled like the offsets).
+    pub offset: Option<ClockOffset>,
     /// Written in the file or drawn by chaos.
     pub origin: StepOrigin,
 }
@@ -281,6 +287,7 @@ fn chaos_steps(
             subject: Subject::Service(target),
             replicas: None,
             probability: None,
+            offset: None,
             origin: StepOrigin::Chaos,
         });
         if let Some(heal) = action.healing_action() {
@@ -291,6 +298,7 @@ fn chaos_steps(
                 subject: Subject::Service(target),
                 replicas: None,
                 probability: None,
+                offset: None,
                 origin: StepOrigin::Chaos,
             });
         }

@@ -84,6 +84,13 @@ impl Keys {
         format!("{}:scheduled", self.prefix)
     }
 
+    /// Hash of the retry clock: `skew` (ms added to Redis's `TIME` for the retry schedule, the sum
+    /// of the backward jumps of Redis's clock) and `seen` (the latest retry-clock time a
+    /// promotion saw, kept to within a second). See `scripts/promote.lua`.
+    pub fn clock(&self) -> String {
+        format!("{}:clock", self.prefix)
+    }
+
     /// Stream of dead-lettered tasks (id and last error).
     pub fn dead_letter(&self) -> String {
         format!("{}:dead", self.prefix)

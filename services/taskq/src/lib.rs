@@ -13,6 +13,7 @@
 //! - [`event`]: the structured log events other programs read back, such as the worker's
 //!   [`event::TaskExecuted`] line, and the execution [`event::Outcome`] vocabulary.
 
+pub mod clock;
 pub mod event;
 pub mod keys;
 pub mod model;

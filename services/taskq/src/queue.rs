@@ -62,6 +62,14 @@ pub enum QueueError {
         /// The task the key created.
         task_id: String,
     },
+    /// The takeover was refused, and nothing taken: Redis's clock disagrees with the caller's
+    /// expectation ([`crate::clock::ClockWatch`]), so it jumped and heartbeats cannot be judged
+    /// until every live worker has beaten on the new clock.
+    #[error("redis's clock is {by_ms} ms off what this worker expected: it jumped")]
+    ClockJumped {
+        /// How far Redis's time is from the expectation (negative: behind).
+        by_ms: i64,
+    },
     /// The enqueue was refused, and nothing written: [`QueueConfig::max_queued`] tasks wait
     /// already.
     #[error("the queue is full: {waiting} tasks wait, the limit is {limit}")]
@@ -915,7 +923,8 @@ impl Queue {
             return Ok(Vec::new());
         }
         let keys = &self.config.keys;
-        let (retry_schedule, dead_letter) = (keys.retry_schedule(), keys.dead_letter());
+        let (retry_schedule, dead_letter, clock) =
+            (keys.retry_schedule(), keys.dead_letter(), keys.clock());
         let task_prefix = keys.task_prefix();
         let mut pipe = redis::pipe();
         for chunk in finishes.chunks(FINISH_CHUNK) {
@@ -924,6 +933,7 @@ impl Queue {
                 .key(&retry_schedule)
                 .key(&dead_letter)
                 .key(self.streams.as_slice())
+                .key(&clock)
                 .arg(CONSUMER_GROUP)
                 .arg(consumer)
                 .arg(&task_prefix)
@@ -1001,6 +1011,7 @@ impl Queue {
             .key(self.config.keys.retry_schedule())
             .key(self.streams.as_slice())
             .key(self.config.keys.scheduled())
+            .key(self.config.keys.clock())
             .arg(self.config.keys.task_prefix())
             .arg(limit)
             .invoke_async(conn)
@@ -1021,6 +1032,26 @@ impl Queue {
         lease: Duration,
         limit: usize,
     ) -> Result<Vec<Delivery>, QueueError> {
+        self.reclaim_checked(conn, consumer, dead_after, lease, limit, None)
+            .await
+    }
+
+    /// [`Queue::reclaim`], refused with [`QueueError::ClockJumped`] (nothing taken) when Redis's
+    /// time is further than `clock.1` ms from `clock.0`, the caller's expectation from
+    /// [`crate::clock::ClockWatch::expectation`].
+    pub async fn reclaim_checked<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        dead_after: Duration,
+        lease: Duration,
+        limit: usize,
+        clock: Option<(i64, i64)>,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let (expected, bound) = match clock {
+            Some((expected, bound)) => (expected.to_string(), bound.to_string()),
+            None => (String::new(), String::new()),
+        };
         let rows: Vec<(i64, String, String)> = self
             .scripts
             .reclaim
@@ -1032,8 +1063,17 @@ impl Queue {
             .arg(millis(dead_after))
             .arg(millis(lease))
             .arg(limit)
+            .arg(expected)
+            .arg(bound)
             .invoke_async(conn)
             .await?;
+        if let [(-1, marker, off)] = rows.as_slice()
+            && marker == "clock"
+        {
+            return Err(QueueError::ClockJumped {
+                by_ms: off.parse().unwrap_or_default(),
+            });
+        }
         deliveries_from_rows(rows)
     }
 
@@ -1088,14 +1128,24 @@ impl Queue {
         conn: &mut C,
         worker_id: &str,
     ) -> Result<(), QueueError> {
-        self.scripts
+        self.heartbeat_at(conn, worker_id).await.map(drop)
+    }
+
+    /// [`Queue::heartbeat`], returning the Redis time it recorded (ms since the Unix epoch), for
+    /// [`crate::clock::ClockWatch::observe`].
+    pub async fn heartbeat_at<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        worker_id: &str,
+    ) -> Result<i64, QueueError> {
+        Ok(self
+            .scripts
             .heartbeat
             .key(self.config.keys.workers())
             .arg(worker_id)
             .arg("")
             .invoke_async::<i64>(conn)
-            .await?;
-        Ok(())
+            .await?)
     }
 
     /// Removes a worker that stopped. A worker with entries still pending is not removed (that

@@ -711,3 +711,54 @@ async fn a_scheduled_task_waits_for_its_time_and_can_be_cancelled_until_then() {
         Status::Cancelled
     );
 }
+
+/// Redis's clock going back must not hold a retry for the jump's length. The jump is played by
+/// the retry clock's record: the latest time a promotion saw lies 20 s ahead of Redis's `TIME`,
+/// as after a 20 s backward jump. The promotion then adds the jump to the retry clock's skew,
+/// and a retry scheduled after it (100 ms backoff) is due 100 ms later, not 20 s.
+#[tokio::test]
+async fn a_backward_clock_jump_does_not_hold_retries_for_its_length() {
+    let redis = RedisServer::start();
+    let (queue, mut conn) = setup(&redis, 3).await;
+    let clock = Keys::new(PREFIX).clock();
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    let now_ms = secs * 1000 + micros / 1000;
+    let _: () = redis::cmd("HSET")
+        .arg(&clock)
+        .arg("seen")
+        .arg(now_ms + 20_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    queue.promote_due(&mut conn, 10).await.expect("promote");
+    let skew: i64 = redis::cmd("HGET")
+        .arg(&clock)
+        .arg("skew")
+        .query_async(&mut conn)
+        .await
+        .expect("the jump was recorded as skew");
+    assert!((19_000..=20_100).contains(&skew), "skew {skew} ms");
+
+    let id = enqueue(&queue, &mut conn, "fails once").await;
+    let started = queue.claim(&mut conn, "w", 1, &[]).await.expect("claim");
+    let failed = Finish {
+        task: started[0].clone(),
+        outcome: ExecutionOutcome::Retrying {
+            error: "transient".into(),
+            delay: Duration::from_millis(100),
+        },
+    };
+    queue
+        .finish_many(&mut conn, "w", &[failed])
+        .await
+        .expect("finish");
+    let (_, next) = queue.promote_due(&mut conn, 10).await.expect("promote");
+    let next = next.expect("the retry waits");
+    assert!(
+        next <= Duration::from_millis(100),
+        "due in {next:?}, not after the jump's length"
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (moved, _) = queue.promote_due(&mut conn, 10).await.expect("promote");
+    assert_eq!(moved, 1, "{:?}", record(&queue, &mut conn, &id).await);
+}

@@ -1,6 +1,7 @@
 -- Record the outcomes of executions: many per call, each one atomic, so a worker's batch costs
 -- one script call (and, with appendfsync always, one fsync) instead of one per execution.
--- KEYS[1] retry schedule, KEYS[2] dead-letter stream, KEYS[3..12] priority streams (p1 first)
+-- KEYS[1] retry schedule, KEYS[2] dead-letter stream, KEYS[3..12] priority streams (p1 first),
+-- KEYS[13] the retry clock (optional: an older caller passes none)
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] task key prefix, ARGV[4] retention (s), then seven
 -- values per execution: priority, entry id, task id, attempt, outcome (succeeded | retrying |
 -- dead: taskq::event::Outcome; or interrupted: the worker shut down first), result JSON or
@@ -9,6 +10,7 @@
 local group, consumer, prefix = ARGV[1], ARGV[2], ARGV[3]
 local retention = tonumber(ARGV[4])
 local now = now_ms()
+local retry_at = retry_now(KEYS[13])
 
 -- Entries to acknowledge and delete, per priority: one XACK and one XDEL per stream at the end
 -- instead of one each per execution (the script is atomic, so the order inside it is invisible).
@@ -71,13 +73,13 @@ local function finish(p, entry, task_id, attempt, outcome, payload, delay)
     succeed()
   elseif outcome == 'retrying' then
     redis.call('HSET', key, 'status', 'retrying', 'error', payload)
-    redis.call('ZADD', KEYS[1], now + tonumber(delay), task_id)
+    redis.call('ZADD', KEYS[1], retry_at + tonumber(delay), task_id)
   elseif outcome == 'interrupted' then
     -- stopped by its worker's shutdown, not by the task: the attempt is given back (so an
     -- interruption never dead-letters a task) and the task is due again at once
     redis.call('HSET', key, 'status', 'retrying', 'error', payload, 'attempts',
       math.max((tonumber(attempt) or 1) - 1, 0))
-    redis.call('ZADD', KEYS[1], now, task_id)
+    redis.call('ZADD', KEYS[1], retry_at, task_id)
   else
     redis.call('HSET', key, 'status', 'dead', 'finished_at', now, 'error', payload)
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 't', task_id, 'error', payload)

@@ -3,6 +3,14 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- The retry schedule's clock: Redis's time plus the skew that backward jumps of its clock left
+-- (KEYS of the retry clock hash, or nil for callers that predate it). Retries are scored and
+-- promoted on it, so a clock that goes back does not hold them for the jump's length.
+local function retry_now(clock_key)
+  local now = now_ms()
+  if not clock_key then return now end
+  return now + (tonumber(redis.call('HMGET', clock_key, 'skew')[1]) or 0)
+end
 local function is_final(status)
   return status == 'succeeded' or status == 'dead' or status == 'cancelled'
 end

@@ -1,12 +1,30 @@
 -- Take over the pending entries of dead workers (missing heartbeat) and of orphans (idle too long).
 -- KEYS[1] worker heartbeats, KEYS[2..11] priority streams, KEYS[12] sweep cursors (hash: priority
 -- -> entry id where the next XAUTOCLAIM of that stream starts)
--- ARGV[1] group, ARGV[2] this consumer, ARGV[3] dead after (ms), ARGV[4] lease (ms), ARGV[5] limit
--- Returns {priority, entry id, task id} per entry now owned by this consumer.
+-- ARGV[1] group, ARGV[2] this consumer, ARGV[3] dead after (ms), ARGV[4] lease (ms), ARGV[5] limit,
+-- ARGV[6] the Redis time the caller expects (ms, '' for no check), ARGV[7] how far off it may be
+-- Returns {priority, entry id, task id} per entry now owned by this consumer, or
+-- {{-1, 'clock', offset ms}} and takes nothing when the clock disagrees with the expectation (it
+-- jumped: heartbeats cannot be judged until live workers have beaten on the new clock).
 local group, me = ARGV[1], ARGV[2]
 local budget = tonumber(ARGV[5])
+local dead_after = tonumber(ARGV[3])
 local now = now_ms()
 local out = {}
+
+if ARGV[6] and ARGV[6] ~= '' then
+  local off = now - tonumber(ARGV[6])
+  if math.abs(off) > tonumber(ARGV[7]) then
+    return {{-1, 'clock', tostring(off)}}
+  end
+end
+
+-- A heartbeat stamped ahead of now came before a backward jump: count it from now, or a worker
+-- that died before the jump would look alive for the jump's length.
+local ahead = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now + dead_after), '+inf')
+for _, worker in ipairs(ahead) do
+  redis.call('ZADD', KEYS[1], now, worker)
+end
 
 local function take(p, claimed)
   for _, c in ipairs(claimed) do
@@ -17,7 +35,7 @@ local function take(p, claimed)
   end
 end
 
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - dead_after)
 for _, worker in ipairs(dead) do
   if worker ~= me then
     local remaining = 0

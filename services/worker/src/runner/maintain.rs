@@ -34,10 +34,19 @@ impl Runner {
                 _ = ticker.tick() => {}
                 () = stop.cancelled() => return,
             }
+            let sent = Instant::now();
             let beat =
-                tokio::time::timeout(timeout, self.queue.heartbeat(&mut conn, &self.worker_id));
+                tokio::time::timeout(timeout, self.queue.heartbeat_at(&mut conn, &self.worker_id));
             let failed = match beat.await {
-                Ok(Ok(())) => false,
+                Ok(Ok(redis_ms)) => {
+                    let jump = lock(&shared.clock)
+                        .get_or_insert_with(|| taskq::clock::ClockWatch::new(period))
+                        .observe(sent, sent.elapsed(), redis_ms);
+                    if let Some(by_ms) = jump {
+                        shared.clock_jumped(by_ms);
+                    }
+                    false
+                }
                 Ok(Err(err)) => {
                     record_redis_error("heartbeat", &err);
                     true
@@ -118,14 +127,18 @@ impl Runner {
             if budget == 0 || alive_for < self.settings.dead_after {
                 continue;
             }
+            let clock = lock(&shared.clock)
+                .as_ref()
+                .and_then(|watch| watch.expectation(Instant::now()));
             match self
                 .queue
-                .reclaim(
+                .reclaim_checked(
                     &mut conn,
                     &self.worker_id,
                     self.settings.dead_after,
                     self.settings.lease,
                     budget,
+                    clock,
                 )
                 .await
             {
@@ -139,6 +152,9 @@ impl Runner {
                     shared.queue_for_start(reclaimed);
                 }
                 Ok(_) => {}
+                Err(taskq::queue::QueueError::ClockJumped { by_ms }) => {
+                    shared.clock_jumped(by_ms);
+                }
                 Err(err) => {
                     // The reply may be lost after Redis moved entries to this worker.
                     shared.flag_own_pending();
@@ -151,7 +167,14 @@ impl Runner {
     /// Renews the lease of entries held longer than a third of it: executing, waiting to be
     /// recorded, or waiting for a slot.
     pub(super) async fn renew_leases(&self, conn: &mut ConnectionManager, shared: &Shared) {
-        let renew_after = self.settings.lease / 3;
+        let renew_after = if shared
+            .renew_all
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            Duration::ZERO
+        } else {
+            self.settings.lease / 3
+        };
         let mut stale: Vec<Delivery> = lock(&shared.in_flight)
             .values()
             .filter(|(_, since)| since.elapsed() >= renew_after)

@@ -110,6 +110,11 @@ struct Shared {
     /// Since when this worker's heartbeats have succeeded without a gap (`None` after a failed
     /// one); written by the heartbeat loop, read by the maintenance loop.
     healthy_since: Mutex<Option<Instant>>,
+    /// This worker's view of Redis's clock, from its heartbeats (created by the heartbeat loop).
+    clock: Mutex<Option<taskq::clock::ClockWatch>>,
+    /// Set when Redis's clock jumped: the next maintenance pass renews every lease, whatever its
+    /// age (a forward jump makes every entry look idle for the jump's length).
+    renew_all: std::sync::atomic::AtomicBool,
     /// Cancelled when the shutdown grace runs out: every execution still running stops and is
     /// recorded as interrupted.
     interrupt: CancellationToken,
@@ -130,6 +135,20 @@ impl Shared {
             }
         }
         added
+    }
+
+    /// Redis's clock jumped by `by_ms`: judge no peer dead for `WORKER_DEAD_AFTER` (live peers
+    /// heartbeat on the new clock meanwhile), and renew every lease at the next pass.
+    fn clock_jumped(&self, by_ms: i64) {
+        metrics::counter!("agent_clock_jumps_total").increment(1);
+        tracing::warn!(
+            by_ms,
+            "redis's clock jumped: no worker is judged dead for WORKER_DEAD_AFTER, every lease \
+             is renewed"
+        );
+        *lock(&self.healthy_since) = Some(Instant::now());
+        self.renew_all
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn flag_own_pending(&self) {
