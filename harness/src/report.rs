@@ -209,6 +209,12 @@ impl Report {
             self.time_scale,
             self.drain_ms.map(secs).unwrap_or_else(|| "never".into())
         );
+        if let Some(seed) = self.seed {
+            let _ = writeln!(
+                out,
+                "   chaos seed {seed} (the same seed replays the same faults: --seed {seed})"
+            );
+        }
         let _ = writeln!(
             out,
             "   submits: {} attempted, {} ok, {} fail, {} info",

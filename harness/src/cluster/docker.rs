@@ -67,6 +67,9 @@ pub struct DockerCluster {
     /// Current host port of each service's main port; refreshed after starts and reconnects
     /// (shared with readiness polling, which holds `&self`).
     host_ports: Mutex<HashMap<Service, u16>>,
+    /// The last address each service had on the run's network (link faults name peers that are
+    /// down by it).
+    addresses: Mutex<HashMap<Service, std::net::Ipv4Addr>>,
     live: LiveRun,
     shut_down: bool,
     /// Redis's data on the fault filesystem instead of the volume (dropped, so unmounted, after
@@ -101,6 +104,7 @@ impl DockerCluster {
             orchestrator_host_port: testkit::try_free_port()?,
             containers: BTreeMap::new(),
             host_ports: Mutex::new(HashMap::new()),
+            addresses: Mutex::new(HashMap::new()),
             live,
             shut_down: false,
             fault_disk: None,
@@ -193,7 +197,8 @@ impl DockerCluster {
             .map(|port| format!("http://127.0.0.1:{port}"))
     }
 
-    /// Re-reads the host port the engine published the service's main port on.
+    /// Re-reads the host port the engine published the service's main port on (and remembers
+    /// its address on the run's network).
     pub async fn refresh_address(&self, service: Service) -> anyhow::Result<()> {
         let name = self.container_name(service);
         let inspect = self
@@ -201,6 +206,19 @@ impl DockerCluster {
             .inspect_container(&name, None)
             .await
             .with_context(|| format!("inspecting {name}"))?;
+        if let Some(ip) = inspect
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.networks.as_ref())
+            .and_then(|networks| networks.get(&self.network))
+            .and_then(|endpoint| endpoint.ip_address.as_deref())
+            .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok())
+        {
+            self.addresses
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(service, ip);
+        }
         let key = format!("{}/tcp", Self::main_port(service));
         let port = inspect
             .network_settings
@@ -504,6 +522,34 @@ impl DockerCluster {
     /// The process id of the container's init (its network namespace) and its address on the
     /// run's network, for link faults.
     pub async fn netns(&self, service: Service) -> anyhow::Result<(u32, std::net::Ipv4Addr)> {
+        let (pid, ip) = self.inspect_network(service).await?;
+        let pid = pid.with_context(|| format!("{service} is not running"))?;
+        let ip = ip.with_context(|| format!("{service} has no address on {}", self.network))?;
+        Ok((pid, ip))
+    }
+
+    /// A service's address on the run's network: the current one, or while it is stopped the
+    /// last one seen (a link fault on a peer that is down still names it).
+    pub async fn address(&self, service: Service) -> anyhow::Result<std::net::Ipv4Addr> {
+        let (_, ip) = self.inspect_network(service).await?;
+        let known = self
+            .addresses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&service)
+            .copied();
+        ip.or(known).with_context(|| {
+            format!(
+                "{service} has no address on {} and was never seen with one",
+                self.network
+            )
+        })
+    }
+
+    async fn inspect_network(
+        &self,
+        service: Service,
+    ) -> anyhow::Result<(Option<u32>, Option<std::net::Ipv4Addr>)> {
         let name = self.container_name(service);
         let inspect = self
             .docker
@@ -514,18 +560,20 @@ impl DockerCluster {
             .state
             .and_then(|s| s.pid)
             .filter(|pid| *pid > 0)
-            .with_context(|| format!("{service} is not running"))?;
+            .map(|pid| pid as u32);
         let ip = inspect
             .network_settings
             .and_then(|n| n.networks)
             .and_then(|mut networks| networks.remove(&self.network))
             .and_then(|endpoint| endpoint.ip_address)
-            .filter(|ip| !ip.is_empty())
-            .with_context(|| format!("{service} has no address on {}", self.network))?;
-        let ip = ip
-            .parse()
-            .with_context(|| format!("{service}'s address `{ip}` is not IPv4"))?;
-        Ok((pid as u32, ip))
+            .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok());
+        if let Some(ip) = ip {
+            self.addresses
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(service, ip);
+        }
+        Ok((pid, ip))
     }
 
     /// Of `services` (those the harness believes running), the ones whose container is not

@@ -574,7 +574,7 @@ impl Cluster {
         for a in self.services_for(link.a)? {
             let (pid, _) = docker.netns(a).await?;
             for b in self.services_for(link.b)? {
-                let (_, ip) = docker.netns(b).await?;
+                let ip = docker.address(b).await?;
                 rules.extend(links::rules(pid, ip, link.one_way, drop));
             }
         }

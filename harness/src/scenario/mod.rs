@@ -501,13 +501,15 @@ pub struct ChaosSettings {
     pub interval: Duration,
     /// How long a fault lasts before it is healed.
     pub fault_duration: Duration,
-    /// Faults to draw from (`kill`, `stop`, `restart`, `pause`, `disconnect`).
+    /// Faults to draw from (`kill`, `stop`, `restart`, `pause`, `disconnect`, `partition`).
     pub actions: Vec<Action>,
     /// Targets to draw from.
     pub targets: Vec<Target>,
     /// No fault is injected after this offset (default: the load duration), so the cluster heals
     /// before the load ends.
     pub until: Option<Duration>,
+    /// How many faults may hold at once, each on another service (default 1: sequential).
+    pub max_concurrent: usize,
 }
 
 /// The `[expect]` section.

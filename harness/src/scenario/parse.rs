@@ -169,6 +169,12 @@ struct RawChaos {
     targets: Vec<Target>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     until: Option<Duration>,
+    #[serde(default = "default_max_concurrent")]
+    max_concurrent: usize,
+}
+
+fn default_max_concurrent() -> usize {
+    1
 }
 
 fn default_seed() -> u64 {
@@ -538,14 +544,23 @@ impl Scenario {
                             | Action::Restart
                             | Action::Pause
                             | Action::Disconnect
+                            | Action::Partition
                     )
                 }) {
                     return Err(invalid(
                         offset,
                         "chaos.actions",
                         format!(
-                            "`{bad}` is not a fault; use kill, stop, restart, pause or disconnect"
+                            "`{bad}` is not a chaos fault; use kill, stop, restart, pause, \
+                             disconnect or partition"
                         ),
+                    ));
+                }
+                if chaos.max_concurrent == 0 {
+                    return Err(invalid(
+                        offset,
+                        "chaos.max_concurrent",
+                        "must be at least 1".into(),
                     ));
                 }
                 if chaos.targets.is_empty() {
@@ -566,6 +581,7 @@ impl Scenario {
                     actions: chaos.actions,
                     targets: chaos.targets,
                     until: chaos.until,
+                    max_concurrent: chaos.max_concurrent,
                 })
             }
         };

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Action, ChaosSettings, ClockOffset, Expectations, Scenario, Subject, Target};
+use super::{Action, ChaosSettings, ClockOffset, Expectations, Link, Scenario, Subject, Target};
 
 impl Scenario {
     /// The concrete steps of one run: file steps plus chaos faults, all offsets multiplied by
@@ -273,34 +273,67 @@ fn chaos_steps(
     let interval = scale(chaos.interval);
     let mut at = scale(chaos.start);
     let mut steps = Vec::new();
-    // Faults are sequential: one is healed before the next is injected, so every fault's recovery
-    // is measured on its own.
+    // Faults in force: when each is healed, and the service it holds.
+    let mut holding: Vec<(Duration, Target)> = Vec::new();
+    let step = |at, action, subject| PlannedStep {
+        at,
+        action,
+        subject,
+        replicas: None,
+        probability: None,
+        offset: None,
+        origin: StepOrigin::Chaos,
+    };
+    // With `max_concurrent = 1` faults are sequential: one is healed before the next is
+    // injected, so every fault's recovery is measured on its own. Above, a fault starts every
+    // `interval` (jittered) while fewer than `max_concurrent` hold, each on a service no other
+    // holds: a partition during a Redis pause, a kill during a partition.
     while at < until {
+        holding.retain(|(healed_at, _)| *healed_at > at);
+        if holding.len() >= chaos.max_concurrent {
+            at = holding
+                .iter()
+                .map(|(healed_at, _)| *healed_at)
+                .min()
+                .unwrap_or(at);
+            continue;
+        }
         let action = chaos.actions[rng.below(chaos.actions.len() as u64) as usize];
         let target = match chaos.targets[rng.below(chaos.targets.len() as u64) as usize] {
             Target::AllWorkers => Target::Worker(1 + rng.below(u64::from(initial_workers)) as u32),
             other => other,
         };
-        steps.push(PlannedStep {
-            at,
-            action,
-            subject: Subject::Service(target),
-            replicas: None,
-            probability: None,
-            offset: None,
-            origin: StepOrigin::Chaos,
-        });
-        if let Some(heal) = action.healing_action() {
-            at += fault_duration;
-            steps.push(PlannedStep {
-                at,
-                action: heal,
-                subject: Subject::Service(target),
-                replicas: None,
-                probability: None,
-                offset: None,
-                origin: StepOrigin::Chaos,
-            });
+        // A partition cuts the target from Redis (Redis from the orchestrator); its rules sit in
+        // the first service's namespace, so a restart of Redis does not end it, and that service
+        // is the one the fault holds.
+        let (subject, holds) = match (action, target) {
+            (Action::Partition, Target::Redis) => (
+                Subject::Link(Link {
+                    a: Target::Orchestrator,
+                    b: Target::Redis,
+                    one_way: false,
+                }),
+                Target::Orchestrator,
+            ),
+            (Action::Partition, other) => (
+                Subject::Link(Link {
+                    a: other,
+                    b: Target::Redis,
+                    one_way: false,
+                }),
+                other,
+            ),
+            _ => (Subject::Service(target), target),
+        };
+        if !holding.iter().any(|(_, held)| *held == holds) {
+            steps.push(step(at, action, subject));
+            if let Some(heal) = action.healing_action() {
+                steps.push(step(at + fault_duration, heal, subject));
+                holding.push((at + fault_duration, holds));
+                if chaos.max_concurrent == 1 {
+                    at += fault_duration;
+                }
+            }
         }
         // Jitter the pause between faults by ±50% so faults do not line up with load phases.
         let jitter = 0.5 + (rng.below(1001) as f64) / 1000.0;
@@ -452,6 +485,42 @@ duration = "10s"
             ]
         );
         assert_eq!(plan.load_duration, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn overlapping_chaos_holds_several_faults_on_different_services_and_replays_per_seed() {
+        let text = format!(
+            "{}\n[chaos]\nseed = 11\ninterval = \"1s\"\nfault_duration = \"3s\"\nmax_concurrent = 2\n\
+             actions = [\"pause\", \"partition\"]\ntargets = [\"worker\", \"redis\", \"orchestrator\"]\n",
+            MINIMAL.replace("\"10s\"", "\"60s\"")
+        );
+        let scenario = parse(&text).unwrap();
+        let plan = scenario.plan(None, 1.0);
+        assert_eq!(plan, scenario.plan(None, 1.0), "same seed, same plan");
+        assert_ne!(plan.steps, scenario.plan(Some(12), 1.0).steps);
+        // Walk the plan: never more than two faults at once, never two on one service, and at
+        // some point two at once.
+        let mut held: Vec<Subject> = Vec::new();
+        let mut most = 0;
+        for step in &plan.steps {
+            if step.action == Action::Heal || step.action == Action::Unpause {
+                let before = held.len();
+                held.retain(|s| !step.subject.heals(s));
+                assert_eq!(held.len() + 1, before, "{step:?} heals one fault");
+            } else {
+                assert!(!held.contains(&step.subject), "{step:?} on a held service");
+                held.push(step.subject);
+                most = most.max(held.len());
+            }
+        }
+        assert!(held.is_empty(), "every fault is healed: {held:?}");
+        assert_eq!(most, 2, "faults overlap");
+        assert!(
+            plan.steps
+                .iter()
+                .any(|s| matches!(s.subject, Subject::Link(_)) && s.action == Action::Partition),
+            "chaos draws partitions"
+        );
     }
 
     #[test]
