@@ -137,7 +137,14 @@ async fn run_into(
             scenario.name
         );
     }
-    if scenario.steps.iter().any(|s| s.action.on_link()) {
+    use crate::scenario::Action;
+    let filters = |a: &Action| matches!(a, Action::Partition | Action::Loss);
+    if scenario.steps.iter().any(|s| filters(&s.action))
+        || scenario
+            .chaos
+            .as_ref()
+            .is_some_and(|c| c.actions.iter().any(filters))
+    {
         cluster::links::check_privileges()?;
     }
     plan.refuse_ineffective_faults(&scenario.expect)
@@ -156,6 +163,7 @@ async fn run_into(
     spec.permanent_fail_rate = scenario.cluster.permanent_fail_rate;
     spec.fault_disk = scenario.needs_fault_fs();
     spec.clock_shift = scenario.needs_clock_shift();
+    spec.link_proxies = scenario.needs_link_proxies();
     report.run_id = spec.run_id.clone();
 
     let cluster_started = Instant::now();

@@ -9,7 +9,9 @@ use std::{net::Ipv4Addr, time::Duration};
 use harness::{
     cleanup::{self, LABEL_RUN},
     cluster::{Cluster, ClusterSpec, Service},
-    scenario::{Action, ClockOffset, Link, PlannedStep, RuntimeKind, StepOrigin, Subject, Target},
+    scenario::{
+        Action, ClockOffset, Link, LinkDelay, PlannedStep, RuntimeKind, StepOrigin, Subject, Target,
+    },
 };
 use tokio::sync::Mutex;
 
@@ -54,6 +56,7 @@ fn step(action: Action, subject: Subject, probability: Option<f64>) -> PlannedSt
         replicas: None,
         probability,
         offset: None,
+        delay: None,
         origin: StepOrigin::File,
     }
 }
@@ -373,4 +376,107 @@ impl WithOffset for PlannedStep {
         self.offset = Some(offset);
         self
     }
+}
+
+/// The median time of `n` PINGs over one connection, ms.
+async fn ping_ms(conn: &mut redis::aio::MultiplexedConnection, n: usize) -> f64 {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = std::time::Instant::now();
+        let _: String = redis::cmd("PING").query_async(conn).await.unwrap();
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    times[n / 2]
+}
+
+/// `delay` adds its latency to every round trip through a service's proxy to Redis (measured by
+/// PINGs through worker.1's proxy), the orchestrator's submits slow down when its link is
+/// delayed, and `heal` takes the latency away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_adds_its_latency_to_the_link_until_heal() {
+    init();
+    let _serial = SERIAL.lock().await;
+    harness::runner::prepare_runtime(RuntimeKind::Docker)
+        .await
+        .unwrap_or_else(|e| panic!("preparing the docker runtime failed: {e:#}"));
+    let mut spec = ClusterSpec::new("delay", 1);
+    spec.link_proxies = true;
+    let run_id = spec.run_id.clone();
+    let mut cluster = Cluster::start(RuntimeKind::Docker, spec)
+        .await
+        .expect("the cluster starts behind proxies");
+    let url = cluster.orchestrator_url();
+    let (gateway, port) = cluster
+        .proxy_address(Service::Worker(1))
+        .expect("worker.1 has a proxy");
+    let through_proxy = cluster.spec().redis_url_for(&gateway.to_string(), port);
+    let mut conn = redis::Client::open(through_proxy)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis through worker.1's proxy");
+    let before = ping_ms(&mut conn, 9).await;
+    let delay = |a, b| {
+        let mut s = step(Action::Delay, link(a, b), None);
+        s.delay = Some(LinkDelay {
+            latency: Duration::from_millis(300),
+            jitter: Duration::from_millis(20),
+        });
+        s
+    };
+    let message = cluster
+        .apply(&delay(Target::Worker(1), Target::Redis))
+        .await
+        .expect("delay");
+    println!("{message}");
+    let delayed = ping_ms(&mut conn, 5).await;
+    let started = std::time::Instant::now();
+    assert_eq!(submit(&url).await, Some(201));
+    let fast_submit = started.elapsed();
+    cluster
+        .apply(&delay(Target::Orchestrator, Target::Redis))
+        .await
+        .expect("delay the orchestrator");
+    let started = std::time::Instant::now();
+    assert_eq!(submit(&url).await, Some(201));
+    let slow_submit = started.elapsed();
+    cluster
+        .apply(&step(Action::Heal, Subject::AllLinks, None))
+        .await
+        .expect("heal");
+    // Heal closed the connections the proxy carried: clients (this one, the services) reconnect
+    // without the latency.
+    drop(conn);
+    let mut conn = redis::Client::open(cluster.spec().redis_url_for(&gateway.to_string(), port))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a new connection through the proxy");
+    let healed = ping_ms(&mut conn, 9).await;
+    testkit::Wait::new("a fast submit after heal", Duration::from_secs(15))
+        .every(Duration::from_millis(100))
+        .until_async(async || {
+            let started = std::time::Instant::now();
+            match submit(&url).await {
+                Some(201) if started.elapsed() < Duration::from_millis(250) => Ok(()),
+                other => Err(format!("{other:?} in {:?}", started.elapsed())),
+            }
+        })
+        .await;
+    println!(
+        "PING through worker.1's proxy: {before:.1} ms, {delayed:.1} ms with a 300 ms delay, \
+         {healed:.1} ms after heal; a submit took {fast_submit:?}, {slow_submit:?} with the \
+         orchestrator's link delayed"
+    );
+    assert!(
+        (270.0..=400.0).contains(&(delayed - before)),
+        "the delay adds about 300 ms: {before} -> {delayed}"
+    );
+    assert!(healed < before + 50.0, "heal removes it: {healed}");
+    assert!(slow_submit >= Duration::from_millis(280), "{slow_submit:?}");
+    assert!(fast_submit < Duration::from_millis(250), "{fast_submit:?}");
+    drop(conn);
+    cluster.shutdown().await.expect("shutdown");
+    assert_nothing_left(&run_id).await;
 }

@@ -77,6 +77,11 @@ pub struct DockerCluster {
     fault_disk: Option<super::disk::FaultDisk>,
     /// Redis's shiftable wall clock, for `clock-jump`.
     clock: Option<super::clock::ClockShift>,
+    /// `delay`: each client service's proxy to Redis, the run network's gateway address they
+    /// listen on, and Redis's host port (fixed for the run, so a proxy survives Redis restarts).
+    proxies: BTreeMap<Service, super::proxy::LinkProxy>,
+    gateway: Option<std::net::Ipv4Addr>,
+    redis_host_port: u16,
 }
 
 impl DockerCluster {
@@ -109,6 +114,9 @@ impl DockerCluster {
             shut_down: false,
             fault_disk: None,
             clock: None,
+            proxies: BTreeMap::new(),
+            gateway: None,
+            redis_host_port: testkit::try_free_port()?,
         };
         let mut cluster = cluster;
         if spec.fault_disk {
@@ -134,6 +142,20 @@ impl DockerCluster {
             })
             .await
             .with_context(|| format!("creating volume {volume}"))?;
+        let mut cluster = cluster;
+        if spec.link_proxies {
+            let inspect = docker
+                .inspect_network(&network, None)
+                .await
+                .with_context(|| format!("inspecting network {network}"))?;
+            let gateway = inspect
+                .ipam
+                .and_then(|ipam| ipam.config)
+                .and_then(|configs| configs.into_iter().find_map(|c| c.gateway))
+                .and_then(|gateway| gateway.parse().ok())
+                .with_context(|| format!("network {network} has no IPv4 gateway"))?;
+            cluster.gateway = Some(gateway);
+        }
         Ok(cluster)
     }
 
@@ -143,6 +165,37 @@ impl DockerCluster {
             .as_mut()
             .context("redis runs without a shiftable clock (the cluster was started without `clock_shift`)")?
             .jump(by, forward)
+    }
+
+    /// Starts the proxy between a client service and Redis, when the run has proxies.
+    async fn ensure_proxy(&mut self, service: Service) -> anyhow::Result<()> {
+        let Some(gateway) = self.gateway else {
+            return Ok(());
+        };
+        if service == Service::Redis || self.proxies.contains_key(&service) {
+            return Ok(());
+        }
+        let upstream = format!("127.0.0.1:{}", self.redis_host_port);
+        let proxy =
+            super::proxy::LinkProxy::start(&service.to_string(), gateway, &upstream).await?;
+        self.proxies.insert(service, proxy);
+        Ok(())
+    }
+
+    /// Ends the delay on a service's proxy (see [`super::proxy::LinkProxy::heal`]).
+    pub async fn heal_proxy(&mut self, service: Service) -> anyhow::Result<()> {
+        match self.proxies.get_mut(&service) {
+            Some(proxy) => proxy.heal().await,
+            None => Ok(()),
+        }
+    }
+
+    /// The proxy between a service and Redis, with the address containers reach it at.
+    pub fn proxy(
+        &self,
+        service: Service,
+    ) -> Option<(&super::proxy::LinkProxy, std::net::Ipv4Addr)> {
+        Some((self.proxies.get(&service)?, self.gateway?))
     }
 
     /// The switches of Redis's fault filesystem, when the run has one.
@@ -247,6 +300,7 @@ impl DockerCluster {
                 .await
                 .with_context(|| format!("starting container {name}"))?;
         } else {
+            self.ensure_proxy(service).await?;
             let container = self.create_container(service).await?;
             self.containers.insert(service, container);
             if service == Service::Redis {
@@ -263,6 +317,9 @@ impl DockerCluster {
             .partition(|slot| self.containers.contains_key(&Service::Worker(**slot)));
         for slot in existing {
             self.start(Service::Worker(slot)).await?;
+        }
+        for slot in &new {
+            self.ensure_proxy(Service::Worker(*slot)).await?;
         }
         let created = futures::future::join_all(
             new.iter()
@@ -292,7 +349,12 @@ impl DockerCluster {
         service: Service,
     ) -> anyhow::Result<ContainerAsync<GenericImage>> {
         let name = self.container_name(service);
-        let redis_url = self.spec.redis_url_for(REDIS_ALIAS, REDIS_PORT);
+        let redis_url = match (self.gateway, self.proxies.get(&service)) {
+            (Some(gateway), Some(proxy)) => {
+                self.spec.redis_url_for(&gateway.to_string(), proxy.port())
+            }
+            _ => self.spec.redis_url_for(REDIS_ALIAS, REDIS_PORT),
+        };
         let port = Self::main_port(service);
         let request = match service {
             Service::Redis => {
@@ -358,8 +420,11 @@ impl DockerCluster {
                 request
             }
         };
-        let fixed_host_port =
-            (service == Service::Orchestrator).then_some(self.orchestrator_host_port);
+        let fixed_host_port = match service {
+            Service::Orchestrator => Some(self.orchestrator_host_port),
+            Service::Redis if self.gateway.is_some() => Some(self.redis_host_port),
+            _ => None,
+        };
         request
             .with_container_name(&name)
             .with_network(&self.network)

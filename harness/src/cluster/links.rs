@@ -56,36 +56,79 @@ impl Rule {
 /// The rules that drop packets between the service whose namespace `pid` holds and the peer at
 /// `peer` (`one_way`: only packets towards the peer).
 pub fn rules(pid: u32, peer: Ipv4Addr, one_way: bool, drop: Drop) -> Vec<Rule> {
-    let matcher = |direction: &str| {
-        let mut spec = vec![direction.to_string(), format!("{peer}/32")];
-        if let Drop::Random(p) = drop {
-            spec.extend(
-                ["-m", "statistic", "--mode", "random", "--probability"]
-                    .iter()
-                    .map(|s| s.to_string()),
-            );
-            spec.push(format!("{p}"));
-        }
+    let mut rules = vec![rule(pid, "OUTPUT", "-d", peer, None, drop)];
+    if !one_way {
+        rules.push(rule(pid, "INPUT", "-s", peer, None, drop));
+    }
+    rules
+}
+
+/// The rules, in a client's namespace, that drop its packets to and from the proxy at
+/// `proxy:port` that carries its connections to Redis: both ways, or (`one_way`) only towards
+/// Redis (`towards_redis`) or only back from it.
+pub fn rules_to_port(
+    pid: u32,
+    proxy: Ipv4Addr,
+    port: u16,
+    one_way: bool,
+    towards_redis: bool,
+    drop: Drop,
+) -> Vec<Rule> {
+    let mut rules = Vec::new();
+    if !one_way || towards_redis {
+        rules.push(rule(
+            pid,
+            "OUTPUT",
+            "-d",
+            proxy,
+            Some(("--dport", port)),
+            drop,
+        ));
+    }
+    if !one_way || !towards_redis {
+        rules.push(rule(
+            pid,
+            "INPUT",
+            "-s",
+            proxy,
+            Some(("--sport", port)),
+            drop,
+        ));
+    }
+    rules
+}
+
+fn rule(
+    pid: u32,
+    chain: &'static str,
+    direction: &str,
+    peer: Ipv4Addr,
+    port: Option<(&str, u16)>,
+    drop: Drop,
+) -> Rule {
+    let mut spec = vec![direction.to_string(), format!("{peer}/32")];
+    if let Some((which, port)) = port {
+        spec.extend([
+            "-p".to_string(),
+            "tcp".to_string(),
+            which.to_string(),
+            port.to_string(),
+        ]);
+    }
+    if let Drop::Random(p) = drop {
         spec.extend(
-            ["-m", "comment", "--comment", COMMENT, "-j", "DROP"]
+            ["-m", "statistic", "--mode", "random", "--probability"]
                 .iter()
                 .map(|s| s.to_string()),
         );
-        spec
-    };
-    let mut rules = vec![Rule {
-        pid,
-        chain: "OUTPUT",
-        spec: matcher("-d"),
-    }];
-    if !one_way {
-        rules.push(Rule {
-            pid,
-            chain: "INPUT",
-            spec: matcher("-s"),
-        });
+        spec.push(format!("{p}"));
     }
-    rules
+    spec.extend(
+        ["-m", "comment", "--comment", COMMENT, "-j", "DROP"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    Rule { pid, chain, spec }
 }
 
 /// Inserts the rules (first in their chains); on an error, the ones already inserted are removed.
@@ -165,6 +208,24 @@ mod tests {
             "-t 42 -n iptables -w -I OUTPUT -d 172.18.0.3/32 -m comment --comment \
              agent-harness-link-fault -j DROP"
         );
+    }
+
+    #[test]
+    fn a_proxied_link_is_cut_at_the_proxy_port_in_the_direction_asked() {
+        let proxy = Ipv4Addr::new(172, 18, 0, 1);
+        let both = rules_to_port(9, proxy, 4242, false, true, Drop::All);
+        assert_eq!(
+            both.iter()
+                .map(|r| r.spec[..6].join(" "))
+                .collect::<Vec<_>>(),
+            [
+                "-d 172.18.0.1/32 -p tcp --dport 4242",
+                "-s 172.18.0.1/32 -p tcp --sport 4242"
+            ]
+        );
+        let back = rules_to_port(9, proxy, 4242, true, false, Drop::All);
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].chain, "INPUT");
     }
 
     #[test]

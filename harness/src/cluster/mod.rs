@@ -20,6 +20,7 @@ pub mod disk;
 pub mod docker;
 pub mod links;
 pub mod process;
+pub mod proxy;
 
 use std::{collections::BTreeMap, fmt, time::Duration};
 
@@ -77,6 +78,9 @@ pub struct ClusterSpec {
     pub fault_disk: bool,
     /// Redis with a shiftable wall clock ([`clock`]), so `clock-jump` can act on it.
     pub clock_shift: bool,
+    /// The services reach Redis through the harness's proxies ([`proxy`]), so `delay` can act
+    /// on their links (docker runtime).
+    pub link_proxies: bool,
 }
 
 impl std::fmt::Debug for ClusterSpec {
@@ -96,6 +100,7 @@ impl std::fmt::Debug for ClusterSpec {
             .field("redis_password", &"***")
             .field("fault_disk", &self.fault_disk)
             .field("clock_shift", &self.clock_shift)
+            .field("link_proxies", &self.link_proxies)
             .finish()
     }
 }
@@ -118,6 +123,7 @@ impl ClusterSpec {
             redis_password: format!("{:032x}", rand::random::<u128>()),
             fault_disk: false,
             clock_shift: false,
+            link_proxies: false,
         }
     }
 
@@ -290,10 +296,12 @@ pub struct Cluster {
     link_faults: Vec<LinkFault>,
 }
 
-/// A `partition` or `loss` in force.
+/// A `partition`, `loss` or `delay` in force.
 struct LinkFault {
     link: Link,
     rules: Vec<links::Rule>,
+    /// With `delay`: the services whose proxies carry it.
+    delayed: Vec<Service>,
 }
 
 /// How long each phase of [`Cluster::start`] took.
@@ -450,7 +458,9 @@ impl Cluster {
         let action = step.action;
         let target = match step.subject {
             Subject::Link(link) if action.on_link() => {
-                return self.break_link(action, link, step.probability).await;
+                return self
+                    .break_link(action, link, step.probability, step.delay)
+                    .await;
             }
             Subject::Link(_) | Subject::AllLinks if action == Action::Heal => {
                 return self.heal_links(&step.subject).await;
@@ -511,7 +521,7 @@ impl Cluster {
                 Action::PowerLoss | Action::DiskFull | Action::Heal | Action::ClockJump => {
                     bail!("`{action}` applies to redis, not {service}")
                 }
-                Action::Scale | Action::Partition | Action::Loss => {
+                Action::Scale | Action::Partition | Action::Loss | Action::Delay => {
                     unreachable!("handled above")
                 }
             }
@@ -552,6 +562,17 @@ impl Cluster {
         ))
     }
 
+    /// Where a service's proxy to Redis listens (gateway address and port), when the run has
+    /// proxies ([`ClusterSpec::link_proxies`], docker runtime).
+    pub fn proxy_address(&self, service: Service) -> Option<(std::net::Ipv4Addr, u16)> {
+        match &self.backend {
+            Backend::Docker(docker) => docker
+                .proxy(service)
+                .map(|(proxy, gateway)| (gateway, proxy.port())),
+            Backend::Process(_) => None,
+        }
+    }
+
     /// Drops the packets (all, or a share for `loss`) on a link, docker runtime only; see
     /// [`links`].
     async fn break_link(
@@ -559,6 +580,7 @@ impl Cluster {
         action: Action,
         link: Link,
         probability: Option<f64>,
+        delay: Option<crate::scenario::LinkDelay>,
     ) -> anyhow::Result<String> {
         let Backend::Docker(docker) = &self.backend else {
             bail!(
@@ -566,21 +588,89 @@ impl Cluster {
                  loopback; use --runtime docker"
             );
         };
+        if action == Action::Delay {
+            return self.delay_link(link, delay).await;
+        }
         let drop = match action {
             Action::Loss => links::Drop::Random(probability.context("`loss` needs `probability`")?),
             _ => links::Drop::All,
         };
         let mut rules = Vec::new();
         for a in self.services_for(link.a)? {
-            let (pid, _) = docker.netns(a).await?;
             for b in self.services_for(link.b)? {
-                let ip = docker.address(b).await?;
-                rules.extend(links::rules(pid, ip, link.one_way, drop));
+                // A service that reaches Redis through a proxy talks to the proxy, not to
+                // Redis's address: the rules go in its namespace and match the proxy.
+                let proxied = [(a, b), (b, a)].into_iter().find_map(|(client, server)| {
+                    (server == Service::Redis)
+                        .then(|| docker.proxy(client))
+                        .flatten()
+                        .map(|(proxy, gateway)| (client, gateway, proxy.port()))
+                });
+                match proxied {
+                    Some((client, gateway, port)) => {
+                        let (pid, _) = docker.netns(client).await?;
+                        // one way towards Redis, or back from it
+                        let towards_redis = client == a;
+                        rules.extend(links::rules_to_port(
+                            pid,
+                            gateway,
+                            port,
+                            link.one_way,
+                            towards_redis,
+                            drop,
+                        ));
+                    }
+                    None => {
+                        let (pid, _) = docker.netns(a).await?;
+                        let ip = docker.address(b).await?;
+                        rules.extend(links::rules(pid, ip, link.one_way, drop));
+                    }
+                }
             }
         }
         links::insert(&rules).await?;
         let message = format!("{action} {link}: {} filter rule(s)", rules.len());
-        self.link_faults.push(LinkFault { link, rules });
+        self.link_faults.push(LinkFault {
+            link,
+            rules,
+            delayed: Vec::new(),
+        });
+        Ok(message)
+    }
+
+    /// Adds latency to the proxies of a link's client side; see [`proxy`].
+    async fn delay_link(
+        &mut self,
+        link: Link,
+        delay: Option<crate::scenario::LinkDelay>,
+    ) -> anyhow::Result<String> {
+        let delay = delay.context("`delay` needs `latency`")?;
+        let Backend::Docker(docker) = &self.backend else {
+            bail!("the process runtime cannot delay a link; use --runtime docker");
+        };
+        let (client, upstream) = match (link.a, link.b) {
+            (Target::Redis, client) => (client, false),
+            (client, _) => (client, link.one_way),
+        };
+        let mut delayed = Vec::new();
+        for service in self.services_for(client)? {
+            let (proxy, _) = docker.proxy(service).with_context(|| {
+                format!("{service} reaches Redis without a proxy (the cluster was started without `link_proxies`)")
+            })?;
+            proxy.delay(delay.latency, delay.jitter, upstream).await?;
+            delayed.push(service);
+        }
+        let message = format!(
+            "delay {link}: +{} ± {} on {} proxy(ies)",
+            humantime::format_duration(delay.latency),
+            humantime::format_duration(delay.jitter),
+            delayed.len()
+        );
+        self.link_faults.push(LinkFault {
+            link,
+            rules: Vec::new(),
+            delayed,
+        });
         Ok(message)
     }
 
@@ -596,6 +686,11 @@ impl Cluster {
         let mut removed = 0;
         for fault in &healed {
             removed += links::remove(&fault.rules).await;
+            if let Backend::Docker(docker) = &mut self.backend {
+                for service in &fault.delayed {
+                    docker.heal_proxy(*service).await?;
+                }
+            }
         }
         let names: Vec<String> = healed.iter().map(|f| f.link.to_string()).collect();
         Ok(format!(

@@ -31,6 +31,11 @@ impl Scenario {
             .any(|s| matches!(s.action, Action::PowerLoss | Action::DiskFull))
     }
 
+    /// Whether the services reach Redis through the harness's proxies (`delay`).
+    pub fn needs_link_proxies(&self) -> bool {
+        self.steps.iter().any(|s| s.action == Action::Delay)
+    }
+
     /// Whether Redis must run with a shiftable wall clock (`clock-jump`).
     pub fn needs_clock_shift(&self) -> bool {
         self.steps.iter().any(|s| s.action == Action::ClockJump)
@@ -202,6 +207,8 @@ pub enum Action {
     Partition,
     /// Drop a random share (`probability`) of the packets on a link.
     Loss,
+    /// Add `latency` (± `jitter`) to a link between Redis and another service.
+    Delay,
     /// End link faults (of one link, or all), or a `disk-full` (with `target`).
     Heal,
     /// SIGKILL Redis, drop every write it had not fsynced, start it again.
@@ -229,7 +236,7 @@ impl Action {
 
     /// Whether this step acts on a link between two services (`between`, or `from` and `to`).
     pub fn on_link(self) -> bool {
-        matches!(self, Action::Partition | Action::Loss)
+        matches!(self, Action::Partition | Action::Loss | Action::Delay)
     }
 
     /// Whether this step injects a fault that a later step heals.
@@ -243,7 +250,9 @@ impl Action {
             Action::Kill | Action::Stop => Some(Action::Start),
             Action::Pause => Some(Action::Unpause),
             Action::Disconnect => Some(Action::Connect),
-            Action::Partition | Action::Loss | Action::DiskFull => Some(Action::Heal),
+            Action::Partition | Action::Loss | Action::Delay | Action::DiskFull => {
+                Some(Action::Heal)
+            }
             _ => None,
         }
     }
@@ -262,6 +271,7 @@ impl Action {
             Action::Connect => "connect",
             Action::Partition => "partition",
             Action::Loss => "loss",
+            Action::Delay => "delay",
             Action::Heal => "heal",
             Action::PowerLoss => "power-loss",
             Action::DiskFull => "disk-full",
@@ -455,6 +465,17 @@ pub struct Step {
     pub probability: Option<f64>,
     /// With `clock-jump`: how far the clock jumps.
     pub offset: Option<ClockOffset>,
+    /// With `delay`: the latency added.
+    pub delay: Option<LinkDelay>,
+}
+
+/// What a `delay` adds to a link: `latency`, give or take up to `jitter`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkDelay {
+    /// Added to every chunk of data.
+    pub latency: Duration,
+    /// Up to this much more or less, at random.
+    pub jitter: Duration,
 }
 
 /// How far a `clock-jump` moves the clock: `"10s"` forward, `"-10s"` backward.

@@ -7,8 +7,8 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use super::{
-    Action, ChaosSettings, ClockOffset, ClusterSettings, Expectations, Link, LoadSettings,
-    MAX_WORKERS, Persistence, RuntimeKind, Scenario, Step, Subject, Target,
+    Action, ChaosSettings, ClockOffset, ClusterSettings, Expectations, Link, LinkDelay,
+    LoadSettings, MAX_WORKERS, Persistence, RuntimeKind, Scenario, Step, Subject, Target,
 };
 
 /// A scenario file could not be used.
@@ -152,6 +152,10 @@ struct RawStep {
     replicas: Option<u32>,
     probability: Option<f64>,
     offset: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    latency: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    jitter: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -485,6 +489,55 @@ impl Scenario {
                 }
                 (_, None) => None,
             };
+            let delay = match (step.action, step.latency, step.jitter) {
+                (Action::Delay, None, _) => {
+                    return Err(invalid(
+                        offset,
+                        &field("latency"),
+                        "`delay` needs `latency` (e.g. \"300ms\")".into(),
+                    ));
+                }
+                (Action::Delay, Some(latency), jitter) => {
+                    let jitter = jitter.unwrap_or_default();
+                    if latency.is_zero() || jitter > latency {
+                        return Err(invalid(
+                            offset,
+                            &field("jitter"),
+                            format!(
+                                "`latency` must be above zero and `jitter` at most `latency`, got \
+                                 {} and {}",
+                                humantime::format_duration(latency),
+                                humantime::format_duration(jitter)
+                            ),
+                        ));
+                    }
+                    if let Subject::Link(link) = subject
+                        && (link.a == Target::Redis) == (link.b == Target::Redis)
+                    {
+                        return Err(invalid(
+                            offset,
+                            &field(if link.one_way { "from" } else { "between" }),
+                            format!(
+                                "`delay` acts on a service's connection to Redis: one end must be \
+                                 `redis`, not `{link}`"
+                            ),
+                        ));
+                    }
+                    Some(LinkDelay { latency, jitter })
+                }
+                (action, Some(_), _) | (action, None, Some(_)) => {
+                    return Err(invalid(
+                        offset,
+                        &field(if step.latency.is_some() {
+                            "latency"
+                        } else {
+                            "jitter"
+                        }),
+                        format!("only `delay` takes `latency` and `jitter`, not `{action}`"),
+                    ));
+                }
+                (_, None, None) => None,
+            };
             match (step.action, step.replicas) {
                 (Action::Scale, None) => {
                     return Err(invalid(
@@ -523,6 +576,7 @@ impl Scenario {
                 replicas: step.replicas,
                 probability: step.probability,
                 offset: clock_offset,
+                delay,
             });
         }
         // Stable: steps at the same offset keep their file order.

@@ -26,6 +26,7 @@ impl Scenario {
                     by: scale(o.by),
                     ..o
                 }),
+                delay: s.delay,
                 origin: StepOrigin::File,
             })
             .collect();
@@ -246,6 +247,8 @@ pub struct PlannedStep {
     pub probability: Option<f64>,
     /// With `clock-jump`: how far (time-scaled like the offsets).
     pub offset: Option<ClockOffset>,
+    /// With `delay`: the latency added (not time-scaled: it is a property of the link).
+    pub delay: Option<super::LinkDelay>,
     /// Written in the file or drawn by chaos.
     pub origin: StepOrigin,
 }
@@ -282,6 +285,7 @@ fn chaos_steps(
         replicas: None,
         probability: None,
         offset: None,
+        delay: None,
         origin: StepOrigin::Chaos,
     };
     // With `max_concurrent = 1` faults are sequential: one is healed before the next is
