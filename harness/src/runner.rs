@@ -132,7 +132,7 @@ async fn run_into(
     tracing::info!(scenario = %scenario.name, %runtime, "runtime: {why}");
     if runtime == RuntimeKind::Process && scenario.needs_network_control() {
         anyhow::bail!(
-            "{} cuts or degrades network links (disconnect, partition, loss), which only the \
+            "{} cuts or degrades network links (disconnect, partition, loss, delay), which only the \
              docker runtime can do: the process runtime's services share the host's loopback",
             scenario.name
         );
