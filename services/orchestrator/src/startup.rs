@@ -137,6 +137,7 @@ pub fn app(state: AppState, config: &Config) -> Router {
             "/tasks/{id}",
             get(tasks::get_task).delete(tasks::cancel_task),
         )
+        .route("/tasks/{id}/retry", post(tasks::retry_task))
         .route("/stats", get(meta::stats));
     if !state.tokens.is_empty() {
         task_routes = task_routes.route_layer(middleware::from_fn_with_state(

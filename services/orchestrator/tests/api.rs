@@ -1309,3 +1309,87 @@ mod idempotency_scope {
         );
     }
 }
+
+fn post(uri: &str) -> Request<Body> {
+    Request::post(uri).body(Body::empty()).expect("request")
+}
+
+/// `POST /tasks/{id}/retry`: a dead task is queued again (200 + its record, error kept); a
+/// task in another state is 409, an unknown one 404, a malformed id 400, all JSON errors.
+#[tokio::test]
+async fn a_dead_task_can_be_retried_and_nothing_else_can() {
+    let redis = RedisServer::start();
+    let router = router_for(&redis.url());
+    let created = send(&router, post_json(r#"{"description":"fails for good"}"#)).await;
+    let id = created.body["id"].as_str().expect("id").to_owned();
+    let uri = format!("/tasks/{id}/retry");
+    assert_error(
+        &send(&router, post(&uri)).await,
+        StatusCode::CONFLICT,
+        "conflict",
+    );
+
+    // A worker runs it and it fails for good (the queue protocol, as a worker drives it).
+    let queue = taskq::queue::Queue::new(taskq::QueueConfig {
+        keys: taskq::Keys::new("api-test"),
+        ..taskq::QueueConfig::default()
+    });
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    queue.ensure_groups(&mut conn).await.expect("groups");
+    let claimed = queue.claim(&mut conn, "w", 1, &[]).await.expect("claim");
+    let dead = taskq::queue::Finish {
+        task: claimed[0].clone(),
+        outcome: taskq::queue::ExecutionOutcome::Dead {
+            error: "permanent: bad input".into(),
+        },
+    };
+    queue
+        .finish_many(&mut conn, "w", &[dead])
+        .await
+        .expect("finish");
+    assert_eq!(
+        send(&router, get(&format!("/tasks/{id}"))).await.body["status"],
+        "dead"
+    );
+
+    let retried = send(&router, post(&uri)).await;
+    assert_eq!(retried.status, StatusCode::OK, "{:?}", retried.body);
+    assert_eq!(retried.body["status"], "queued");
+    assert_eq!(retried.body["attempts"], 0);
+    assert_eq!(retried.body["error"], "permanent: bad input");
+    let again = send(&router, post(&uri)).await;
+    assert_error(&again, StatusCode::CONFLICT, "conflict");
+    assert!(
+        again.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("only dead or cancelled")),
+        "{:?}",
+        again.body
+    );
+    let stats = send(&router, get("/stats")).await;
+    assert_eq!(stats.body["queued_total"], 1, "{:?}", stats.body);
+
+    assert_error(
+        &send(
+            &router,
+            post("/tasks/00000000-0000-4000-8000-000000000000/retry"),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "task_not_found",
+    );
+    let malformed = send(&router, post("/tasks/not-a-uuid/retry")).await;
+    assert_eq!(
+        malformed.status,
+        StatusCode::BAD_REQUEST,
+        "{:?}",
+        malformed.body
+    );
+    assert!(malformed.body["error"]["code"].is_string());
+    let wrong_method = send(&router, get(&uri)).await;
+    assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
+}

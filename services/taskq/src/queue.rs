@@ -257,6 +257,17 @@ pub enum CancelOutcome {
     NotCancellable(Status),
 }
 
+/// What [`Queue::retry`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// No such task (never existed, or expired).
+    NotFound,
+    /// The task is queued again.
+    Queued,
+    /// The task is neither dead nor cancelled; it was left alone.
+    NotRetryable(Status),
+}
+
 /// A stream entry delivered to a consumer, not yet started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
@@ -434,6 +445,7 @@ struct Scripts {
     enqueue: Script,
     claim: Script,
     finish: Script,
+    retry: Script,
     promote: Script,
     cancel: Script,
     reclaim: Script,
@@ -455,6 +467,7 @@ impl Scripts {
             enqueue: script(include_str!("scripts/enqueue.lua")),
             claim: script(include_str!("scripts/claim.lua")),
             finish: script(include_str!("scripts/finish.lua")),
+            retry: script(include_str!("scripts/retry.lua")),
             promote: script(include_str!("scripts/promote.lua")),
             cancel: script(include_str!("scripts/cancel.lua")),
             reclaim: script(include_str!("scripts/reclaim.lua")),
@@ -466,11 +479,12 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Script; 11] {
+    fn all(&self) -> [&Script; 12] {
         [
             &self.enqueue,
             &self.claim,
             &self.finish,
+            &self.retry,
             &self.promote,
             &self.cancel,
             &self.reclaim,
@@ -763,6 +777,34 @@ impl Queue {
                     source,
                 })?;
                 CancelOutcome::NotCancellable(status)
+            }
+        })
+    }
+
+    /// Queues a `dead` or `cancelled` task again: a new attempt series (attempts back to 0) at
+    /// its priority; the record keeps its last error, and no longer expires.
+    pub async fn retry<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        task_id: &TaskId,
+    ) -> Result<RetryOutcome, QueueError> {
+        let status: Option<String> = self
+            .scripts
+            .retry
+            .key(self.config.keys.task(task_id))
+            .key(self.streams.as_slice())
+            .arg(task_id.to_string())
+            .invoke_async(conn)
+            .await?;
+        Ok(match status.as_deref() {
+            None => RetryOutcome::NotFound,
+            Some("requeued") => RetryOutcome::Queued,
+            Some(other) => {
+                let status = other.parse().map_err(|source| QueueError::Corrupt {
+                    task_id: task_id.to_string(),
+                    source,
+                })?;
+                RetryOutcome::NotRetryable(status)
             }
         })
     }

@@ -762,3 +762,72 @@ async fn a_backward_clock_jump_does_not_hold_retries_for_its_length() {
     let (moved, _) = queue.promote_due(&mut conn, 10).await.expect("promote");
     assert_eq!(moved, 1, "{:?}", record(&queue, &mut conn, &id).await);
 }
+
+/// A dead letter queued again starts a new attempt series at its priority, keeps its last
+/// error, and no longer expires; a task in any other state is left alone.
+#[tokio::test]
+async fn a_dead_task_retried_runs_again_with_its_error_kept_and_no_expiry() {
+    let redis = RedisServer::start();
+    let (queue, mut conn) = setup(&redis, 1).await;
+    let id = enqueue(&queue, &mut conn, "fails for good").await;
+    assert_eq!(
+        queue.retry(&mut conn, &id).await.expect("retry"),
+        taskq::queue::RetryOutcome::NotRetryable(Status::Queued)
+    );
+    let started = queue.claim(&mut conn, "w", 1, &[]).await.expect("claim");
+    let dead = Finish {
+        task: started[0].clone(),
+        outcome: ExecutionOutcome::Dead {
+            error: "permanent: bad input".into(),
+        },
+    };
+    queue
+        .finish_many(&mut conn, "w", &[dead])
+        .await
+        .expect("finish");
+    let key = Keys::new(PREFIX).task(&id);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(record(&queue, &mut conn, &id).await.status, Status::Dead);
+
+    assert_eq!(
+        queue.retry(&mut conn, &id).await.expect("retry"),
+        taskq::queue::RetryOutcome::Queued
+    );
+    let task = record(&queue, &mut conn, &id).await;
+    assert_eq!(task.status, Status::Queued, "{task:?}");
+    assert_eq!(task.attempts, 0, "a new attempt series: {task:?}");
+    assert_eq!(task.error.as_deref(), Some("permanent: bad input"));
+    assert!(task.finished_at.is_none(), "{task:?}");
+    let ttl_after: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    println!("TTL dead {ttl} s, after the retry {ttl_after}");
+    assert_eq!(ttl_after, -1, "a queued task does not expire");
+
+    let again = queue.claim(&mut conn, "w2", 1, &[]).await.expect("claim");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempt, 1);
+    queue
+        .finish_many(&mut conn, "w2", &[success(&again[0])])
+        .await
+        .expect("finish");
+    assert_eq!(
+        record(&queue, &mut conn, &id).await.status,
+        Status::Succeeded
+    );
+    assert_eq!(
+        queue.retry(&mut conn, &id).await.expect("retry"),
+        taskq::queue::RetryOutcome::NotRetryable(Status::Succeeded)
+    );
+    let unknown = TaskId::parse("00000000-0000-4000-8000-000000000000").unwrap();
+    assert_eq!(
+        queue.retry(&mut conn, &unknown).await.expect("retry"),
+        taskq::queue::RetryOutcome::NotFound
+    );
+}

@@ -5,7 +5,7 @@ use axum::extract::{FromRequest, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use taskq::queue::CancelOutcome;
+use taskq::queue::{CancelOutcome, RetryOutcome};
 use taskq::{
     Description, EnqueueOutcome, NewTask, Priority, Schedule, TaskId, TaskRecord, TaskTimeout,
 };
@@ -179,6 +179,33 @@ pub async fn cancel_task(
             "task {task_id} is {status} and can no longer be cancelled"
         ))),
         CancelOutcome::Cancelled => {
+            let record = state
+                .with_timeout(state.queue.get(&mut conn, &task_id))
+                .await?
+                .ok_or_else(|| AppError::TaskNotFound(task_id.to_string()))?;
+            Ok(Json(record).into_response())
+        }
+    }
+}
+
+/// `POST /tasks/{id}/retry`: queues a `dead` or `cancelled` task again (a new attempt series; the
+/// record keeps its last error); 409 for a task in any other state.
+pub async fn retry_task(
+    State(state): State<AppState>,
+    AppPath(raw_id): AppPath<String>,
+) -> Result<Response, AppError> {
+    let task_id = TaskId::parse(&raw_id)?;
+    let mut conn = state.redis.clone();
+    match state
+        .with_timeout(state.queue.retry(&mut conn, &task_id))
+        .await?
+    {
+        RetryOutcome::NotFound => Err(AppError::TaskNotFound(task_id.to_string())),
+        RetryOutcome::NotRetryable(status) => Err(AppError::Conflict(format!(
+            "task {task_id} is {status}; only dead or cancelled tasks can be retried"
+        ))),
+        RetryOutcome::Queued => {
+            metrics::counter!("agent_tasks_retried_total").increment(1);
             let record = state
                 .with_timeout(state.queue.get(&mut conn, &task_id))
                 .await?
