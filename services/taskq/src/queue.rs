@@ -441,6 +441,18 @@ pub struct Stats {
     pub oldest_queued_age_ms: [u64; 10],
 }
 
+/// One entry of the dead-letter stream: a task that failed for good, newest first from
+/// [`Queue::dead_letters`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The task.
+    pub task_id: String,
+    /// Its last error.
+    pub error: String,
+    /// When it was dead-lettered, ms since the Unix epoch (Redis clock; from the entry id).
+    pub at_ms: u64,
+}
+
 struct Scripts {
     enqueue: Script,
     claim: Script,
@@ -1208,6 +1220,43 @@ impl Queue {
             .invoke_async(conn)
             .await?;
         Ok(left)
+    }
+
+    /// The newest `limit` entries of the dead-letter stream, newest first (one `XREVRANGE`).
+    pub async fn dead_letters<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, QueueError> {
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+            .arg(self.config.keys.dead_letter())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(conn)
+            .await?;
+        Ok(entries
+            .into_iter()
+            .map(|(id, fields)| {
+                let field = |name: &str| {
+                    fields
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default()
+                };
+                DeadLetter {
+                    task_id: field("t"),
+                    error: field("error"),
+                    at_ms: id
+                        .split('-')
+                        .next()
+                        .and_then(|ms| ms.parse().ok())
+                        .unwrap_or_default(),
+                }
+            })
+            .collect())
     }
 
     /// Queue statistics in one round trip; workers count as live when their heartbeat is newer

@@ -37,6 +37,9 @@ pub async fn stats(State(state): State<AppState>) -> Result<Json<Value>, AppErro
     let stats = state
         .with_timeout(state.queue.stats(&mut conn, state.worker_dead_after))
         .await?;
+    let dead_letters = state
+        .with_timeout(state.queue.dead_letters(&mut conn, NEWEST_DEAD_LETTERS))
+        .await?;
     let by_priority = |counts: &[u64; 10]| {
         counts
             .iter()
@@ -53,8 +56,25 @@ pub async fn stats(State(state): State<AppState>) -> Result<Json<Value>, AppErro
         "dead_lettered": stats.dead_lettered,
         "live_workers": stats.live_workers,
         "oldest_queued_age_ms": by_priority(&stats.oldest_queued_age_ms),
+        "dead_letters": dead_letters
+            .iter()
+            .map(|d| {
+                json!({
+                    "id": d.task_id,
+                    "error": d.error,
+                    "at": time::OffsetDateTime::from_unix_timestamp_nanos(
+                        i128::from(d.at_ms) * 1_000_000
+                    )
+                    .ok()
+                    .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+                })
+            })
+            .collect::<Vec<_>>(),
     })))
 }
+
+/// How many of the newest dead letters `/stats` lists.
+pub const NEWEST_DEAD_LETTERS: usize = 10;
 
 /// `GET /metrics`: Prometheus text format. Queue gauges are read from Redis at scrape time.
 pub async fn metrics(State(state): State<AppState>) -> Response {
