@@ -57,13 +57,31 @@ impl ClockWatch {
         jump
     }
 
-    /// The Redis time a call sent at `at` should see, and how far off it may be (ms): for the
-    /// takeover script's own check. `None` before the first heartbeat.
-    pub fn expectation(&self, at: Instant) -> Option<(i64, i64)> {
+    /// The Redis time a call sent at `at` should see, for the takeover script's own check.
+    /// `queued` is how late the call may reach Redis on its connection (its last round trip
+    /// there): a call held behind others sees a later time, never an earlier one. `None` before
+    /// the first heartbeat.
+    pub fn expectation(&self, at: Instant, queued: Duration) -> Option<Expectation> {
         let last = self.last?;
-        let expected = last.redis_ms + millis(at.saturating_duration_since(last.sent));
-        Some((expected, millis(self.tolerance + last.rtt * 2)))
+        let behind_ms = millis(self.tolerance + last.rtt * 2);
+        Some(Expectation {
+            expected_ms: last.redis_ms + millis(at.saturating_duration_since(last.sent)),
+            behind_ms,
+            ahead_ms: behind_ms + millis(queued),
+        })
     }
+}
+
+/// The Redis time a call should see, and how far behind or ahead of it Redis may be before its
+/// clock counts as jumped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expectation {
+    /// The expected Redis time, ms since the Unix epoch.
+    pub expected_ms: i64,
+    /// How far behind it Redis's time may be, ms.
+    pub behind_ms: i64,
+    /// How far ahead of it Redis's time may be, ms (a call queued on its connection runs late).
+    pub ahead_ms: i64,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -104,8 +122,15 @@ mod tests {
     fn the_expectation_follows_the_monotonic_clock_from_the_last_heartbeat() {
         let t0 = Instant::now();
         let mut watch = ClockWatch::new(MS * 100);
-        assert_eq!(watch.expectation(t0), None);
+        assert_eq!(watch.expectation(t0, Duration::ZERO), None);
         watch.observe(t0, MS * 5, 5_000);
-        assert_eq!(watch.expectation(t0 + MS * 1_000), Some((6_000, 110)));
+        assert_eq!(
+            watch.expectation(t0 + MS * 1_000, MS * 40),
+            Some(Expectation {
+                expected_ms: 6_000,
+                behind_ms: 110,
+                ahead_ms: 150
+            })
+        );
     }
 }

@@ -1091,8 +1091,8 @@ impl Queue {
     }
 
     /// [`Queue::reclaim`], refused with [`QueueError::ClockJumped`] (nothing taken) when Redis's
-    /// time is further than `clock.1` ms from `clock.0`, the caller's expectation from
-    /// [`crate::clock::ClockWatch::expectation`].
+    /// time is further behind or ahead of the caller's expectation
+    /// ([`crate::clock::ClockWatch::expectation`]) than it allows.
     pub async fn reclaim_checked<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
@@ -1100,11 +1100,15 @@ impl Queue {
         dead_after: Duration,
         lease: Duration,
         limit: usize,
-        clock: Option<(i64, i64)>,
+        clock: Option<crate::clock::Expectation>,
     ) -> Result<Vec<Delivery>, QueueError> {
-        let (expected, bound) = match clock {
-            Some((expected, bound)) => (expected.to_string(), bound.to_string()),
-            None => (String::new(), String::new()),
+        let (expected, behind, ahead) = match clock {
+            Some(e) => (
+                e.expected_ms.to_string(),
+                e.behind_ms.to_string(),
+                e.ahead_ms.to_string(),
+            ),
+            None => (String::new(), String::new(), String::new()),
         };
         let rows: Vec<(i64, String, String)> = self
             .scripts
@@ -1118,7 +1122,8 @@ impl Queue {
             .arg(millis(lease))
             .arg(limit)
             .arg(expected)
-            .arg(bound)
+            .arg(behind)
+            .arg(ahead)
             .invoke_async(conn)
             .await?;
         if let [(-1, marker, off)] = rows.as_slice()

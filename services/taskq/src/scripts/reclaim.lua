@@ -2,7 +2,8 @@
 -- KEYS[1] worker heartbeats, KEYS[2..11] priority streams, KEYS[12] sweep cursors (hash: priority
 -- -> entry id where the next XAUTOCLAIM of that stream starts)
 -- ARGV[1] group, ARGV[2] this consumer, ARGV[3] dead after (ms), ARGV[4] lease (ms), ARGV[5] limit,
--- ARGV[6] the Redis time the caller expects (ms, '' for no check), ARGV[7] how far off it may be
+-- ARGV[6] the Redis time the caller expects (ms, '' for no check), ARGV[7] how far behind it and
+-- ARGV[8] how far ahead of it Redis's time may be (ms; a call queued on its connection runs late)
 -- Returns {priority, entry id, task id} per entry now owned by this consumer, or
 -- {{-1, 'clock', offset ms}} and takes nothing when the clock disagrees with the expectation (it
 -- jumped: heartbeats cannot be judged until live workers have beaten on the new clock).
@@ -14,7 +15,7 @@ local out = {}
 
 if ARGV[6] and ARGV[6] ~= '' then
   local off = now - tonumber(ARGV[6])
-  if math.abs(off) > tonumber(ARGV[7]) then
+  if off < -tonumber(ARGV[7]) or off > tonumber(ARGV[8] or ARGV[7]) then
     return {{-1, 'clock', tostring(off)}}
   end
 end

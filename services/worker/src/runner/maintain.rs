@@ -102,6 +102,7 @@ impl Runner {
         let mut conn = self.conn.clone();
         let mut ticker = tokio::time::interval(self.settings.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reclaim_rtt = Duration::ZERO;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
@@ -127,10 +128,11 @@ impl Runner {
             if budget == 0 || alive_for < self.settings.dead_after {
                 continue;
             }
+            let sent = Instant::now();
             let clock = lock(&shared.clock)
                 .as_ref()
-                .and_then(|watch| watch.expectation(Instant::now()));
-            match self
+                .and_then(|watch| watch.expectation(sent, reclaim_rtt));
+            let reclaimed = self
                 .queue
                 .reclaim_checked(
                     &mut conn,
@@ -140,8 +142,10 @@ impl Runner {
                     budget,
                     clock,
                 )
-                .await
-            {
+                .await;
+            // how late the next check's call may run on this (shared) connection
+            reclaim_rtt = sent.elapsed();
+            match reclaimed {
                 Ok(reclaimed) if !reclaimed.is_empty() => {
                     metrics::counter!("agent_tasks_reclaimed_total")
                         .increment(reclaimed.len() as u64);
