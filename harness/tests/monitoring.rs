@@ -825,6 +825,33 @@ fn submit_steady_load_with_a_replay_a_read_and_a_cancel(system: &System) {
         .send()
         .expect("GET answers");
     assert_eq!(read.status().as_u16(), 200);
+    // Listing every status and pausing a level: their scripts' commands pass the ACL too.
+    for status in [
+        "queued",
+        "scheduled",
+        "running",
+        "retrying",
+        "dead",
+        "succeeded",
+        "cancelled",
+    ] {
+        let listed = system
+            .http
+            .get(format!("{}/tasks?status={status}&limit=5", system.api))
+            .bearer_auth(LOAD_TOKEN)
+            .send()
+            .expect("GET /tasks answers");
+        assert_eq!(listed.status().as_u16(), 200, "listing {status}");
+    }
+    for action in ["pause", "resume"] {
+        let paused = system
+            .http
+            .post(format!("{}/priorities/10/{action}", system.api))
+            .bearer_auth(LOAD_TOKEN)
+            .send()
+            .expect("POST /priorities answers");
+        assert_eq!(paused.status().as_u16(), 200, "{action}");
+    }
 }
 
 /// SIGKILLs the slow worker while it holds tasks and waits until the other one took them over.

@@ -22,7 +22,7 @@ use tower_http::trace::TraceLayer;
 use crate::config::Config;
 use crate::error::AppError;
 use crate::guard::{self, SubmitLimiter, Tokens};
-use crate::routes::{meta, tasks};
+use crate::routes::{meta, priorities, tasks};
 use crate::telemetry;
 
 /// What every handler shares, behind one `Arc`: axum clones the state for every request, and
@@ -132,12 +132,14 @@ pub fn app(state: AppState, config: &Config) -> Router {
         ));
     }
     let mut task_routes = Router::new()
-        .route("/tasks", create)
+        .route("/tasks", create.get(tasks::list_tasks))
         .route(
             "/tasks/{id}",
             get(tasks::get_task).delete(tasks::cancel_task),
         )
         .route("/tasks/{id}/retry", post(tasks::retry_task))
+        .route("/priorities/{p}/pause", post(priorities::pause))
+        .route("/priorities/{p}/resume", post(priorities::resume))
         .route("/stats", get(meta::stats));
     if !state.tokens.is_empty() {
         task_routes = task_routes.route_layer(middleware::from_fn_with_state(

@@ -1393,3 +1393,130 @@ async fn a_dead_task_can_be_retried_and_nothing_else_can() {
     let wrong_method = send(&router, get(&uri)).await;
     assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[tokio::test]
+async fn tasks_are_listed_by_status_with_a_cursor_and_bad_queries_are_400() {
+    let redis = RedisServer::start();
+    let router = router_for(&redis.url());
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let body = format!(r#"{{"description":"task {i}","priority":3}}"#);
+        let created = send(&router, post_json(body)).await;
+        ids.push(created.body["id"].as_str().expect("id").to_owned());
+    }
+    let other = send(&router, post_json(r#"{"description":"p7","priority":7}"#)).await;
+    let cancelled = other.body["id"].as_str().expect("id").to_owned();
+    send(&router, delete(&format!("/tasks/{cancelled}"))).await;
+
+    // Pages of two, oldest first, until next_cursor is null.
+    let mut listed = Vec::new();
+    let mut uri = "/tasks?status=queued&limit=2".to_owned();
+    for _ in 0..10 {
+        let page = send(&router, get(&uri)).await;
+        assert_eq!(page.status, StatusCode::OK, "{:?}", page.body);
+        let tasks = page.body["tasks"].as_array().expect("tasks");
+        assert!(tasks.len() <= 2, "{:?}", page.body);
+        for task in tasks {
+            assert_eq!(task["status"], "queued");
+            listed.push(task["id"].as_str().expect("id").to_owned());
+        }
+        match page.body["next_cursor"].as_str() {
+            Some(cursor) => {
+                uri = format!("/tasks?status=queued&limit=2&cursor={}", encode(cursor));
+            }
+            None => {
+                assert!(page.body["next_cursor"].is_null(), "{:?}", page.body);
+                break;
+            }
+        }
+    }
+    assert_eq!(listed, ids);
+
+    let page = send(&router, get("/tasks?status=queued&priority=7")).await;
+    assert_eq!(page.body["tasks"], json!([]), "{:?}", page.body);
+    let page = send(&router, get("/tasks?status=cancelled")).await;
+    assert_eq!(
+        page.body["tasks"][0]["id"],
+        cancelled.as_str(),
+        "{:?}",
+        page.body
+    );
+    assert_eq!(page.body["tasks"].as_array().map(Vec::len), Some(1));
+
+    for bad in [
+        "/tasks",
+        "/tasks?status=",
+        "/tasks?status=done",
+        "/tasks?status=queued&limit=0",
+        "/tasks?status=queued&limit=1001",
+        "/tasks?status=queued&limit=ten",
+        "/tasks?status=queued&priority=11",
+        "/tasks?status=queued&cursor=nope",
+        "/tasks?status=dead&cursor=3%2F1-0",
+        "/tasks?status=queued&status=dead",
+        "/tasks?status=queued&colour=blue",
+    ] {
+        assert_error(
+            &send(&router, get(bad)).await,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_priority_can_be_paused_and_resumed_and_stats_say_so() {
+    let redis = RedisServer::start();
+    let router = router_for(&redis.url());
+    let paused = send(&router, post("/priorities/3/pause")).await;
+    assert_eq!(paused.status, StatusCode::OK, "{:?}", paused.body);
+    assert_eq!(paused.body, json!({"priority": 3, "paused": true}));
+    // idempotent
+    let again = send(&router, post("/priorities/3/pause")).await;
+    assert_eq!(again.body, json!({"priority": 3, "paused": true}));
+    send(&router, post("/priorities/9/pause")).await;
+    // still accepting tasks
+    let created = send(
+        &router,
+        post_json(r#"{"description":"waits","priority":3}"#),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let stats = send(&router, get("/stats")).await;
+    assert_eq!(stats.body["paused"], json!([3, 9]), "{:?}", stats.body);
+    assert_eq!(stats.body["queued"]["3"], 1);
+
+    let resumed = send(&router, post("/priorities/3/resume")).await;
+    assert_eq!(resumed.body, json!({"priority": 3, "paused": false}));
+    let stats = send(&router, get("/stats")).await;
+    assert_eq!(stats.body["paused"], json!([9]), "{:?}", stats.body);
+
+    for bad in [
+        "/priorities/0/pause",
+        "/priorities/11/pause",
+        "/priorities/x/resume",
+    ] {
+        assert_error(
+            &send(&router, post(bad)).await,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        );
+    }
+    assert_error(
+        &send(&router, post("/priorities/3/stop")).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &send(&router, get("/priorities/3/pause")).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
+}
+
+/// Percent-encodes a cursor for a query string (cursors hold `/`).
+fn encode(raw: &str) -> String {
+    raw.replace('%', "%25")
+        .replace('/', "%2F")
+        .replace('+', "%2B")
+}

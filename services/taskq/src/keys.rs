@@ -5,7 +5,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::model::{Priority, TaskId};
+use crate::model::{Priority, Status, TaskId};
 
 /// The consumer group every worker joins, on every priority stream.
 pub const CONSUMER_GROUP: &str = "workers";
@@ -96,6 +96,18 @@ impl Keys {
         format!("{}:dead", self.prefix)
     }
 
+    /// Stream indexing the finished tasks of one final status (`succeeded`, `cancelled`; dead
+    /// ones are in [`Keys::dead_letter`]) for listing, newest last: field `t` holds the ids of
+    /// one state change (a finish batch), comma-separated. Trimmed to the task retention.
+    pub fn finished(&self, status: Status) -> String {
+        format!("{}:finished:{}", self.prefix, status.as_str())
+    }
+
+    /// Set of the paused priority levels (`1`..`10`): their queued tasks are not started.
+    pub fn paused(&self) -> String {
+        format!("{}:paused", self.prefix)
+    }
+
     /// Sorted set of worker ids scored by their last heartbeat (ms since the epoch).
     pub fn workers(&self) -> String {
         format!("{}:workers", self.prefix)
@@ -173,6 +185,8 @@ mod tests {
             keys.sweep_cursor(),
             keys.waiting_count(),
             keys.scheduled(),
+            keys.finished(Status::Succeeded),
+            keys.paused(),
         ] {
             assert!(key.starts_with("run42:"), "{key} lacks the prefix");
         }

@@ -439,6 +439,10 @@ pub struct Stats {
     /// Age in milliseconds of the oldest task not yet delivered to a worker, per priority level
     /// (0 when none waits): how far the consumers lag behind.
     pub oldest_queued_age_ms: [u64; 10],
+    /// Tasks waiting for their time (`delay_ms`, `run_at`).
+    pub scheduled: u64,
+    /// Whether each priority level is paused ([`Queue::set_paused`]).
+    pub paused: [bool; 10],
 }
 
 /// One entry of the dead-letter stream: a task that failed for good, newest first from
@@ -454,6 +458,7 @@ pub struct DeadLetter {
 }
 
 struct Scripts {
+    list: Script,
     enqueue: Script,
     claim: Script,
     finish: Script,
@@ -476,6 +481,7 @@ impl Scripts {
             ))
         };
         Self {
+            list: script(include_str!("scripts/list.lua")),
             enqueue: script(include_str!("scripts/enqueue.lua")),
             claim: script(include_str!("scripts/claim.lua")),
             finish: script(include_str!("scripts/finish.lua")),
@@ -491,8 +497,9 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Script; 12] {
+    fn all(&self) -> [&Script; 13] {
         [
+            &self.list,
             &self.enqueue,
             &self.claim,
             &self.finish,
@@ -528,6 +535,9 @@ impl std::fmt::Debug for Queue {
             .finish()
     }
 }
+
+mod listing;
+pub use listing::{InvalidCursor, ListCursor, ListQuery, MAX_LIST_LIMIT, TaskPage};
 
 fn seconds(duration: Duration) -> u64 {
     duration.as_secs()
@@ -775,6 +785,7 @@ impl Queue {
             .key(keys.retry_schedule())
             .key(self.streams.as_slice())
             .key(keys.scheduled())
+            .key(keys.finished(Status::Cancelled))
             .arg(CONSUMER_GROUP)
             .arg(seconds(self.config.task_retention))
             .arg(task_id.to_string())
@@ -868,6 +879,7 @@ impl Queue {
         invocation
             .key(self.streams.as_slice())
             .key(self.config.keys.dead_letter())
+            .key(self.config.keys.paused())
             .arg(CONSUMER_GROUP)
             .arg(consumer)
             .arg(self.config.keys.task_prefix())
@@ -928,6 +940,29 @@ impl Queue {
         count: usize,
         block: Duration,
     ) -> Result<Vec<Delivery>, QueueError> {
+        self.wait_for_entries_except(conn, consumer, count, block, &[])
+            .await
+    }
+
+    /// [`Queue::wait_for_entries`] on every priority stream but those of `skipped` (the paused
+    /// levels, [`Queue::paused`]); with every level skipped, returns none at once (the caller
+    /// waits).
+    pub async fn wait_for_entries_except<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+        skipped: &[Priority],
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let streams: Vec<&String> = Priority::all()
+            .zip(self.streams.iter())
+            .filter(|(p, _)| !skipped.contains(p))
+            .map(|(_, stream)| stream)
+            .collect();
+        if streams.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(CONSUMER_GROUP)
@@ -937,8 +972,8 @@ impl Queue {
             .arg("BLOCK")
             .arg(millis(block).max(1))
             .arg("STREAMS")
-            .arg(self.streams.as_slice());
-        for _ in 0..self.streams.len() {
+            .arg(streams.as_slice());
+        for _ in 0..streams.len() {
             cmd.arg(">");
         }
         type Reply = Option<Vec<(String, Vec<(String, HashMap<String, String>)>)>>;
@@ -977,8 +1012,12 @@ impl Queue {
             return Ok(Vec::new());
         }
         let keys = &self.config.keys;
-        let (retry_schedule, dead_letter, clock) =
-            (keys.retry_schedule(), keys.dead_letter(), keys.clock());
+        let (retry_schedule, dead_letter, clock, succeeded) = (
+            keys.retry_schedule(),
+            keys.dead_letter(),
+            keys.clock(),
+            keys.finished(Status::Succeeded),
+        );
         let task_prefix = keys.task_prefix();
         let mut pipe = redis::pipe();
         for chunk in finishes.chunks(FINISH_CHUNK) {
@@ -988,6 +1027,7 @@ impl Queue {
                 .key(&dead_letter)
                 .key(self.streams.as_slice())
                 .key(&clock)
+                .key(&succeeded)
                 .arg(CONSUMER_GROUP)
                 .arg(consumer)
                 .arg(&task_prefix)
@@ -1279,11 +1319,13 @@ impl Queue {
             .key(keys.retry_schedule())
             .key(keys.dead_letter())
             .key(keys.workers())
+            .key(keys.scheduled())
+            .key(keys.paused())
             .arg(CONSUMER_GROUP)
             .arg(millis(dead_after))
             .invoke_async(conn)
             .await?;
-        if numbers.len() != 33 {
+        if numbers.len() != 44 {
             return Err(QueueError::Protocol(format!(
                 "stats returned {} numbers",
                 numbers.len()
@@ -1302,6 +1344,8 @@ impl Queue {
             dead_lettered: numbers[21],
             live_workers: numbers[22],
             oldest_queued_age_ms,
+            scheduled: numbers[33],
+            paused: std::array::from_fn(|i| numbers[34 + i] == 1),
         })
     }
 }

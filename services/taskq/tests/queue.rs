@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use taskq::queue::{ClaimedTask, Delivery, ExecutionOutcome, Finish, FinishResult, Queue};
+use taskq::queue::{
+    ClaimedTask, Delivery, ExecutionOutcome, Finish, FinishResult, ListCursor, ListQuery, Queue,
+};
 use taskq::{
     Description, EnqueueOutcome, Keys, NewTask, Priority, QueueConfig, Schedule, Status, TaskId,
     TaskRecord, TaskTimeout,
@@ -830,4 +832,232 @@ async fn a_dead_task_retried_runs_again_with_its_error_kept_and_no_expiry() {
         queue.retry(&mut conn, &unknown).await.expect("retry"),
         taskq::queue::RetryOutcome::NotFound
     );
+}
+
+/// Every page of `status` (and `priority`), `limit` at a time: the ids in order, and the most
+/// tasks one page held.
+async fn list_all(
+    queue: &Queue,
+    conn: &mut MultiplexedConnection,
+    status: Status,
+    priority: Option<Priority>,
+    limit: usize,
+) -> (Vec<TaskId>, usize) {
+    let mut ids = Vec::new();
+    let mut cursor = None;
+    let mut fullest = 0;
+    for _ in 0..100 {
+        let page = queue
+            .list(
+                conn,
+                &ListQuery {
+                    status,
+                    priority,
+                    limit,
+                    cursor,
+                },
+            )
+            .await
+            .expect("list");
+        fullest = fullest.max(page.tasks.len());
+        for task in &page.tasks {
+            assert_eq!(task.status, status, "{task:?}");
+            if let Some(p) = priority {
+                assert_eq!(task.priority, p, "{task:?}");
+            }
+            ids.push(task.id);
+        }
+        match page.next_cursor {
+            Some(next) => {
+                // the cursor survives the trip through a query string
+                cursor = Some(ListCursor::parse(status, &next.to_string()).expect("cursor"));
+            }
+            None => return (ids, fullest),
+        }
+    }
+    panic!("listing {status} never ended");
+}
+
+#[tokio::test]
+async fn tasks_are_listed_by_status_page_by_page_with_bounded_pages() {
+    let redis = RedisServer::start();
+    let (queue, mut conn) = setup(&redis, 3).await;
+    let at = |p: u8| Priority::parse(i64::from(p)).expect("priority");
+    let urgent = enqueue_at(&queue, &mut conn, "urgent", at(1)).await;
+    let mut normal = Vec::new();
+    for i in 0..7 {
+        normal.push(enqueue_at(&queue, &mut conn, &format!("normal {i}"), at(5)).await);
+    }
+    // running: the urgent one and the first normal one
+    let started = queue.claim(&mut conn, "w", 2, &[]).await.expect("claim");
+    assert_eq!(started.len(), 2);
+    // succeeded, retrying, dead: three more
+    let more = queue.claim(&mut conn, "w", 3, &[]).await.expect("claim");
+    let finishes = vec![
+        success(&more[0]),
+        Finish {
+            task: more[1].clone(),
+            outcome: ExecutionOutcome::Retrying {
+                error: "flaky".into(),
+                delay: Duration::from_secs(600),
+            },
+        },
+        Finish {
+            task: more[2].clone(),
+            outcome: ExecutionOutcome::Dead {
+                error: "bad input".into(),
+            },
+        },
+    ];
+    queue
+        .finish_many(&mut conn, "w", &finishes)
+        .await
+        .expect("finish");
+    // cancelled: one of the queued; scheduled: a new one
+    assert_eq!(
+        queue.cancel(&mut conn, &normal[6]).await.expect("cancel"),
+        taskq::queue::CancelOutcome::Cancelled
+    );
+    let later = match queue
+        .enqueue_in_scope(
+            &mut conn,
+            &NewTask {
+                schedule: Some(Schedule::Delay(600_000)),
+                ..NewTask::new(Description::parse("later".into()).unwrap(), at(5))
+            },
+            &taskq::IdempotencyScope::open(),
+            None,
+        )
+        .await
+        .expect("enqueue")
+    {
+        EnqueueOutcome::Created(record) => record.id,
+        EnqueueOutcome::Replayed(id) => panic!("replayed {id}"),
+    };
+
+    let (running, _) = list_all(&queue, &mut conn, Status::Running, None, 100).await;
+    assert_eq!(running, vec![urgent, normal[0]]);
+    // queued: normal[4], normal[5], oldest first; pages of one
+    let (queued, fullest) = list_all(&queue, &mut conn, Status::Queued, None, 1).await;
+    assert_eq!(queued, vec![normal[4], normal[5]]);
+    assert_eq!(fullest, 1, "a page never holds more than its limit");
+    let (queued_p1, _) = list_all(&queue, &mut conn, Status::Queued, Some(at(1)), 10).await;
+    assert!(queued_p1.is_empty(), "{queued_p1:?}");
+    let (running_p1, _) = list_all(&queue, &mut conn, Status::Running, Some(at(1)), 10).await;
+    assert_eq!(running_p1, vec![urgent]);
+    let id_of = |task: &ClaimedTask| TaskId::parse(&task.delivery.task_id).expect("id");
+    for (status, expected) in [
+        (Status::Succeeded, id_of(&more[0])),
+        (Status::Retrying, id_of(&more[1])),
+        (Status::Dead, id_of(&more[2])),
+        (Status::Cancelled, normal[6]),
+        (Status::Scheduled, later),
+    ] {
+        let (ids, _) = list_all(&queue, &mut conn, status, None, 2).await;
+        assert_eq!(ids, vec![expected], "{status}");
+    }
+
+    // finished tasks come newest first, across finish batches
+    let rest = queue.claim(&mut conn, "w", 2, &[]).await.expect("claim");
+    for task in &rest {
+        queue
+            .finish_many(&mut conn, "w", &[success(task)])
+            .await
+            .expect("finish");
+    }
+    let (succeeded, fullest) = list_all(&queue, &mut conn, Status::Succeeded, None, 1).await;
+    assert_eq!(fullest, 1);
+    let newest_first: Vec<TaskId> = [&rest[1], &rest[0], &more[0]]
+        .into_iter()
+        .map(id_of)
+        .collect();
+    assert_eq!(succeeded, newest_first);
+
+    // a cursor of another listing's form is refused before Redis sees it
+    assert!(ListCursor::parse(Status::Queued, "garbage").is_err());
+    assert!(ListCursor::parse(Status::Scheduled, "5/1-0").is_err());
+    assert!(ListCursor::parse(Status::Queued, "11/1-0").is_err());
+    assert!(ListCursor::parse(Status::Dead, "1-0/x").is_err());
+}
+
+#[tokio::test]
+async fn a_paused_priority_is_not_started_but_its_taken_over_tasks_are() {
+    let redis = RedisServer::start();
+    let (queue, mut conn) = setup(&redis, 5).await;
+    let at = |p: u8| Priority::parse(i64::from(p)).expect("priority");
+    // A task of priority 2 runs on a worker that dies.
+    let orphan = enqueue_at(&queue, &mut conn, "orphan, p2", at(2)).await;
+    let ghost = queue
+        .claim(&mut conn, "ghost", 1, &[])
+        .await
+        .expect("claim");
+    assert_eq!(ghost.len(), 1);
+    mark_dead(&queue, &mut conn, "ghost").await;
+
+    queue
+        .set_paused(&mut conn, at(2), true)
+        .await
+        .expect("pause");
+    assert_eq!(queue.paused(&mut conn).await.expect("paused"), vec![at(2)]);
+    let waiting = enqueue_at(&queue, &mut conn, "waits, p2", at(2)).await;
+    let other = enqueue_at(&queue, &mut conn, "runs, p6", at(6)).await;
+
+    // Fresh entries of the paused level are not started; the others are.
+    let (started, deferred) = queue
+        .claim_by_priority(&mut conn, "w", 10, &[])
+        .await
+        .expect("claim");
+    let ids: Vec<String> = started.iter().map(|t| t.delivery.task_id.clone()).collect();
+    assert_eq!(ids, vec![other.to_string()]);
+    assert!(deferred.is_empty());
+    assert_eq!(
+        record(&queue, &mut conn, &waiting).await.status,
+        Status::Queued
+    );
+
+    // The dead worker's running task of the paused level is taken over and runs again.
+    let taken = queue
+        .reclaim(
+            &mut conn,
+            "w",
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            10,
+        )
+        .await
+        .expect("reclaim");
+    assert_eq!(taken.len(), 1);
+    let (started, deferred) = queue
+        .claim_by_priority(&mut conn, "w", 10, &taken)
+        .await
+        .expect("claim");
+    assert_eq!(started.len(), 1, "{started:?} {deferred:?}");
+    assert_eq!(started[0].delivery.task_id, orphan.to_string());
+    assert_eq!(started[0].attempt, 2);
+
+    // An entry of the paused level delivered by a blocking read is held, not started.
+    let delivered = queue
+        .wait_for_entries(&mut conn, "w", 10, Duration::from_millis(10))
+        .await
+        .expect("read");
+    assert_eq!(delivered.len(), 1);
+    let (started, deferred) = queue
+        .claim_by_priority(&mut conn, "w", 10, &delivered)
+        .await
+        .expect("claim");
+    assert!(started.is_empty(), "{started:?}");
+    assert_eq!(deferred, delivered, "held for later, still pending for w");
+
+    // Resumed: it starts.
+    queue
+        .set_paused(&mut conn, at(2), false)
+        .await
+        .expect("resume");
+    assert!(queue.paused(&mut conn).await.expect("paused").is_empty());
+    let (started, _) = queue
+        .claim_by_priority(&mut conn, "w", 10, &deferred)
+        .await
+        .expect("claim");
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].delivery.task_id, waiting.to_string());
 }

@@ -915,3 +915,64 @@ async fn scheduled_tasks_start_at_their_time() {
     assert!(at(1.0) < 1_000, "{late_ms:?}");
     worker.stop().await;
 }
+
+/// How many times Redis ran scripts (`EVALSHA`) so far.
+async fn script_calls(redis: &RedisServer) -> u64 {
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_paused_priority_waits_without_spinning_and_runs_once_resumed() {
+    let redis = RedisServer::start();
+    let api = Api::start(&redis.url(), 5).await;
+    let pause = api
+        .client
+        .post(format!("{}/priorities/2/pause", api.base))
+        .send()
+        .await
+        .expect("pause");
+    assert_eq!(pause.status(), 200);
+    let worker = RunningWorker::start(&redis.url(), |c| {
+        c.work = Duration::from_millis(5);
+    })
+    .await;
+    let held = api.create("held while paused", 2).await;
+    let other = api.create("another level", 6).await;
+    api.wait_for_status(&other, "succeeded", Duration::from_secs(5))
+        .await;
+
+    // Held: still queued a while later, and the worker idles instead of claiming in a loop
+    // (its idle loop makes one claim and one blocking read per 500 ms block at most, plus
+    // heartbeats; a loop on the held entry makes thousands).
+    let before = script_calls(&redis).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let calls = script_calls(&redis).await - before;
+    assert!(calls < 50, "{calls} script calls in 1 s while idle");
+    assert_eq!(api.task(&held).await["status"], "queued");
+    let stats = api.stats().await;
+    assert_eq!(stats["paused"], json!([2]), "{stats}");
+
+    api.client
+        .post(format!("{}/priorities/2/resume", api.base))
+        .send()
+        .await
+        .expect("resume");
+    api.wait_for_status(&held, "succeeded", Duration::from_secs(5))
+        .await;
+    worker.stop().await;
+}

@@ -56,6 +56,8 @@ pub async fn stats(State(state): State<AppState>) -> Result<Json<Value>, AppErro
         "dead_lettered": stats.dead_lettered,
         "live_workers": stats.live_workers,
         "oldest_queued_age_ms": by_priority(&stats.oldest_queued_age_ms),
+        "scheduled": stats.scheduled,
+        "paused": (1..=10).filter(|p| stats.paused[p - 1]).collect::<Vec<usize>>(),
         "dead_letters": dead_letters
             .iter()
             .map(|d| {

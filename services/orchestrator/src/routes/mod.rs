@@ -1,4 +1,5 @@
 //! HTTP handlers, one per action.
 
 pub mod meta;
+pub mod priorities;
 pub mod tasks;

@@ -1,13 +1,16 @@
-//! `/tasks`: create, read and cancel tasks.
+//! `/tasks`: create, read, list, cancel and retry tasks.
 
 use axum::Json;
-use axum::extract::{FromRequest, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use taskq::queue::{CancelOutcome, RetryOutcome};
+use serde_json::json;
+use taskq::queue::{CancelOutcome, ListCursor, ListQuery, MAX_LIST_LIMIT, RetryOutcome};
 use taskq::{
-    Description, EnqueueOutcome, NewTask, Priority, Schedule, TaskId, TaskRecord, TaskTimeout,
+    Description, EnqueueOutcome, NewTask, Priority, Schedule, Status, TaskId, TaskRecord,
+    TaskTimeout,
 };
 
 use crate::error::AppError;
@@ -213,4 +216,90 @@ pub async fn retry_task(
             Ok(Json(record).into_response())
         }
     }
+}
+
+/// Page size of `GET /tasks` when the query gives none.
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+
+/// Reads the query of `GET /tasks`: `status` (required), `priority`, `limit`, `cursor`, each at
+/// most once; anything else is a 400 naming the parameter.
+fn list_query(pairs: Vec<(String, String)>) -> Result<ListQuery, AppError> {
+    let bad = |message: String| AppError::BadRequest(message);
+    let (mut status, mut priority, mut limit, mut cursor) = (None, None, None, None);
+    for (name, value) in pairs {
+        let slot = match name.as_str() {
+            "status" => &mut status,
+            "priority" => &mut priority,
+            "limit" => &mut limit,
+            "cursor" => &mut cursor,
+            other => {
+                return Err(bad(format!(
+                    "unknown query parameter {other:?}; expected status, priority, limit, cursor"
+                )));
+            }
+        };
+        if slot.replace(value).is_some() {
+            return Err(bad(format!("query parameter {name} given twice")));
+        }
+    }
+    let status: Status = status
+        .ok_or_else(|| bad("query parameter status is required".into()))?
+        .parse()
+        .map_err(|_| {
+            bad(
+                "status must be one of queued, scheduled, running, retrying, dead, succeeded, \
+                 cancelled"
+                    .into(),
+            )
+        })?;
+    let priority = priority
+        .map(|raw| {
+            raw.parse::<i64>()
+                .ok()
+                .and_then(|p| Priority::parse(p).ok())
+                .ok_or_else(|| bad("priority must be an integer from 1 to 10".into()))
+        })
+        .transpose()?;
+    let limit = limit
+        .map(|raw| {
+            raw.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "limit must be an integer from 1 to {MAX_LIST_LIMIT}"
+                    ))
+                })
+        })
+        .transpose()?
+        .unwrap_or(DEFAULT_LIST_LIMIT);
+    let cursor = cursor
+        .map(|raw| ListCursor::parse(status, &raw).map_err(|err| bad(err.to_string())))
+        .transpose()?;
+    Ok(ListQuery {
+        status,
+        priority,
+        limit,
+        cursor,
+    })
+}
+
+/// `GET /tasks?status=S&priority=P&limit=N&cursor=C`: one page of the tasks in one status
+/// (`{"tasks": [...], "next_cursor": ...}`), its cost bounded by `limit`: a page may hold fewer
+/// tasks than `limit` while `next_cursor` is not null. Finished tasks are listed while retained.
+pub async fn list_tasks(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, AppError> {
+    let Query(pairs) = query.map_err(|err| AppError::BadRequest(err.body_text()))?;
+    let query = list_query(pairs)?;
+    let mut conn = state.redis.clone();
+    let page = state
+        .with_timeout(state.queue.list(&mut conn, &query))
+        .await?;
+    Ok(Json(json!({
+        "tasks": page.tasks,
+        "next_cursor": page.next_cursor.map(|c| c.to_string()),
+    }))
+    .into_response())
 }

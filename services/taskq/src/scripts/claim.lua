@@ -1,5 +1,6 @@
 -- Claim and start tasks, most urgent first, in one atomic step.
--- KEYS[1..10] priority streams (p1 first), KEYS[11] dead-letter stream
+-- KEYS[1..10] priority streams (p1 first), KEYS[11] dead-letter stream, KEYS[12] the set of paused
+-- priorities (optional: an older caller passes none)
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] task key prefix, ARGV[4] how many to start (see ARGV[7]),
 -- ARGV[5] retention (s) for tasks dead-lettered here, ARGV[6] the calling process's run id (a new
 -- one per process), ARGV[7] mode, ARGV[8..] triples (priority, entry id, task id) of entries already
@@ -8,6 +9,9 @@
 -- Mode 'slots': start up to ARGV[4] tasks in all, strictly most urgent first across delivered and
 -- fresh entries (at one priority, delivered ones first: they are older); delivered entries left
 -- over are returned as deferred, still pending for this consumer.
+-- A paused priority's fresh entries are not read, and its delivered entries whose task is still
+-- queued are not started (deferred, still pending for this consumer); a delivered entry whose
+-- task is running (taken over from a dead worker, or a lost reply) starts as usual.
 -- Returns {started, deferred, left}: {priority, entry id, task id, description, attempt, max
 -- attempts, timeout ms (0: none)} per started task, {priority, entry id, task id} per deferred
 -- entry, {priority, entry id, task id, layout version} per entry left pending because a newer
@@ -21,6 +25,13 @@ local now = now_ms()
 local out = {}
 local left = {}
 local ours = tonumber(RECORD_VERSION)
+local paused = {}
+if KEYS[12] then
+  for _, p in ipairs(redis.call('SMEMBERS', KEYS[12])) do
+    local n = tonumber(p)
+    if n then paused[n] = true end
+  end
+end
 
 local function drop(stream, entry)
   redis.call('XACK', stream, group, entry)
@@ -53,6 +64,9 @@ local function start(p, entry, task_id, delivered)
     -- one: nothing to run
     drop(stream, entry)
     return
+  end
+  if paused[p] and f[1] ~= 'running' then
+    return 'paused'
   end
   local version = tonumber(f[5])
   if version and version > ours then
@@ -125,13 +139,18 @@ if mode == 'slots' then
   end
   for p = 1, 10 do
     for _, d in ipairs(delivered[p]) do
-      if want > 0 then
-        if start(p, d[1], d[2], true) then want = want - 1 end
-      else
+      if want <= 0 then
         deferred[#deferred + 1] = {p, d[1], d[2]}
+      else
+        local started = start(p, d[1], d[2], true)
+        if started == 'paused' then
+          deferred[#deferred + 1] = {p, d[1], d[2]}
+        elseif started then
+          want = want - 1
+        end
       end
     end
-    if want > 0 then read_fresh(p) end
+    if want > 0 and not paused[p] then read_fresh(p) end
   end
 else
   local i = 8
@@ -141,7 +160,7 @@ else
   end
   for p = 1, 10 do
     if want <= 0 then break end
-    read_fresh(p)
+    if not paused[p] then read_fresh(p) end
   end
 end
 return {out, deferred, left}

@@ -1,7 +1,8 @@
 -- Record the outcomes of executions: many per call, each one atomic, so a worker's batch costs
 -- one script call (and, with appendfsync always, one fsync) instead of one per execution.
 -- KEYS[1] retry schedule, KEYS[2] dead-letter stream, KEYS[3..12] priority streams (p1 first),
--- KEYS[13] the retry clock (optional: an older caller passes none)
+-- KEYS[13] the retry clock, KEYS[14] the index of succeeded tasks (both optional: an older caller
+-- passes neither)
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] task key prefix, ARGV[4] retention (s), then seven
 -- values per execution: priority, entry id, task id, attempt, outcome (succeeded | retrying |
 -- dead: taskq::event::Outcome; or interrupted: the worker shut down first), result JSON or
@@ -11,6 +12,8 @@ local group, consumer, prefix = ARGV[1], ARGV[2], ARGV[3]
 local retention = tonumber(ARGV[4])
 local now = now_ms()
 local retry_at = retry_now(KEYS[13])
+-- Ids of the tasks this call saw succeed, indexed for listing in one entry at the end.
+local succeeded = {}
 
 -- Entries to acknowledge and delete, per priority: one XACK and one XDEL per stream at the end
 -- instead of one each per execution (the script is atomic, so the order inside it is invisible).
@@ -39,6 +42,7 @@ local function finish(p, entry, task_id, attempt, outcome, payload, delay)
 
   local function succeed()
     redis.call('HSET', key, 'status', 'succeeded', 'finished_at', now, 'result', payload)
+    succeeded[#succeeded + 1] = task_id
     -- Only a retrying task can be in the retry schedule (a late success of a lost execution).
     if f[1] == 'retrying' then redis.call('ZREM', KEYS[1], task_id) end
     if lost then
@@ -101,5 +105,8 @@ for p = 1, 10 do
     redis.call('XACK', KEYS[2 + p], group, unpack(entries))
     redis.call('XDEL', KEYS[2 + p], unpack(entries))
   end
+end
+if KEYS[14] and #succeeded > 0 then
+  index_finished(KEYS[14], table.concat(succeeded, ','), now, retention)
 end
 return out

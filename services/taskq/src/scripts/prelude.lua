@@ -14,3 +14,12 @@ end
 local function is_final(status)
   return status == 'succeeded' or status == 'dead' or status == 'cancelled'
 end
+-- Indexes finished tasks for listing (KEYS of a finished index, comma-separated task ids): one
+-- stream entry per state change, entries older than the task retention (s, 0: kept) trimmed.
+local function index_finished(index_key, ids, now, retention)
+  if retention > 0 then
+    redis.call('XADD', index_key, 'MINID', '~', now - retention * 1000, '*', 't', ids)
+  else
+    redis.call('XADD', index_key, '*', 't', ids)
+  end
+end

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
+use taskq::Priority;
 use taskq::queue::{ClaimedTask, Delivery, Finish, QueueError};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -95,20 +96,38 @@ impl Runner {
                     continue;
                 }
             };
-            if !claimed.is_empty() || !delivered.is_empty() {
+            if !claimed.is_empty() {
                 self.spawn_executions(claimed, &shared, &slots, &finish_tx)
                     .await;
                 continue;
             }
-            // Nothing queued. Block on the streams; never cancel this wait midway, or entries
-            // Redis already delivered to this consumer would be dropped on the floor.
+            // Nothing to start: no fresh entry, and the delivered ones (if any) were stale or
+            // belong to paused levels (held in `reclaimed` until resumed). Block on the streams
+            // of the levels not paused, so a paused level's entries neither wake this loop nor
+            // get delivered; a resume takes effect within one `block`. Never cancel this wait
+            // midway, or entries Redis already delivered to this consumer would be dropped.
+            let paused = match self.queue.paused(&mut conn).await {
+                Ok(paused) => paused,
+                Err(err) => {
+                    self.handle_loop_error("paused", err, &mut backoff).await;
+                    continue;
+                }
+            };
+            if paused.len() == Priority::all().count() {
+                tokio::select! {
+                    () = tokio::time::sleep(self.settings.block) => {}
+                    () = shutdown.cancelled() => break,
+                }
+                continue;
+            }
             let waited = self
                 .queue
-                .wait_for_entries(
+                .wait_for_entries_except(
                     &mut blocking_conn,
                     &self.worker_id,
                     free,
                     self.settings.block,
+                    &paused,
                 )
                 .await;
             match waited {
