@@ -834,19 +834,19 @@ async fn a_dead_task_retried_runs_again_with_its_error_kept_and_no_expiry() {
     );
 }
 
-/// Every page of `status` (and `priority`), `limit` at a time: the ids in order, and the most
-/// tasks one page held.
+/// Every page of `status` (and `priority`), `limit` at a time: the ids in order, the most
+/// tasks one page held, and how many pages it took.
 async fn list_all(
     queue: &Queue,
     conn: &mut MultiplexedConnection,
     status: Status,
     priority: Option<Priority>,
     limit: usize,
-) -> (Vec<TaskId>, usize) {
+) -> (Vec<TaskId>, usize, usize) {
     let mut ids = Vec::new();
     let mut cursor = None;
     let mut fullest = 0;
-    for _ in 0..100 {
+    for pages in 1..100 {
         let page = queue
             .list(
                 conn,
@@ -872,7 +872,7 @@ async fn list_all(
                 // the cursor survives the trip through a query string
                 cursor = Some(ListCursor::parse(status, &next.to_string()).expect("cursor"));
             }
-            None => return (ids, fullest),
+            None => return (ids, fullest, pages),
         }
     }
     panic!("listing {status} never ended");
@@ -935,16 +935,24 @@ async fn tasks_are_listed_by_status_page_by_page_with_bounded_pages() {
         EnqueueOutcome::Replayed(id) => panic!("replayed {id}"),
     };
 
-    let (running, _) = list_all(&queue, &mut conn, Status::Running, None, 100).await;
+    let (running, _, _) = list_all(&queue, &mut conn, Status::Running, None, 100).await;
     assert_eq!(running, vec![urgent, normal[0]]);
     // queued: normal[4], normal[5], oldest first; pages of one
-    let (queued, fullest) = list_all(&queue, &mut conn, Status::Queued, None, 1).await;
+    let (queued, fullest, _) = list_all(&queue, &mut conn, Status::Queued, None, 1).await;
     assert_eq!(queued, vec![normal[4], normal[5]]);
     assert_eq!(fullest, 1, "a page never holds more than its limit");
-    let (queued_p1, _) = list_all(&queue, &mut conn, Status::Queued, Some(at(1)), 10).await;
+    let (queued_p1, _, _) = list_all(&queue, &mut conn, Status::Queued, Some(at(1)), 10).await;
     assert!(queued_p1.is_empty(), "{queued_p1:?}");
-    let (running_p1, _) = list_all(&queue, &mut conn, Status::Running, Some(at(1)), 10).await;
+    let (running_p1, _, _) = list_all(&queue, &mut conn, Status::Running, Some(at(1)), 10).await;
     assert_eq!(running_p1, vec![urgent]);
+    // Running tasks are found among the delivered entries only: a backlog of queued ones behind
+    // them costs no page.
+    for i in 0..20 {
+        enqueue_at(&queue, &mut conn, &format!("backlog {i}"), at(1)).await;
+    }
+    let (running, _, pages) = list_all(&queue, &mut conn, Status::Running, None, 1).await;
+    assert_eq!(running, vec![urgent, normal[0]]);
+    assert!(pages <= 3, "{pages} pages of one for two running tasks");
     let id_of = |task: &ClaimedTask| TaskId::parse(&task.delivery.task_id).expect("id");
     for (status, expected) in [
         (Status::Succeeded, id_of(&more[0])),
@@ -953,7 +961,7 @@ async fn tasks_are_listed_by_status_page_by_page_with_bounded_pages() {
         (Status::Cancelled, normal[6]),
         (Status::Scheduled, later),
     ] {
-        let (ids, _) = list_all(&queue, &mut conn, status, None, 2).await;
+        let (ids, _, _) = list_all(&queue, &mut conn, status, None, 2).await;
         assert_eq!(ids, vec![expected], "{status}");
     }
 
@@ -965,7 +973,7 @@ async fn tasks_are_listed_by_status_page_by_page_with_bounded_pages() {
             .await
             .expect("finish");
     }
-    let (succeeded, fullest) = list_all(&queue, &mut conn, Status::Succeeded, None, 1).await;
+    let (succeeded, fullest, _) = list_all(&queue, &mut conn, Status::Succeeded, None, 1).await;
     assert_eq!(fullest, 1);
     let newest_first: Vec<TaskId> = [&rest[1], &rest[0], &more[0]]
         .into_iter()

@@ -13,7 +13,7 @@ use std::fmt;
 use redis::aio::ConnectionLike;
 
 use super::{Queue, QueueError};
-use crate::keys::Keys;
+use crate::keys::{CONSUMER_GROUP, Keys};
 use crate::model::{Priority, Status, TaskId, TaskRecord};
 
 /// The largest page a listing returns.
@@ -130,6 +130,7 @@ impl Queue {
             .arg(a)
             .arg(b)
             .arg(keys.task_prefix())
+            .arg(CONSUMER_GROUP)
             .invoke_async(conn)
             .await?;
         let tasks = rows

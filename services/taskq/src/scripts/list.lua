@@ -4,17 +4,19 @@
 -- KEYS[1..10] priority streams (p1 first), KEYS[11] retry schedule, KEYS[12] scheduled tasks,
 -- KEYS[13] dead-letter stream, KEYS[14] succeeded index, KEYS[15] cancelled index
 -- ARGV[1] status, ARGV[2] priority (0: any), ARGV[3] limit, ARGV[4] and ARGV[5] the cursor
--- ('' and '': from the start), ARGV[6] task key prefix
+-- ('' and '': from the start), ARGV[6] task key prefix, ARGV[7] consumer group
 -- Where each status is found, and its order:
---   queued, running        the priority streams, most urgent first, oldest first; cursor
+--   queued                 the priority streams, most urgent first, oldest first; cursor
 --                          (priority, entry id) of the last entry examined
+--   running                the same order, over the entries delivered and not acknowledged
+--                          (XPENDING), so a backlog of queued entries is never scanned
 --   scheduled, retrying    their sorted sets, soonest due first; cursor (score, task id)
 --   dead, succeeded,       the dead-letter stream and the finished indexes, newest first;
 --   cancelled              cursor (entry id, ids of that entry already examined)
 -- Returns {cursor part 1, cursor part 2 ('' and '' when the listing is complete), {HGETALL of
 -- each task listed}}.
 local status, want_p, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local ca, cb, prefix = ARGV[4], ARGV[5], ARGV[6]
+local ca, cb, prefix, group = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local budget = limit
 local tasks = {}
 local seen = {}
@@ -45,14 +47,26 @@ if status == 'queued' or status == 'running' then
     if p == tonumber(ca) then start = '(' .. cb end
   end
   while p <= last do
-    local entries = redis.call('XRANGE', KEYS[p], start, '+', 'COUNT', budget)
-    for _, e in ipairs(entries) do
-      local id = field(e[2], 't')
-      if id then take(id) end
+    local ids = {}
+    if status == 'queued' then
+      for _, e in ipairs(redis.call('XRANGE', KEYS[p], start, '+', 'COUNT', budget)) do
+        ids[#ids + 1] = {e[1], field(e[2], 't')}
+      end
+    else
+      local pending = redis.pcall('XPENDING', KEYS[p], group, start, '+', budget)
+      if type(pending) == 'table' and not pending.err then
+        for _, e in ipairs(pending) do
+          local entry = redis.call('XRANGE', KEYS[p], e[1], e[1])[1]
+          ids[#ids + 1] = {e[1], entry and field(entry[2], 't')}
+        end
+      end
     end
-    budget = budget - #entries
+    for _, e in ipairs(ids) do
+      if e[2] then take(e[2]) end
+    end
+    budget = budget - #ids
     if budget <= 0 then
-      return {tostring(p), entries[#entries][1], tasks}
+      return {tostring(p), ids[#ids][1], tasks}
     end
     p, start = p + 1, '-'
   end
