@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::Serialize;
 use taskq::event::Outcome;
 
-use crate::history::{Event, Execution, FinalStatus, OpOutcome};
+use crate::history::{Event, Execution, FinalStatus, OpOutcome, Submit};
 
 /// How many ids of each anomaly a report lists.
 pub const SAMPLE_IDS: usize = 20;
@@ -359,9 +359,13 @@ fn forgotten_ack_ages(events: &[Event], finals: &HashMap<&str, FinalStatus>) -> 
         .collect()
 }
 
-/// How long each acknowledged, unscheduled task waited from its acknowledgement to the start of
-/// its first attempt, ms (tasks whose first attempt never logged are left out).
-fn start_waits(events: &[Event], runs: &BTreeMap<&str, Vec<&Execution>>) -> Vec<f64> {
+/// Every acknowledged, unscheduled submit (a scheduled task waits for its time, not in the
+/// queue) with the start of its task's first attempt, ms; tasks whose first attempt never logged
+/// (its worker died) are left out.
+fn first_starts<'a>(
+    events: &'a [Event],
+    runs: &BTreeMap<&str, Vec<&Execution>>,
+) -> Vec<(&'a Submit, f64)> {
     events
         .iter()
         .filter_map(|e| match e {
@@ -372,10 +376,19 @@ fn start_waits(events: &[Event], runs: &BTreeMap<&str, Vec<&Execution>>) -> Vec<
                     .filter(|e| e.attempt == 1 && e.t_ms.is_finite())
                     .map(|e| e.t_ms)
                     .min_by(f64::total_cmp)?;
-                Some((started_ms - s.end_ms).max(0.0))
+                Some((s, started_ms))
             }
             _ => None,
         })
+        .collect()
+}
+
+/// How long each acknowledged, unscheduled task waited from its acknowledgement to the start of
+/// its first attempt, ms (tasks whose first attempt never logged are left out).
+fn start_waits(events: &[Event], runs: &BTreeMap<&str, Vec<&Execution>>) -> Vec<f64> {
+    first_starts(events, runs)
+        .into_iter()
+        .map(|(s, started_ms)| (started_ms - s.end_ms).max(0.0))
         .collect()
 }
 
@@ -396,27 +409,16 @@ fn priority_inversions<'a>(
         acked_ms: f64,
         started_ms: f64,
     }
-    let mut tasks: Vec<Task> = events
-        .iter()
-        .filter_map(|e| match e {
-            // a scheduled task waits for its time, not in the queue
-            Event::Submit(s) if s.outcome == OpOutcome::Ok && s.delay_ms.is_none() => {
-                let id = s.id.as_deref()?;
-                let started_ms = runs
-                    .get(id)?
-                    .iter()
-                    .filter(|e| e.attempt == 1 && e.t_ms.is_finite())
-                    .map(|e| e.t_ms)
-                    .min_by(f64::total_cmp)?;
-                Some(Task {
-                    id,
-                    priority: s.priority?,
-                    sent_ms: s.t_ms,
-                    acked_ms: s.end_ms,
-                    started_ms,
-                })
-            }
-            _ => None,
+    let mut tasks: Vec<Task> = first_starts(events, runs)
+        .into_iter()
+        .filter_map(|(s, started_ms)| {
+            Some(Task {
+                id: s.id.as_deref()?,
+                priority: s.priority?,
+                sent_ms: s.t_ms,
+                acked_ms: s.end_ms,
+                started_ms,
+            })
         })
         .collect();
     // Sweep the tasks by submit time, adding every task acknowledged before it to the latest

@@ -28,14 +28,23 @@ fn init() {
     cleanup::install_interrupt_handler();
 }
 
-async fn start(label: &str, workers: u32) -> Cluster {
+/// A docker cluster of `workers` workers, its spec adjusted by `adjust` (the fault switches);
+/// and its run id.
+async fn start(
+    label: &str,
+    workers: u32,
+    adjust: impl FnOnce(&mut ClusterSpec),
+) -> (Cluster, String) {
     harness::runner::prepare_runtime(RuntimeKind::Docker)
         .await
         .unwrap_or_else(|e| panic!("preparing the docker runtime failed: {e:#}"));
-    let spec = ClusterSpec::new(label, workers);
-    Cluster::start(RuntimeKind::Docker, spec)
+    let mut spec = ClusterSpec::new(label, workers);
+    adjust(&mut spec);
+    let run_id = spec.run_id.clone();
+    let cluster = Cluster::start(RuntimeKind::Docker, spec)
         .await
-        .expect("the cluster starts")
+        .unwrap_or_else(|e| panic!("the cluster {label} does not start: {e:#}"));
+    (cluster, run_id)
 }
 
 async fn assert_nothing_left(run_id: &str) {
@@ -108,8 +117,7 @@ async fn submit(url: &str) -> Option<u16> {
 async fn a_partition_cuts_one_link_and_loss_drops_a_share_until_heal() {
     init();
     let _serial = SERIAL.lock().await;
-    let mut cluster = start("link-faults", 1).await;
-    let run_id = cluster.spec().run_id.clone();
+    let (mut cluster, run_id) = start("link-faults", 1, |_| {}).await;
     let url = cluster.orchestrator_url();
     let (orchestrator, _) = cluster
         .network_namespace(Service::Orchestrator)
@@ -208,15 +216,10 @@ async fn redis(cluster: &Cluster) -> redis::aio::MultiplexedConnection {
 async fn a_power_loss_drops_an_unsynced_write_and_keeps_a_synced_one() {
     init();
     let _serial = SERIAL.lock().await;
-    harness::runner::prepare_runtime(RuntimeKind::Docker)
-        .await
-        .unwrap_or_else(|e| panic!("preparing the docker runtime failed: {e:#}"));
-    let mut spec = ClusterSpec::new("power-loss", 1);
-    spec.fault_disk = true;
-    let run_id = spec.run_id.clone();
-    let mut cluster = Cluster::start(RuntimeKind::Docker, spec)
-        .await
-        .expect("the cluster starts on the fault filesystem");
+    let (mut cluster, run_id) = start("power-loss", 1, |spec| {
+        spec.fault_disk = true;
+    })
+    .await;
     let mut conn = redis(&cluster).await;
     let _: () = redis::cmd("SET")
         .arg("faults:synced")
@@ -268,16 +271,11 @@ async fn a_power_loss_drops_an_unsynced_write_and_keeps_a_synced_one() {
 async fn a_full_disk_refuses_submits_until_heal() {
     init();
     let _serial = SERIAL.lock().await;
-    harness::runner::prepare_runtime(RuntimeKind::Docker)
-        .await
-        .unwrap_or_else(|e| panic!("preparing the docker runtime failed: {e:#}"));
-    let mut spec = ClusterSpec::new("disk-full", 1);
-    spec.fault_disk = true;
-    spec.persistence = harness::scenario::Persistence::AofEverysec;
-    let run_id = spec.run_id.clone();
-    let mut cluster = Cluster::start(RuntimeKind::Docker, spec)
-        .await
-        .expect("the cluster starts on the fault filesystem");
+    let (mut cluster, run_id) = start("disk-full", 1, |spec| {
+        spec.fault_disk = true;
+        spec.persistence = harness::scenario::Persistence::AofEverysec;
+    })
+    .await;
     let url = cluster.orchestrator_url();
     assert_eq!(submit(&url).await, Some(201));
     cluster
@@ -334,15 +332,10 @@ async fn redis_time(conn: &mut redis::aio::MultiplexedConnection) -> (i64, i64) 
 async fn a_clock_jump_moves_redis_time_by_its_offset() {
     init();
     let _serial = SERIAL.lock().await;
-    harness::runner::prepare_runtime(RuntimeKind::Docker)
-        .await
-        .unwrap_or_else(|e| panic!("preparing the docker runtime failed: {e:#}"));
-    let mut spec = ClusterSpec::new("clock-jump", 1);
-    spec.clock_shift = true;
-    let run_id = spec.run_id.clone();
-    let mut cluster = Cluster::start(RuntimeKind::Docker, spec)
-        .await
-        .expect("the cluster starts with a shiftable clock");
+    let (mut cluster, run_id) = start("clock-jump", 1, |spec| {
+        spec.clock_shift = true;
+    })
+    .await;
     let mut conn = redis(&cluster).await;
     let skew = |(redis, host): (i64, i64)| redis - host;
     let before = skew(redis_time(&mut conn).await);
@@ -397,15 +390,10 @@ async fn ping_ms(conn: &mut redis::aio::MultiplexedConnection, n: usize) -> f64 
 async fn a_delay_adds_its_latency_to_the_link_until_heal() {
     init();
     let _serial = SERIAL.lock().await;
-    harness::runner::prepare_runtime(RuntimeKind::Docker)
-        .await
-        .unwrap_or_else(|e| panic!("preparing the docker runtime failed: {e:#}"));
-    let mut spec = ClusterSpec::new("delay", 1);
-    spec.link_proxies = true;
-    let run_id = spec.run_id.clone();
-    let mut cluster = Cluster::start(RuntimeKind::Docker, spec)
-        .await
-        .expect("the cluster starts behind proxies");
+    let (mut cluster, run_id) = start("delay", 1, |spec| {
+        spec.link_proxies = true;
+    })
+    .await;
     let url = cluster.orchestrator_url();
     let (gateway, port) = cluster
         .proxy_address(Service::Worker(1))

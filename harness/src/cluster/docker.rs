@@ -100,7 +100,7 @@ impl DockerCluster {
         let network = format!("agent-harness-{}", spec.run_id);
         let volume = format!("agent-harness-{}-redis-data", spec.run_id);
         // Built before anything is created, so a failure below is cleaned up by Drop.
-        let cluster = DockerCluster {
+        let mut cluster = DockerCluster {
             docker: docker.clone(),
             spec: spec.clone(),
             network: network.clone(),
@@ -118,7 +118,6 @@ impl DockerCluster {
             gateway: None,
             redis_host_port: testkit::try_free_port()?,
         };
-        let mut cluster = cluster;
         if spec.fault_disk {
             cluster.fault_disk = Some(super::disk::FaultDisk::mount(&spec.run_id)?);
         }
@@ -142,7 +141,6 @@ impl DockerCluster {
             })
             .await
             .with_context(|| format!("creating volume {volume}"))?;
-        let mut cluster = cluster;
         if spec.link_proxies {
             let inspect = docker
                 .inspect_network(&network, None)
@@ -259,19 +257,7 @@ impl DockerCluster {
             .inspect_container(&name, None)
             .await
             .with_context(|| format!("inspecting {name}"))?;
-        if let Some(ip) = inspect
-            .network_settings
-            .as_ref()
-            .and_then(|n| n.networks.as_ref())
-            .and_then(|networks| networks.get(&self.network))
-            .and_then(|endpoint| endpoint.ip_address.as_deref())
-            .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok())
-        {
-            self.addresses
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(service, ip);
-        }
+        self.note_address(service, &inspect);
         let key = format!("{}/tcp", Self::main_port(service));
         let port = inspect
             .network_settings
@@ -623,22 +609,32 @@ impl DockerCluster {
             .with_context(|| format!("inspecting {name}"))?;
         let pid = inspect
             .state
+            .as_ref()
             .and_then(|s| s.pid)
             .filter(|pid| *pid > 0)
             .map(|pid| pid as u32);
+        Ok((pid, self.note_address(service, &inspect)))
+    }
+
+    /// The address of `service`'s container on the run's network, from its inspection; also
+    /// remembered as its last known address (a peer to name in a link fault while it is down).
+    fn note_address(
+        &self,
+        service: Service,
+        inspect: &bollard::models::ContainerInspectResponse,
+    ) -> Option<std::net::Ipv4Addr> {
         let ip = inspect
             .network_settings
-            .and_then(|n| n.networks)
-            .and_then(|mut networks| networks.remove(&self.network))
-            .and_then(|endpoint| endpoint.ip_address)
-            .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok());
-        if let Some(ip) = ip {
-            self.addresses
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(service, ip);
-        }
-        Ok((pid, ip))
+            .as_ref()
+            .and_then(|n| n.networks.as_ref())
+            .and_then(|networks| networks.get(&self.network))
+            .and_then(|endpoint| endpoint.ip_address.as_deref())
+            .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok())?;
+        self.addresses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(service, ip);
+        Some(ip)
     }
 
     /// Of `services` (those the harness believes running), the ones whose container is not
