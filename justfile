@@ -5,7 +5,7 @@ default:
     @just --list
 
 # Run the whole test suite (unit, integration against a real redis-server, Docker scenarios)
-test: _require-redis-server
+test: _require-redis-server _require-browser
     cargo test --workspace
 
 # What CI runs: formatting, lints, then the whole test suite (which includes the smoke load)
@@ -176,6 +176,11 @@ _require-docker:
 [private]
 _require-redis-server:
     @cargo xtask require redis-server
+
+# chromium for the dashboard's browser test (Debian package, installed when root; or CHROME)
+[private]
+_require-browser:
+    @cargo xtask require browser
 
 # Create the Redis passwords when missing and derive from them the env files and the ACL file.
 # Prints no secret; says when a running Redis has an older ACL file (xtask/src/secrets.rs).

@@ -22,6 +22,9 @@ pub enum Tool {
     Prometheus,
     /// `wrk`, `redis-benchmark` and the Redis server: what `cargo xtask bench` drives.
     Bench,
+    /// A Chromium browser for the dashboard's test (Debian `chromium`, or `CHROME`; installed
+    /// when root).
+    Browser,
 }
 
 /// Fails with what to install (or installs it) unless `tool` is usable.
@@ -31,6 +34,7 @@ pub fn require(tool: Tool) -> anyhow::Result<()> {
         Tool::RedisServer => require_redis_server(),
         Tool::Prometheus => require_prometheus(),
         Tool::Bench => require_bench_tools(),
+        Tool::Browser => require_browser(),
     }
 }
 
@@ -136,6 +140,29 @@ pub fn require_redis_server() -> anyhow::Result<()> {
         "installing redis-server (Debian package; its binaries go into the agent-redis image)"
     );
     apt_install(&["redis-server"], false)
+}
+
+/// The browser the dashboard's test drives: `CHROME`, or Debian's `/usr/bin/chromium`.
+pub fn require_browser() -> anyhow::Result<()> {
+    if let Some(path) = env::var_os("CHROME") {
+        ensure!(
+            is_executable(Path::new(&path)),
+            "CHROME={} is not an executable",
+            Path::new(&path).display()
+        );
+        return Ok(());
+    }
+    if is_executable(Path::new("/usr/bin/chromium")) {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "chromium is missing (the dashboard's browser test); install it with: sudo apt-get \
+             install -y --no-install-recommends chromium, or set CHROME"
+        );
+    }
+    println!("installing chromium (Debian package; the dashboard's browser test drives it)");
+    apt_install(&["chromium"], true)
 }
 
 /// `/usr/bin/prometheus` and `/usr/bin/promtool`, the binaries of `agent-prometheus`; apt-get

@@ -22,7 +22,7 @@ use tower_http::trace::TraceLayer;
 use crate::config::Config;
 use crate::error::AppError;
 use crate::guard::{self, SubmitLimiter, Tokens};
-use crate::routes::{meta, priorities, tasks};
+use crate::routes::{meta, priorities, tasks, ui};
 use crate::telemetry;
 
 /// What every handler shares, behind one `Arc`: axum clones the state for every request, and
@@ -160,6 +160,7 @@ pub fn app(state: AppState, config: &Config) -> Router {
         .route("/healthz", get(meta::healthz))
         .route("/readyz", get(meta::readyz))
         .route("/openapi.json", get(meta::openapi))
+        .route("/ui", get(ui::dashboard))
         .fallback(|| async { AppError::RouteNotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .route_layer(middleware::from_fn(telemetry::track_http))

@@ -1520,3 +1520,60 @@ fn encode(raw: &str) -> String {
         .replace('/', "%2F")
         .replace('+', "%2B")
 }
+
+#[tokio::test]
+async fn the_dashboard_is_one_self_contained_page_that_holds_no_data() {
+    let redis = RedisServer::start();
+    let mut config = Config::for_tests(&redis.url(), "api-test");
+    config.auth_tokens = Some("dashboard-token-0123456789".into());
+    let state = AppState::new(&config).expect("state");
+    let router = app(state, &config);
+
+    let page = router
+        .clone()
+        .oneshot(Request::get("/ui").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let headers = page.headers().clone();
+    assert!(
+        headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"),
+        "{headers:?}"
+    );
+    assert!(
+        headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .contains("connect-src 'self'")
+    );
+    let html = String::from_utf8(
+        page.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(html.contains("<title>Agent System</title>"));
+    assert!(
+        !html.contains("http://") && !html.contains("https://") && !html.contains("//cdn"),
+        "the page fetches nothing from elsewhere"
+    );
+    assert!(html.contains("name=\"viewport\""), "readable on a phone");
+    // with auth on, the page's data still needs the token
+    let stats = router
+        .clone()
+        .oneshot(Request::get("/stats").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(stats.status(), StatusCode::UNAUTHORIZED);
+    let wrong_method = router
+        .oneshot(Request::post("/ui").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+}

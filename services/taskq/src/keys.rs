@@ -103,6 +103,12 @@ impl Keys {
         format!("{}:finished:{}", self.prefix, status.as_str())
     }
 
+    /// Hash of cumulative counts of finished tasks per final status (`succeeded`, `cancelled`),
+    /// since the key was created: throughput is their rate of change.
+    pub fn finished_counts(&self) -> String {
+        format!("{}:finished:counts", self.prefix)
+    }
+
     /// Set of the paused priority levels (`1`..`10`): their queued tasks are not started.
     pub fn paused(&self) -> String {
         format!("{}:paused", self.prefix)
@@ -187,6 +193,7 @@ mod tests {
             keys.scheduled(),
             keys.finished(Status::Succeeded),
             keys.paused(),
+            keys.finished_counts(),
         ] {
             assert!(key.starts_with("run42:"), "{key} lacks the prefix");
         }

@@ -443,6 +443,8 @@ pub struct Stats {
     pub scheduled: u64,
     /// Whether each priority level is paused ([`Queue::set_paused`]).
     pub paused: [bool; 10],
+    /// Tasks that succeeded since the counts began (their rate is the throughput).
+    pub succeeded_total: u64,
 }
 
 /// One entry of the dead-letter stream: a task that failed for good, newest first from
@@ -786,6 +788,7 @@ impl Queue {
             .key(self.streams.as_slice())
             .key(keys.scheduled())
             .key(keys.finished(Status::Cancelled))
+            .key(keys.finished_counts())
             .arg(CONSUMER_GROUP)
             .arg(seconds(self.config.task_retention))
             .arg(task_id.to_string())
@@ -1012,11 +1015,12 @@ impl Queue {
             return Ok(Vec::new());
         }
         let keys = &self.config.keys;
-        let (retry_schedule, dead_letter, clock, succeeded) = (
+        let (retry_schedule, dead_letter, clock, succeeded, counts) = (
             keys.retry_schedule(),
             keys.dead_letter(),
             keys.clock(),
             keys.finished(Status::Succeeded),
+            keys.finished_counts(),
         );
         let task_prefix = keys.task_prefix();
         let mut pipe = redis::pipe();
@@ -1028,6 +1032,7 @@ impl Queue {
                 .key(self.streams.as_slice())
                 .key(&clock)
                 .key(&succeeded)
+                .key(&counts)
                 .arg(CONSUMER_GROUP)
                 .arg(consumer)
                 .arg(&task_prefix)
@@ -1321,11 +1326,12 @@ impl Queue {
             .key(keys.workers())
             .key(keys.scheduled())
             .key(keys.paused())
+            .key(keys.finished_counts())
             .arg(CONSUMER_GROUP)
             .arg(millis(dead_after))
             .invoke_async(conn)
             .await?;
-        if numbers.len() != 44 {
+        if numbers.len() != 45 {
             return Err(QueueError::Protocol(format!(
                 "stats returned {} numbers",
                 numbers.len()
@@ -1346,6 +1352,7 @@ impl Queue {
             oldest_queued_age_ms,
             scheduled: numbers[33],
             paused: std::array::from_fn(|i| numbers[34 + i] == 1),
+            succeeded_total: numbers[44],
         })
     }
 }

@@ -91,7 +91,9 @@ async fn item_6_the_orphan_sweep_reaches_entries_beyond_the_first_page() {
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 15);
-    let lease = Duration::from_millis(200);
+    // A lease long enough that the ten passes below finish before the renewed entries are idle
+    // for a lease again, even on a busy machine (200 ms was not: the sweep took the renewed ones).
+    let lease = Duration::from_secs(1);
     tokio::time::sleep(lease + Duration::from_millis(100)).await;
     let long: Vec<Delivery> = claimed[..12].iter().map(|t| t.delivery.clone()).collect();
     queue
@@ -980,6 +982,12 @@ async fn tasks_are_listed_by_status_page_by_page_with_bounded_pages() {
         .map(id_of)
         .collect();
     assert_eq!(succeeded, newest_first);
+    let stats = queue
+        .stats(&mut conn, Duration::from_secs(60))
+        .await
+        .expect("stats");
+    assert_eq!(stats.succeeded_total, 3, "the throughput counter");
+    assert_eq!(stats.scheduled, 1);
 
     // a cursor of another listing's form is refused before Redis sees it
     assert!(ListCursor::parse(Status::Queued, "garbage").is_err());

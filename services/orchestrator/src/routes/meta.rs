@@ -57,6 +57,7 @@ pub async fn stats(State(state): State<AppState>) -> Result<Json<Value>, AppErro
         "live_workers": stats.live_workers,
         "oldest_queued_age_ms": by_priority(&stats.oldest_queued_age_ms),
         "scheduled": stats.scheduled,
+        "succeeded_total": stats.succeeded_total,
         "paused": (1..=10).filter(|p| stats.paused[p - 1]).collect::<Vec<usize>>(),
         "dead_letters": dead_letters
             .iter()

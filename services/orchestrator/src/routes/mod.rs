@@ -3,3 +3,4 @@
 pub mod meta;
 pub mod priorities;
 pub mod tasks;
+pub mod ui;

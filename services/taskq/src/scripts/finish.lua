@@ -1,8 +1,8 @@
 -- Record the outcomes of executions: many per call, each one atomic, so a worker's batch costs
 -- one script call (and, with appendfsync always, one fsync) instead of one per execution.
 -- KEYS[1] retry schedule, KEYS[2] dead-letter stream, KEYS[3..12] priority streams (p1 first),
--- KEYS[13] the retry clock, KEYS[14] the index of succeeded tasks (both optional: an older caller
--- passes neither)
+-- KEYS[13] the retry clock, KEYS[14] the index of succeeded tasks, KEYS[15] the finished counts
+-- (all optional: an older caller passes none)
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] task key prefix, ARGV[4] retention (s), then seven
 -- values per execution: priority, entry id, task id, attempt, outcome (succeeded | retrying |
 -- dead: taskq::event::Outcome; or interrupted: the worker shut down first), result JSON or
@@ -107,6 +107,7 @@ for p = 1, 10 do
   end
 end
 if KEYS[14] and #succeeded > 0 then
-  index_finished(KEYS[14], table.concat(succeeded, ','), now, retention)
+  index_finished(KEYS[14], table.concat(succeeded, ','), now, retention, KEYS[15], 'succeeded',
+    #succeeded)
 end
 return out

@@ -16,7 +16,9 @@ local function is_final(status)
 end
 -- Indexes finished tasks for listing (KEYS of a finished index, comma-separated task ids): one
 -- stream entry per state change, entries older than the task retention (s, 0: kept) trimmed.
-local function index_finished(index_key, ids, now, retention)
+-- With the KEYS of the finished counts, adds `n` to the field `status` (throughput counters).
+local function index_finished(index_key, ids, now, retention, counts_key, status, n)
+  if counts_key then redis.call('HINCRBY', counts_key, status, n) end
   if retention > 0 then
     redis.call('XADD', index_key, 'MINID', '~', now - retention * 1000, '*', 't', ids)
   else

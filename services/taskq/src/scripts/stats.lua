@@ -1,10 +1,11 @@
 -- Queue statistics in one round trip.
 -- KEYS[1..10] priority streams, KEYS[11] retry schedule, KEYS[12] dead-letter stream,
--- KEYS[13] worker heartbeats, KEYS[14] scheduled tasks, KEYS[15] paused priorities;
+-- KEYS[13] worker heartbeats, KEYS[14] scheduled tasks, KEYS[15] paused priorities, KEYS[16]
+-- finished counts;
 -- ARGV[1] group, ARGV[2] dead after (ms)
 -- Returns {queued p1..p10, in flight p1..p10, retry scheduled, dead-lettered, live workers,
 -- age (ms) of the oldest undelivered entry p1..p10 (0 when none), scheduled, paused p1..p10
--- (1 or 0)}.
+-- (1 or 0), succeeded since the counts began}.
 local queued, in_flight, oldest_age = {}, {}, {}
 local now = now_ms()
 for p = 1, 10 do
@@ -48,4 +49,5 @@ out[#out + 1] = redis.call('ZCOUNT', KEYS[13], now - tonumber(ARGV[2]), '+inf')
 for p = 1, 10 do out[#out + 1] = oldest_age[p] end
 out[#out + 1] = redis.call('ZCARD', KEYS[14])
 for p = 1, 10 do out[#out + 1] = redis.call('SISMEMBER', KEYS[15], p) end
+out[#out + 1] = tonumber(redis.call('HGET', KEYS[16], 'succeeded')) or 0
 return out
