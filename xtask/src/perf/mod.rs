@@ -22,6 +22,7 @@
 //! [`redis_benchmark`], [`bare`], [`script`], [`phases`] (the run itself) and [`report`].
 
 pub mod bare;
+pub mod curves;
 pub mod open_loop;
 pub mod phases;
 pub mod process;
@@ -64,6 +65,9 @@ pub struct Options {
     /// JSON report to write.
     #[arg(long, default_value = "docs/benchmarks.json")]
     pub out_json: PathBuf,
+    /// SVG of the latency-vs-rate curves to write (the Markdown report links it).
+    #[arg(long, default_value = "docs/benchmarks.svg")]
+    pub out_svg: PathBuf,
     /// Scratch directory for Redis data and service logs (emptied first).
     #[arg(long, default_value = "target/bench-run")]
     pub work_dir: PathBuf,
@@ -84,7 +88,7 @@ pub struct Options {
     #[arg(long, value_delimiter = ',', default_values_t = [32, 64])]
     pub wrk_connections: Vec<u32>,
     /// Fixed rates to measure, requests per second.
-    #[arg(long, value_delimiter = ',', default_values_t = [1000, 5000])]
+    #[arg(long, value_delimiter = ',', default_values_t = [500, 1000, 2500, 5000])]
     pub fixed_rates: Vec<u32>,
     /// Tasks per drain.
     #[arg(long, default_value_t = 100_000)]
@@ -117,6 +121,15 @@ pub struct Options {
     pub orchestrator_env: Vec<String>,
 }
 
+/// `target` as a link from a document at `document`: its file name when both share a directory,
+/// else `target` as given.
+fn pathdiff(target: &std::path::Path, document: &std::path::Path) -> String {
+    match (target.parent(), document.parent(), target.file_name()) {
+        (Some(a), Some(b), Some(name)) if a == b => name.to_string_lossy().into_owned(),
+        _ => target.display().to_string(),
+    }
+}
+
 /// Runs the benchmark and writes the Markdown and JSON reports, keeping the hand-written notes
 /// at the end of the previous Markdown report.
 pub fn bench(options: &Options) -> anyhow::Result<()> {
@@ -130,18 +143,31 @@ pub fn bench(options: &Options) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    let report = runtime.block_on(run(options, command))?;
+    let report = runtime.block_on(run(options, command));
+    if let Some(bar) = phases::progress() {
+        bar.finish_and_clear();
+    }
+    let report = report?;
     let previous = std::fs::read_to_string(&options.out_md).unwrap_or_default();
     let kept = report::kept_notes(&previous);
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(&options.out_json, json + "\n")
         .with_context(|| format!("writing {}", options.out_json.display()))?;
-    std::fs::write(&options.out_md, report::render_markdown(&report, kept))
-        .with_context(|| format!("writing {}", options.out_md.display()))?;
+    let svg = curves::render_svg(&curves::caption(&report), &curves::panels(&report))?;
+    std::fs::write(&options.out_svg, svg)
+        .with_context(|| format!("writing {}", options.out_svg.display()))?;
+    // linked from the Markdown by its path relative to the Markdown's directory
+    let svg_link = pathdiff(&options.out_svg, &options.out_md);
+    std::fs::write(
+        &options.out_md,
+        report::render_markdown(&report, kept, &svg_link),
+    )
+    .with_context(|| format!("writing {}", options.out_md.display()))?;
     eprintln!(
-        "bench: wrote {} and {} in {:.0} s",
+        "bench: wrote {}, {} and {} in {:.0} s",
         options.out_md.display(),
         options.out_json.display(),
+        options.out_svg.display(),
         report.run_seconds
     );
     for row in &report.targets {

@@ -370,8 +370,37 @@ fn top_commands(stats: &BTreeMap<String, CommandStat>) -> Vec<(String, u64, u64)
     rows
 }
 
+/// The progress line on a terminal (`None` when stderr is not one: plain lines then).
+pub(crate) fn progress() -> Option<&'static indicatif::ProgressBar> {
+    static PROGRESS: std::sync::OnceLock<Option<indicatif::ProgressBar>> =
+        std::sync::OnceLock::new();
+    PROGRESS
+        .get_or_init(|| {
+            use std::io::IsTerminal;
+            std::io::stderr().is_terminal().then(|| {
+                let bar = indicatif::ProgressBar::new_spinner();
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "{spinner} bench [{elapsed_precise}] step {pos}: {msg}",
+                ) {
+                    bar.set_style(style);
+                }
+                bar.enable_steady_tick(Duration::from_millis(200));
+                bar
+            })
+        })
+        .as_ref()
+}
+
+/// A new step of the run: a line in the log, and the progress line's message on a terminal.
 fn log_phase(message: &str) {
-    eprintln!("bench: {message}");
+    match progress() {
+        Some(bar) => {
+            bar.println(format!("bench: {message}"));
+            bar.inc(1);
+            bar.set_message(message.to_owned());
+        }
+        None => eprintln!("bench: {message}"),
+    }
 }
 
 async fn ceilings(

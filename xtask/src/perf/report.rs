@@ -457,7 +457,7 @@ pub fn kept_notes(previous: &str) -> Option<&str> {
 }
 
 /// Renders the report as Markdown; `kept` (from [`kept_notes`]) goes at the end unchanged.
-pub fn render_markdown(report: &Report, kept: Option<&str>) -> String {
+pub fn render_markdown(report: &Report, kept: Option<&str>, curves_svg: &str) -> String {
     let mut md = String::new();
     let m = &report.machine;
     let v = &report.versions;
@@ -467,6 +467,11 @@ pub fn render_markdown(report: &Report, kept: Option<&str>) -> String {
         "Written by `{}` on {} ({:.0} s). Every figure below was measured in that one run on the machine described here; \
          the JSON twin is `docs/benchmarks.json`. Reproduce with `just bench`.\n",
         report.command, report.generated_at, report.run_seconds
+    );
+    let _ = writeln!(
+        md,
+        "![POST /tasks latency against rate, per persistence mode: p50 and p99 at fixed rates, \
+         p99 at the maximum rate of the orchestrator and of the bare server]({curves_svg})\n"
     );
     let _ = writeln!(md, "## Machine and versions\n");
     let _ = writeln!(md, "| | |\n|---|---|");
