@@ -163,7 +163,7 @@ monitoring-up:
 monitoring-down: _require-docker
     {{compose}} -p agent-monitoring -f compose/monitoring/compose.yml down --remove-orphans
 
-# Benchmark a local system (redis-server with appendfsync everysec and always, release builds as processes; about 8 min); writes docs/benchmarks.md and .json. Options: `just bench --help`
+# Benchmark a local system (redis-server with appendfsync everysec and always, release builds as processes; about 7 min); writes docs/benchmarks.md and .json. Options: `just bench --help`
 bench *args:
     cargo run -q --release -p xtask -- bench {{args}}
 

@@ -268,6 +268,18 @@ pub enum RetryOutcome {
     NotRetryable(Status),
 }
 
+/// What one claim did: [`Queue::claim_slots`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    /// The tasks it started.
+    pub started: Vec<ClaimedTask>,
+    /// Delivered entries it did not start (no slot, or a paused level), still pending for the
+    /// consumer, to hand in again.
+    pub deferred: Vec<Delivery>,
+    /// The paused priority levels, most urgent first.
+    pub paused: Vec<Priority>,
+}
+
 /// A stream entry delivered to a consumer, not yet started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
@@ -848,10 +860,10 @@ impl Queue {
         count: usize,
         delivered: &[Delivery],
     ) -> Result<Vec<ClaimedTask>, QueueError> {
-        let (started, _) = self
+        let claim = self
             .invoke_claim(conn, consumer, count, delivered, "all")
             .await?;
-        Ok(started)
+        Ok(claim.started)
     }
 
     /// Starts up to `slots` tasks for `consumer`, strictly most urgent first across the entries
@@ -866,6 +878,19 @@ impl Queue {
         slots: usize,
         delivered: &[Delivery],
     ) -> Result<(Vec<ClaimedTask>, Vec<Delivery>), QueueError> {
+        let claim = self.claim_slots(conn, consumer, slots, delivered).await?;
+        Ok((claim.started, claim.deferred))
+    }
+
+    /// [`Queue::claim_by_priority`], with the paused levels the claim saw: a worker leaves
+    /// them out of its blocking read without asking again.
+    pub async fn claim_slots<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        slots: usize,
+        delivered: &[Delivery],
+    ) -> Result<Claim, QueueError> {
         self.invoke_claim(conn, consumer, slots, delivered, "slots")
             .await
     }
@@ -877,7 +902,7 @@ impl Queue {
         count: usize,
         delivered: &[Delivery],
         mode: &str,
-    ) -> Result<(Vec<ClaimedTask>, Vec<Delivery>), QueueError> {
+    ) -> Result<Claim, QueueError> {
         let mut invocation = self.scripts.claim.prepare_invoke();
         invocation
             .key(self.streams.as_slice())
@@ -898,7 +923,8 @@ impl Queue {
         }
         type Started = Vec<(i64, String, String, String, u32, u32, i64)>;
         type Left = Vec<(i64, String, String, String)>;
-        let (rows, deferred, left): (Started, Vec<(i64, String, String)>, Left) =
+        type Deferred = Vec<(i64, String, String)>;
+        let (rows, deferred, left, paused): (Started, Deferred, Left, Vec<i64>) =
             invocation.invoke_async(conn).await?;
         for (priority, entry_id, task_id, version) in left {
             tracing::warn!(
@@ -930,7 +956,14 @@ impl Queue {
                 },
             )
             .collect::<Result<_, QueueError>>()?;
-        Ok((started, deliveries_from_rows(deferred)?))
+        Ok(Claim {
+            started,
+            deferred: deliveries_from_rows(deferred)?,
+            paused: paused
+                .into_iter()
+                .map(priority_from_index)
+                .collect::<Result<_, _>>()?,
+        })
     }
 
     /// Waits up to `block` for new entries on any priority stream and takes up to `count` of them

@@ -98,7 +98,7 @@ fn draw_panel(
     let (y_min, y_max) = if latencies.is_empty() {
         (0.1, 10.0)
     } else {
-        (y_min / 2.0, y_max * 2.0)
+        (y_min / 1.5, y_max * 1.5)
     };
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, ("sans-serif", 14))
@@ -113,6 +113,8 @@ fn draw_panel(
         .y_desc("latency, ms (log)")
         .x_label_formatter(&|x| format!("{x:.0}"))
         .y_label_formatter(&|y| format!("{y}"))
+        .y_labels(8)
+        .light_line_style(WHITE)
         .draw()
         .map_err(plot_error)?;
     let blue = RGBColor(31, 119, 180);
@@ -158,7 +160,7 @@ fn draw_panel(
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::LowerRight)
         .label_font(("sans-serif", 12))
         .draw()
         .map_err(plot_error)?;

@@ -68,6 +68,10 @@ pub struct Options {
     /// SVG of the latency-vs-rate curves to write (the Markdown report links it).
     #[arg(long, default_value = "docs/benchmarks.svg")]
     pub out_svg: PathBuf,
+    /// Measure nothing: render the Markdown and the SVG again from the JSON report of an earlier
+    /// run (`--out-json`).
+    #[arg(long)]
+    pub render_only: bool,
     /// Scratch directory for Redis data and service logs (emptied first).
     #[arg(long, default_value = "target/bench-run")]
     pub work_dir: PathBuf,
@@ -143,16 +147,28 @@ pub fn bench(options: &Options) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    let report = runtime.block_on(run(options, command));
-    if let Some(bar) = phases::progress() {
-        bar.finish_and_clear();
-    }
-    let report = report?;
+    let report = if options.render_only {
+        let json = std::fs::read_to_string(&options.out_json)
+            .with_context(|| format!("reading {}", options.out_json.display()))?;
+        serde_json::from_str::<report::Report>(&json).with_context(|| {
+            format!(
+                "{} is not a report of this version",
+                options.out_json.display()
+            )
+        })?
+    } else {
+        let report = runtime.block_on(run(options, command));
+        if let Some(bar) = phases::progress() {
+            bar.finish_and_clear();
+        }
+        let report = report?;
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(&options.out_json, json + "\n")
+            .with_context(|| format!("writing {}", options.out_json.display()))?;
+        report
+    };
     let previous = std::fs::read_to_string(&options.out_md).unwrap_or_default();
     let kept = report::kept_notes(&previous);
-    let json = serde_json::to_string_pretty(&report)?;
-    std::fs::write(&options.out_json, json + "\n")
-        .with_context(|| format!("writing {}", options.out_json.display()))?;
     let svg = curves::render_svg(&curves::caption(&report), &curves::panels(&report))?;
     std::fs::write(&options.out_svg, svg)
         .with_context(|| format!("writing {}", options.out_svg.display()))?;

@@ -46,7 +46,7 @@ struct Sample {
 }
 
 /// The figures of a fixed-rate run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct FixedRateResult {
     /// Scheduled rate.
     pub rate_per_s: u32,

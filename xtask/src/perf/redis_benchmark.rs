@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::perf::process::output_of;
 
 /// One `redis-benchmark` run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RedisBenchResult {
     /// What was measured, e.g. `EVALSHA enqueue`.
     pub name: String,

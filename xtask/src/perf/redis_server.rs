@@ -11,7 +11,7 @@ use serde::Serialize;
 use testkit::{Log, Persistence, RedisConfig, RedisServer};
 
 /// How Redis persists (README.md, "Durability"): AOF on, fsync per write or once a second.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Fsync {
     /// `appendfsync always`: a 201 is on disk (the default in compose, Kubernetes, harness).
@@ -230,7 +230,7 @@ impl RedisProcess {
 }
 
 /// One command's counters from `INFO commandstats`.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
 pub struct CommandStat {
     /// Calls.
     pub calls: u64,
@@ -239,7 +239,7 @@ pub struct CommandStat {
 }
 
 /// One kind of stall Redis's latency monitor recorded (threshold 1 ms).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct LatencyEvent {
     /// What stalled: `aof-write`, `aof-fsync-always`, `fork`, `command`, ...
     pub event: String,

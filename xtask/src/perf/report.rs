@@ -12,7 +12,7 @@ use crate::perf::redis_server::{Fsync, LatencyEvent};
 use crate::perf::wrk::WrkResult;
 
 /// The whole run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Report {
     /// When the run started (RFC 3339, UTC).
     pub generated_at: String,
@@ -35,7 +35,7 @@ pub struct Report {
 }
 
 /// The machine the figures come from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Machine {
     /// CPU model.
     pub cpu: String,
@@ -52,7 +52,7 @@ pub struct Machine {
 }
 
 /// Versions of what was measured and of the tools.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Versions {
     /// `rustc --version`.
     pub rustc: String,
@@ -65,7 +65,7 @@ pub struct Versions {
 }
 
 /// Where CPU time went during one measurement (seconds), to read rates as shares of 2 cores.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
 pub struct CpuUse {
     /// Wall-clock seconds of the measurement.
     pub wall_s: f64,
@@ -90,7 +90,7 @@ impl CpuUse {
 }
 
 /// A wrk measurement with its CPU accounting.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct WrkMeasurement {
     /// What ran.
     pub server: String,
@@ -105,7 +105,7 @@ pub struct WrkMeasurement {
 }
 
 /// A fixed-rate measurement with enqueue-to-start latencies of the same tasks.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct FixedRateMeasurement {
     /// The HTTP figures (tool: this binary's open-model generator).
     pub http: FixedRateResult,
@@ -126,7 +126,7 @@ pub struct FixedRateMeasurement {
 }
 
 /// Percentiles of a latency distribution, milliseconds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct LatencySummary {
     /// Samples.
     pub samples: u64,
@@ -143,7 +143,7 @@ pub struct LatencySummary {
 }
 
 /// One drain: `tasks` no-op tasks enqueued in bulk, then `workers` worker processes started.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DrainResult {
     /// Worker processes.
     pub workers: usize,
@@ -170,7 +170,7 @@ pub struct DrainResult {
 }
 
 /// Everything measured against one Redis persistence mode.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ModeReport {
     /// `appendfsync` setting.
     pub fsync: Fsync,
@@ -191,7 +191,7 @@ pub struct ModeReport {
 }
 
 /// One worker-kill recovery.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RecoveryResult {
     /// Tasks the killed worker held (running).
     pub tasks_held: usize,
@@ -206,7 +206,7 @@ pub struct RecoveryResult {
 }
 
 /// One target of issue 6 and what was measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TargetRow {
     /// What.
     pub name: String,

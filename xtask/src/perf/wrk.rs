@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use testkit::process::cpu_seconds;
 
 /// How wrk is run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct WrkLoad {
     /// wrk threads (`-t`).
     pub threads: u32,
@@ -41,7 +41,7 @@ struct WrkSummary {
 }
 
 /// One wrk run's figures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct WrkResult {
     /// The command line.
     pub command: String,

@@ -12,10 +12,10 @@
 -- A paused priority's fresh entries are not read, and its delivered entries whose task is still
 -- queued are not started (deferred, still pending for this consumer); a delivered entry whose
 -- task is running (taken over from a dead worker, or a lost reply) starts as usual.
--- Returns {started, deferred, left}: {priority, entry id, task id, description, attempt, max
+-- Returns {started, deferred, left, paused}: {priority, entry id, task id, description, attempt, max
 -- attempts, timeout ms (0: none)} per started task, {priority, entry id, task id} per deferred
 -- entry, {priority, entry id, task id, layout version} per entry left pending because a newer
--- release wrote its record.
+-- release wrote its record, and the paused priorities.
 local group, consumer, prefix = ARGV[1], ARGV[2], ARGV[3]
 local want = tonumber(ARGV[4])
 local retention = tonumber(ARGV[5])
@@ -163,4 +163,8 @@ else
     if not paused[p] then read_fresh(p) end
   end
 end
-return {out, deferred, left}
+local paused_list = {}
+for p = 1, 10 do
+  if paused[p] then paused_list[#paused_list + 1] = p end
+end
+return {out, deferred, left, paused_list}

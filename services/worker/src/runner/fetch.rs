@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use taskq::Priority;
-use taskq::queue::{ClaimedTask, Delivery, Finish, QueueError};
+use taskq::queue::{Claim, ClaimedTask, Delivery, Finish, QueueError};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -71,18 +71,23 @@ impl Runner {
             // most urgent first: a taken-over urgent task starts before less urgent new work, and
             // a taken-over less urgent one waits behind more urgent new work.
             let delivered: Vec<Delivery> = lock(&shared.reclaimed).drain(..).collect();
-            let claimed = match self
+            let (claimed, held, paused) = match self
                 .queue
-                .claim_by_priority(&mut conn, &self.worker_id, free, &delivered)
+                .claim_slots(&mut conn, &self.worker_id, free, &delivered)
                 .await
             {
-                Ok((claimed, deferred)) => {
+                Ok(Claim {
+                    started,
+                    deferred,
+                    paused,
+                }) => {
                     backoff.reset();
+                    let held = deferred.len();
                     let mut reclaimed = lock(&shared.reclaimed);
                     for delivery in deferred.into_iter().rev() {
                         reclaimed.push_front(delivery);
                     }
-                    claimed
+                    (started, held, paused)
                 }
                 Err(err) => {
                     {
@@ -96,23 +101,20 @@ impl Runner {
                     continue;
                 }
             };
-            if !claimed.is_empty() {
+            // Claim again at once after starting something, or when a delivered entry was
+            // started or dropped; not when every delivered entry was held back (a paused level):
+            // that would loop without waiting.
+            if !claimed.is_empty() || held < delivered.len() {
                 self.spawn_executions(claimed, &shared, &slots, &finish_tx)
                     .await;
                 continue;
             }
-            // Nothing to start: no fresh entry, and the delivered ones (if any) were stale or
-            // belong to paused levels (held in `reclaimed` until resumed). Block on the streams
+            // Nothing to start: no fresh entry, and the delivered ones (if any) belong to paused
+            // levels (held in `reclaimed` until resumed). Block on the streams
             // of the levels not paused, so a paused level's entries neither wake this loop nor
             // get delivered; a resume takes effect within one `block`. Never cancel this wait
             // midway, or entries Redis already delivered to this consumer would be dropped.
-            let paused = match self.queue.paused(&mut conn).await {
-                Ok(paused) => paused,
-                Err(err) => {
-                    self.handle_loop_error("paused", err, &mut backoff).await;
-                    continue;
-                }
-            };
+            // (The paused levels are those the claim just saw: no extra round trip.)
             if paused.len() == Priority::all().count() {
                 tokio::select! {
                     () = tokio::time::sleep(self.settings.block) => {}
