@@ -11,6 +11,7 @@
 //! cargo xtask require docker|redis-server|prometheus|bench
 //! cargo xtask bench [--phases drain] ...           # benchmark a local system (just bench)
 //! cargo xtask bare-enqueue REDIS_URL LISTEN_ADDR   # the bench-only minimal enqueue server
+//! cargo xtask bare-consume REDIS_URL PREFIX NAME   # the bench-only bare batched consumer
 //! ```
 
 mod perf;
@@ -103,6 +104,16 @@ enum Command {
         /// Address to listen on, e.g. `127.0.0.1:8100`.
         listen_addr: String,
     },
+    /// The bench-only bare batched consumer the benchmark reads drains against: drains the
+    /// queue under PREFIX as CONSUMER until a read finds nothing, prints how many it finished.
+    BareConsume {
+        /// `redis://host:port` of the Redis to drain.
+        redis_url: String,
+        /// Key prefix of the queue.
+        prefix: String,
+        /// Consumer name in the group.
+        consumer: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -134,6 +145,11 @@ fn main() -> ExitCode {
             redis_url,
             listen_addr,
         } => bare_enqueue(&redis_url, &listen_addr),
+        Command::BareConsume {
+            redis_url,
+            prefix,
+            consumer,
+        } => bare_consume(&redis_url, &prefix, &consumer),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -154,6 +170,18 @@ fn bench(root: &Path, mut options: perf::Options) -> anyhow::Result<()> {
         options.bin_dir = tools::target_dir(root)?.join("release");
     }
     perf::bench(&options)
+}
+
+fn bare_consume(redis_url: &str, prefix: &str, consumer: &str) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let finished = runtime.block_on(perf::bare_consumer::drain(redis_url, prefix, consumer))?;
+    // Its own CPU time, for the bench's per-task figures (an exited process has none to read).
+    let cpu_s = testkit::process::cpu_seconds(std::process::id()).unwrap_or(0.0);
+    println!("{finished} {cpu_s}");
+    Ok(())
 }
 
 fn bare_enqueue(redis_url: &str, listen_addr: &str) -> anyhow::Result<()> {

@@ -22,6 +22,7 @@
 //! [`redis_benchmark`], [`bare`], [`script`], [`phases`] (the run itself) and [`report`].
 
 pub mod bare;
+pub mod bare_consumer;
 pub mod curves;
 pub mod open_loop;
 pub mod phases;

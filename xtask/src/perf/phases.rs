@@ -16,8 +16,8 @@ use crate::perf::open_loop::{self, FixedRate, quantile};
 use crate::perf::process::{MachineCpu, background_busy_percent, version_of};
 use crate::perf::redis_server::{CommandStat, Fsync, RedisProcess};
 use crate::perf::report::{
-    CpuUse, DrainResult, FixedRateMeasurement, LatencySummary, Machine, ModeReport, RecoveryResult,
-    Report, Versions, WrkMeasurement, targets,
+    BareDrainResult, CpuUse, DrainResult, FixedRateMeasurement, LatencySummary, Machine,
+    ModeReport, RecoveryResult, Report, Versions, WrkMeasurement, targets,
 };
 use crate::perf::script::{DESCRIPTION, enqueue_script_source, post_body};
 use crate::perf::wrk::{self, WrkLoad};
@@ -624,9 +624,92 @@ async fn wait_live_workers(
     }
 }
 
+/// The bare batched consumer ([`super::bare_consumer`]) drains the same tasks as the workers,
+/// from the same Redis: the ceiling each worker drain is read against, measured in the same run.
+async fn bare_drains(
+    ctx: &Ctx<'_>,
+    redis: &RedisProcess,
+    mode: &mut ModeReport,
+) -> anyhow::Result<()> {
+    let fsync = redis.fsync.as_str();
+    let queue = queue(PREFIX);
+    for &n in &ctx.options.drain_workers {
+        log_phase(&format!(
+            "drain of {} no-op tasks with {n} bare consumers ({fsync})",
+            ctx.options.drain_tasks
+        ));
+        redis.reset().await?;
+        let mut conn = redis.connect().await?;
+        queue.ensure_groups(&mut conn).await?;
+        let ids = bulk_enqueue(&queue, &conn, ctx.options.drain_tasks).await?;
+        ctx.wait_quiet();
+        redis.reset_stats().await?;
+        let before = snapshot(redis, &[], 0.0).await;
+        let url = redis.url();
+        let mut consumers = Vec::new();
+        for i in 0..n {
+            let name = format!("bare-{i}");
+            consumers.push(spawn(
+                "bare_consume",
+                &ctx.bins.xtask,
+                &["bare-consume", url.as_str(), PREFIX, name.as_str()],
+                &[],
+                ctx.dir.join(format!("bare-consume-{fsync}-{n}-{i}.log")),
+            )?);
+        }
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        let mut finished = 0u64;
+        let mut consumer_cpu_s = 0.0;
+        for consumer in &mut consumers {
+            let code = loop {
+                if let Some(code) = consumer.exited() {
+                    break code;
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "the bare consumers did not drain within {DRAIN_TIMEOUT:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            };
+            anyhow::ensure!(
+                code == 0,
+                "a bare consumer failed (exit {code}): {}",
+                consumer.log_text()
+            );
+            let text = consumer.log_text();
+            let mut fields = text.split_whitespace();
+            finished += fields
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            consumer_cpu_s += fields
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+        }
+        let mut after = snapshot(redis, &[], 0.0).await;
+        let drain_s = after.at.duration_since(before.at).as_secs_f64();
+        after.server = consumer_cpu_s;
+        anyhow::ensure!(
+            finished == ids.len() as u64,
+            "the bare consumers finished {finished} of {} tasks",
+            ids.len()
+        );
+        mode.bare_drain.push(BareDrainResult {
+            consumers: n,
+            tasks: finished,
+            drain_s,
+            rate_per_s: finished as f64 / drain_s,
+            cpu: cpu_use(&before, &after),
+        });
+    }
+    Ok(())
+}
+
 async fn drains(ctx: &Ctx<'_>, redis: &RedisProcess, mode: &mut ModeReport) -> anyhow::Result<()> {
     let fsync = redis.fsync.as_str();
     let queue = queue(PREFIX);
+    bare_drains(ctx, redis, mode).await?;
     for &concurrency in &ctx.options.drain_concurrency {
         for &n_workers in &ctx.options.drain_workers {
             log_phase(&format!(
@@ -926,6 +1009,7 @@ pub async fn run(options: &Options, command: String) -> anyhow::Result<Report> {
             post: Vec::new(),
             fixed_rate: Vec::new(),
             drain: Vec::new(),
+            bare_drain: Vec::new(),
             orchestrator_peak_rss_kib: 0,
         };
         if wants(Phase::Ceilings) {

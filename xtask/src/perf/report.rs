@@ -169,6 +169,33 @@ pub struct DrainResult {
     pub redis_commands: Vec<(String, u64, u64)>,
 }
 
+/// The worker's default `WORKER_CONCURRENCY`.
+pub const DEFAULT_CONCURRENCY: u32 = 16;
+
+/// One drain by the bare batched consumer (`cargo xtask bare-consume`): the same tasks, the
+/// same Redis, `consumers` processes.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct BareDrainResult {
+    /// Consumer processes.
+    pub consumers: usize,
+    /// Tasks drained.
+    pub tasks: u64,
+    /// From starting the consumers until the last exited (a read found nothing), seconds.
+    pub drain_s: f64,
+    /// `tasks / drain_s`.
+    pub rate_per_s: f64,
+    /// CPU accounting (server: all consumers, as they measured themselves).
+    pub cpu: CpuUse,
+}
+
+/// A worker drain's rate over the bare consumer's with as many processes, same mode, same run.
+pub fn bare_drain_ratio(mode: &ModeReport, drain: &DrainResult) -> Option<f64> {
+    mode.bare_drain
+        .iter()
+        .find(|b| b.consumers == drain.workers && b.rate_per_s > 0.0)
+        .map(|b| drain.rate_per_s / b.rate_per_s)
+}
+
 /// Everything measured against one Redis persistence mode.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ModeReport {
@@ -186,6 +213,9 @@ pub struct ModeReport {
     pub fixed_rate: Vec<FixedRateMeasurement>,
     /// No-op drains.
     pub drain: Vec<DrainResult>,
+    /// The same drains by the bare batched consumer, one per consumer count.
+    #[serde(default)]
+    pub bare_drain: Vec<BareDrainResult>,
     /// Orchestrator peak RSS over the whole mode, KiB.
     pub orchestrator_peak_rss_kib: u64,
 }
@@ -384,6 +414,25 @@ pub fn targets(report: &Report) -> Vec<TargetRow> {
                 tool: "bulk enqueue + stats polling".into(),
                 other_load_percent: Some(other_percent(&best.cpu)),
             });
+            if let Some(default) = two.iter().find(|d| d.concurrency == DEFAULT_CONCURRENCY)
+                && let Some(ratio) = bare_drain_ratio(mode, default)
+            {
+                rows.push(TargetRow {
+                    name: format!(
+                        "no-op drain, 2 workers, default settings, {fsync}: share of the bare consumer"
+                    ),
+                    target: "≥ 60 %".into(),
+                    measured: format!(
+                        "{:.0} % ({}/s of {}/s, same run)",
+                        100.0 * ratio,
+                        thousands(default.rate_per_s),
+                        thousands(default.rate_per_s / ratio)
+                    ),
+                    met: Some(ratio >= 0.6 && default.executions_logged >= default.tasks),
+                    tool: "bulk enqueue + stats polling; bare consumer processes".into(),
+                    other_load_percent: Some(other_percent(&default.cpu)),
+                });
+            }
         }
     }
     if !report.recovery.is_empty() {
@@ -648,13 +697,15 @@ pub fn render_markdown(report: &Report, kept: Option<&str>, curves_svg: &str) ->
             );
             let _ = writeln!(
                 md,
-                "| workers | `WORKER_CONCURRENCY` | tasks | drain time | rate | Redis-clock span | executions logged | worker peak RSS | worker CPU / task | Redis CPU / task | AOF rewrite CPU / task | other processes |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+                "| workers | `WORKER_CONCURRENCY` | tasks | drain time | rate | of the bare consumer | Redis-clock span | executions logged | worker peak RSS | worker CPU / task | Redis CPU / task | AOF rewrite CPU / task | other processes |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
             );
             for d in &mode.drain {
                 let (w, r, _) = d.cpu.per_op_us(d.tasks);
+                let ratio = bare_drain_ratio(mode, d)
+                    .map_or("–".to_owned(), |ratio| format!("{:.0} %", 100.0 * ratio));
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {:.2} s | {}/s | {:.2} s | {} | {:.1} MB | {:.1} µs | {:.1} µs | {:.1} µs | {:.0} % |",
+                    "| {} | {} | {} | {:.2} s | {}/s | {ratio} | {:.2} s | {} | {:.1} MB | {:.1} µs | {:.1} µs | {:.1} µs | {:.0} % |",
                     d.workers,
                     d.concurrency,
                     thousands(d.tasks as f64),
@@ -667,6 +718,32 @@ pub fn render_markdown(report: &Report, kept: Option<&str>, curves_svg: &str) ->
                     r,
                     d.cpu.redis_rewrite_s * 1e6 / d.tasks.max(1) as f64,
                     100.0 * d.cpu.other_s / (2.0 * d.cpu.wall_s.max(1e-9))
+                );
+            }
+            let _ = writeln!(md);
+        }
+        if !mode.bare_drain.is_empty() {
+            let _ = writeln!(
+                md,
+                "The same drains by the bare batched consumer (`cargo xtask bare-consume`: \
+                 `XREADGROUP COUNT {}` over the ten streams, one pipelined `HSET status running` \
+                 per task, then `HSET status succeeded` + `XACK` per task; no script, log line, \
+                 ownership check or lease), one process per worker:\n",
+                super::bare_consumer::COUNT
+            );
+            let _ = writeln!(
+                md,
+                "| consumers | tasks | drain time | rate | consumer CPU / task | Redis CPU / task |\n|---|---|---|---|---|---|"
+            );
+            for b in &mode.bare_drain {
+                let (c, r, _) = b.cpu.per_op_us(b.tasks);
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {:.2} s | {}/s | {c:.1} µs | {r:.1} µs |",
+                    b.consumers,
+                    thousands(b.tasks as f64),
+                    b.drain_s,
+                    thousands(b.rate_per_s),
                 );
             }
             let _ = writeln!(md);
