@@ -921,10 +921,10 @@ impl Queue {
                 .arg(&delivery.entry_id)
                 .arg(&delivery.task_id);
         }
-        type Started = Vec<(i64, String, String, String, u32, u32, i64)>;
         type Left = Vec<(i64, String, String, String)>;
         type Deferred = Vec<(i64, String, String)>;
-        let (rows, deferred, left, paused): (Started, Deferred, Left, Vec<i64>) =
+        // Started tasks come flat, seven values each (see claim.lua).
+        let (flat, deferred, left, paused): (Vec<redis::Value>, Deferred, Left, Vec<i64>) =
             invocation.invoke_async(conn).await?;
         for (priority, entry_id, task_id, version) in left {
             tracing::warn!(
@@ -937,25 +937,37 @@ impl Queue {
                  (upgrade the workers)"
             );
         }
-        let started = rows
-            .into_iter()
-            .map(
-                |(priority, entry_id, task_id, description, attempt, max_attempts, timeout_ms)| {
-                    Ok(ClaimedTask {
-                        delivery: Delivery {
-                            priority: priority_from_index(priority)?,
-                            entry_id,
-                            task_id,
-                        },
-                        description,
-                        attempt,
-                        max_attempts,
-                        // 0: none of its own (or unreadable: the worker's default applies)
-                        timeout: TaskTimeout::from_millis(timeout_ms).ok(),
-                    })
+        if flat.len() % 7 != 0 {
+            return Err(redis::RedisError::from((
+                ErrorKind::Parse,
+                "claim reply",
+                format!("{} values, not seven per task", flat.len()),
+            ))
+            .into());
+        }
+        type Row = (i64, String, String, String, u32, u32, i64);
+        let mut started = Vec::with_capacity(flat.len() / 7);
+        let mut values = flat.into_iter();
+        loop {
+            let row: Vec<redis::Value> = values.by_ref().take(7).collect();
+            if row.is_empty() {
+                break;
+            }
+            let (priority, entry_id, task_id, description, attempt, max_attempts, timeout_ms): Row =
+                redis::from_redis_value(redis::Value::Array(row)).map_err(RedisError::from)?;
+            started.push(ClaimedTask {
+                delivery: Delivery {
+                    priority: priority_from_index(priority)?,
+                    entry_id,
+                    task_id,
                 },
-            )
-            .collect::<Result<_, QueueError>>()?;
+                description,
+                attempt,
+                max_attempts,
+                // 0: none of its own (or unreadable: the worker's default applies)
+                timeout: TaskTimeout::from_millis(timeout_ms).ok(),
+            });
+        }
         Ok(Claim {
             started,
             deferred: deliveries_from_rows(deferred)?,

@@ -12,8 +12,10 @@
 -- A paused priority's fresh entries are not read, and its delivered entries whose task is still
 -- queued are not started (deferred, still pending for this consumer); a delivered entry whose
 -- task is running (taken over from a dead worker, or a lost reply) starts as usual.
--- Returns {started, deferred, left, paused}: {priority, entry id, task id, description, attempt, max
--- attempts, timeout ms (0: none)} per started task, {priority, entry id, task id} per deferred
+-- Returns {started, deferred, left, paused}: started is flat, seven values per started task
+-- (priority, entry id, task id, description, attempt, max attempts, timeout ms (0: none)): one
+-- table for the whole batch converts to the reply faster than one per task. {priority, entry
+-- id, task id} per deferred
 -- entry, {priority, entry id, task id, layout version} per entry left pending because a newer
 -- release wrote its record, and the paused priorities.
 local group, consumer, prefix = ARGV[1], ARGV[2], ARGV[3]
@@ -22,7 +24,29 @@ local retention = tonumber(ARGV[5])
 local run = ARGV[6]
 local mode = ARGV[7]
 local now = now_ms()
+-- Numbers handed to redis.call are formatted with %.17g on every call: convert once.
+local now_s = tostring(now)
+local attempt_strings = {}
+local function attempt_string(n)
+  local s = attempt_strings[n]
+  if not s then
+    s = tostring(n)
+    attempt_strings[n] = s
+  end
+  return s
+end
 local out = {}
+local n_out = 0
+local function started(p, entry, task_id, description, attempts, max_attempts, timeout_ms)
+  out[n_out + 1] = p
+  out[n_out + 2] = entry
+  out[n_out + 3] = task_id
+  out[n_out + 4] = description
+  out[n_out + 5] = attempts
+  out[n_out + 6] = max_attempts
+  out[n_out + 7] = tonumber(timeout_ms) or 0
+  n_out = n_out + 7
+end
 local left = {}
 local ours = tonumber(RECORD_VERSION)
 local paused = {}
@@ -93,8 +117,8 @@ local function start(p, entry, task_id, delivered)
     -- handed in again: the first claim's reply was lost, so its execution never started. Same
     -- attempt; attempts count executions that started. (A restarted process has another run id:
     -- its predecessor's execution may have started, so that one counts.)
-    redis.call('HSET', key, 'started_at', now)
-    out[#out + 1] = {p, entry, task_id, f[4], attempts, max_attempts, tonumber(f[9]) or 0}
+    redis.call('HSET', key, 'started_at', now_s)
+    started(p, entry, task_id, f[4], attempts, max_attempts, f[9])
     return true
   end
   if attempts >= max_attempts then
@@ -109,9 +133,9 @@ local function start(p, entry, task_id, delivered)
     return
   end
   attempts = attempts + 1
-  redis.call('HSET', key, 'status', 'running', 'attempts', attempts, 'started_at', now,
-    'worker', consumer, 'stream_id', entry, 'run', run)
-  out[#out + 1] = {p, entry, task_id, f[4], attempts, max_attempts, tonumber(f[9]) or 0}
+  redis.call('HSET', key, 'status', 'running', 'attempts', attempt_string(attempts), 'started_at',
+    now_s, 'worker', consumer, 'stream_id', entry, 'run', run)
+  started(p, entry, task_id, f[4], attempts, max_attempts, f[9])
   return true
 end
 

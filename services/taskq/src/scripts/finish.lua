@@ -10,7 +10,10 @@
 -- Returns, per execution, 'ok', 'stale' (another execution owns the task now) or 'missing'.
 local group, consumer, prefix = ARGV[1], ARGV[2], ARGV[3]
 local retention = tonumber(ARGV[4])
+local retention_s = ARGV[4]
 local now = now_ms()
+-- Numbers handed to redis.call are formatted with %.17g on every call: convert once.
+local now_s = tostring(now)
 local retry_at = retry_now(KEYS[13])
 -- Ids of the tasks this call saw succeed, indexed for listing in one entry at the end.
 local succeeded = {}
@@ -27,6 +30,19 @@ local function ack(p, entry)
   entries[#entries + 1] = entry
 end
 
+-- Records a success of the task at `key` whose record read `f` (status, worker, attempts, lost).
+local function succeed(key, task_id, f, lost, payload)
+  redis.call('HSET', key, 'status', 'succeeded', 'finished_at', now_s, 'result', payload)
+  succeeded[#succeeded + 1] = task_id
+  -- Only a retrying task can be in the retry schedule (a late success of a lost execution).
+  if f[1] == 'retrying' then redis.call('ZREM', KEYS[1], task_id) end
+  if lost then
+    redis.call('XDEL', KEYS[2], f[4])
+    redis.call('HSET', key, 'lost', '')
+  end
+  if retention > 0 then redis.call('EXPIRE', key, retention_s) end
+end
+
 local function finish(p, entry, task_id, attempt, outcome, payload, delay)
   local key = prefix .. task_id
   local f = redis.call('HMGET', key, 'status', 'worker', 'attempts', 'lost')
@@ -40,24 +56,12 @@ local function finish(p, entry, task_id, attempt, outcome, payload, delay)
   -- Whether a success may still be recorded: the task is not final, or its verdict is 'lost'.
   local open = lost or not is_final(f[1])
 
-  local function succeed()
-    redis.call('HSET', key, 'status', 'succeeded', 'finished_at', now, 'result', payload)
-    succeeded[#succeeded + 1] = task_id
-    -- Only a retrying task can be in the retry schedule (a late success of a lost execution).
-    if f[1] == 'retrying' then redis.call('ZREM', KEYS[1], task_id) end
-    if lost then
-      redis.call('XDEL', KEYS[2], f[4])
-      redis.call('HSET', key, 'lost', '')
-    end
-    if retention > 0 then redis.call('EXPIRE', key, retention) end
-  end
-
   local owner = f[2] == consumer and f[3] == attempt
   if not owner then
     -- This execution was presumed lost and the task handed to another worker, whose stream
     -- entry must stay pending until that worker finishes. A late success is still worth keeping.
     if outcome == 'succeeded' and open then
-      succeed()
+      succeed(key, task_id, f, lost, payload)
     end
     return 'stale'
   end
@@ -65,7 +69,7 @@ local function finish(p, entry, task_id, attempt, outcome, payload, delay)
   ack(p, entry)
   if outcome == 'succeeded' and lost then
     -- the owner's own success after its execution was presumed lost: the same rule as above
-    succeed()
+    succeed(key, task_id, f, lost, payload)
     return 'ok'
   end
   if f[1] ~= 'running' then
@@ -74,7 +78,7 @@ local function finish(p, entry, task_id, attempt, outcome, payload, delay)
     return 'stale'
   end
   if outcome == 'succeeded' then
-    succeed()
+    succeed(key, task_id, f, lost, payload)
   elseif outcome == 'retrying' then
     redis.call('HSET', key, 'status', 'retrying', 'error', payload)
     redis.call('ZADD', KEYS[1], retry_at + tonumber(delay), task_id)
@@ -85,9 +89,9 @@ local function finish(p, entry, task_id, attempt, outcome, payload, delay)
       math.max((tonumber(attempt) or 1) - 1, 0))
     redis.call('ZADD', KEYS[1], retry_at, task_id)
   else
-    redis.call('HSET', key, 'status', 'dead', 'finished_at', now, 'error', payload)
+    redis.call('HSET', key, 'status', 'dead', 'finished_at', now_s, 'error', payload)
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 't', task_id, 'error', payload)
-    if retention > 0 then redis.call('EXPIRE', key, retention) end
+    if retention > 0 then redis.call('EXPIRE', key, retention_s) end
   end
   return 'ok'
 end

@@ -67,6 +67,7 @@ impl Runner {
                 }
                 continue;
             }
+            let free = coalesce_free_slots(&slots, self.settings.concurrency, free).await;
             // Every entry waiting here competes with fresh ones for the free slots, strictly
             // most urgent first: a taken-over urgent task starts before less urgent new work, and
             // a taken-over less urgent one waits behind more urgent new work.
@@ -185,5 +186,70 @@ impl Runner {
                 shared.interrupt.clone(),
             ));
         }
+    }
+}
+
+/// Longest a claim waits for more slots to free up ([`coalesce_free_slots`]).
+pub(super) const CLAIM_LINGER: Duration = Duration::from_millis(1);
+
+/// Free slots worth a claim without waiting for more: past this, a bigger batch saves little
+/// (the fixed cost of a claim is shared by this many tasks already).
+pub(super) const CLAIM_BATCH: usize = 64;
+
+/// Lets executions that are finishing right now release their slots before a claim, so one claim
+/// starts many tasks instead of one per freed slot: with fewer than `concurrency` (at most
+/// [`CLAIM_BATCH`]) slots free, waits until that many are, or [`CLAIM_LINGER`] at most. Short
+/// tasks are then claimed in batches, each claim's round trip and fixed cost (about 40 µs of
+/// Redis time: the script call, its clock and pause reads, one read per priority level up to the
+/// first with entries) shared by the batch; long ones keep a freed slot idle for the linger at
+/// most (1 ms, or up to the timer's next tick), and an idle worker (every slot free) never waits.
+pub(super) async fn coalesce_free_slots(
+    slots: &Semaphore,
+    concurrency: usize,
+    free: usize,
+) -> usize {
+    let batch = concurrency.min(CLAIM_BATCH);
+    if free >= batch {
+        return free;
+    }
+    let batch = u32::try_from(batch).unwrap_or(u32::MAX);
+    // The permits are given back at once: the claim takes what is free when it runs.
+    let _ = tokio::time::timeout(CLAIM_LINGER, slots.acquire_many(batch)).await;
+    slots.available_permits()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_claim_waits_for_slots_that_free_up_at_once() {
+        let slots = Arc::new(Semaphore::new(16));
+        let held = Arc::clone(&slots).acquire_many_owned(10).await.unwrap();
+        // The executions holding these end right away (as no-op tasks do).
+        tokio::spawn(async move { drop(held) });
+        assert_eq!(coalesce_free_slots(&slots, 16, 6).await, 16);
+    }
+
+    #[tokio::test]
+    async fn a_claim_waits_at_most_the_linger_for_slots_held_longer() {
+        let slots = Arc::new(Semaphore::new(16));
+        let _held = Arc::clone(&slots).acquire_many_owned(10).await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert_eq!(coalesce_free_slots(&slots, 16, 6).await, 6);
+        // bounded by the linger (plus the timer's tick), not by the held slots
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // and the permits it waited for are all given back
+        assert_eq!(slots.available_permits(), 6);
+    }
+
+    #[tokio::test]
+    async fn an_idle_worker_or_a_full_batch_claims_at_once() {
+        let slots = Semaphore::new(1000);
+        assert_eq!(coalesce_free_slots(&slots, 1000, 1000).await, 1000);
+        assert_eq!(
+            coalesce_free_slots(&slots, 1000, CLAIM_BATCH).await,
+            CLAIM_BATCH
+        );
     }
 }
