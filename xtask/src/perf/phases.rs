@@ -12,6 +12,7 @@ use taskq::queue::Queue;
 use taskq::{Description, EnqueueOutcome, Keys, Priority, QueueConfig, TaskId};
 use testkit::{Log, Process, try_free_port};
 
+use crate::perf::bare::BARE_PREFIX;
 use crate::perf::open_loop::{self, FixedRate, quantile};
 use crate::perf::process::{MachineCpu, background_busy_percent, version_of};
 use crate::perf::redis_server::{CommandStat, Fsync, RedisProcess};
@@ -602,6 +603,79 @@ async fn fixed_rates(
     Ok(())
 }
 
+/// The bare enqueue server at the highest fixed rate, with two workers consuming its tasks (its
+/// own key prefix): the same load on Redis from the workers, only the HTTP server differs. What
+/// the bare server shows at that rate is Redis's (and the machine's), not the orchestrator's.
+async fn bare_fixed_rate(
+    ctx: &Ctx<'_>,
+    redis: &RedisProcess,
+    mode: &mut ModeReport,
+) -> anyhow::Result<()> {
+    let Some(&rate) = ctx.options.fixed_rates.iter().max() else {
+        return Ok(());
+    };
+    let fsync = redis.fsync.as_str();
+    log_phase(&format!(
+        "bare enqueue server at a fixed {rate}/s ({fsync})"
+    ));
+    redis.reset().await?;
+    let port = try_free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let mut bare = spawn(
+        "bare_enqueue",
+        &ctx.bins.xtask,
+        &["bare-enqueue", redis.url().as_str(), listen.as_str()],
+        &[],
+        ctx.dir.join(format!("bare-fixed-{fsync}.log")),
+    )?;
+    let url = format!("http://{listen}/tasks");
+    wait_http(&url, &mut bare, Duration::from_secs(10)).await?;
+    let queue = queue(BARE_PREFIX);
+    let mut conn = redis.connect().await?;
+    queue.ensure_groups(&mut conn).await?;
+    let mut workers = Vec::new();
+    for i in 0..2 {
+        workers.push(ctx.start_worker(
+            redis,
+            BARE_PREFIX,
+            &format!("bench-{fsync}-bare-fixed{rate}-{i}"),
+            0,
+            None,
+        )?);
+    }
+    wait_live_workers(&queue, &mut conn, 2).await?;
+    let load = FixedRate {
+        url,
+        body: post_body(),
+        rate_per_s: rate,
+        warmup: WARMUP,
+        duration: ctx.options.duration,
+    };
+    let servers: Vec<&Process> = std::iter::once(&bare).chain(workers.iter()).collect();
+    ctx.wait_quiet();
+    redis.reset_latency().await?;
+    let before = snapshot(redis, &servers, self_cpu()).await;
+    let http = tokio::task::spawn_blocking(move || open_loop::run(&load)).await??;
+    let after = snapshot(redis, &servers, self_cpu()).await;
+    let redis_stalls = redis.latency_events().await?;
+    wait_drained(&queue, &mut conn, Duration::from_millis(50), DRAIN_TIMEOUT).await?;
+    mode.bare_fixed_rate.push(FixedRateMeasurement {
+        workers: workers.len(),
+        enqueue_to_start: None,
+        send_to_start: None,
+        answer_to_start: None,
+        cpu: cpu_use(&before, &after),
+        redis_stalls,
+        http,
+    });
+    for worker in &mut workers {
+        let _ = worker.stop(Duration::from_secs(10));
+    }
+    let _ = bare.stop(Duration::from_secs(5));
+    redis.reset().await?;
+    Ok(())
+}
+
 async fn wait_live_workers(
     queue: &Queue,
     conn: &mut MultiplexedConnection,
@@ -1010,6 +1084,7 @@ pub async fn run(options: &Options, command: String) -> anyhow::Result<Report> {
             fixed_rate: Vec::new(),
             drain: Vec::new(),
             bare_drain: Vec::new(),
+            bare_fixed_rate: Vec::new(),
             orchestrator_peak_rss_kib: 0,
         };
         if wants(Phase::Ceilings) {
@@ -1045,6 +1120,7 @@ pub async fn run(options: &Options, command: String) -> anyhow::Result<Report> {
             }
             if wants(Phase::Fixed) {
                 fixed_rates(&ctx, &redis, &orchestrator, &base, &mut mode).await?;
+                bare_fixed_rate(&ctx, &redis, &mut mode).await?;
             }
             mode.orchestrator_peak_rss_kib = orchestrator.peak_rss_kib().unwrap_or(0);
             let _ = orchestrator.stop(Duration::from_secs(10));
