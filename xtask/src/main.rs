@@ -16,6 +16,11 @@
 
 mod perf;
 
+/// The services' allocator (mimalloc), so the bench's bare server and bare consumer, which run
+/// from this binary, are read against the same allocator as the orchestrator and the workers.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

@@ -16,6 +16,7 @@
 pub mod clock;
 pub mod event;
 pub mod keys;
+pub mod log_buffer;
 pub mod model;
 pub mod queue;
 pub mod support;

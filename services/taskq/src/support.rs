@@ -224,15 +224,30 @@ pub enum LogFormat {
     Text,
 }
 
+/// [`init_tracing`] with lines written in batches ([`crate::log_buffer`]): the worker's, whose
+/// finisher flushes them before each batch of outcomes.
+pub fn init_tracing_buffered(format: LogFormat) {
+    init_tracing_to(format, crate::log_buffer::BufferedStdout::start());
+}
+
 /// Installs the global tracing subscriber: `RUST_LOG` filter (default `info`), format as asked.
 pub fn init_tracing(format: LogFormat) {
+    init_tracing_to(format, std::io::stdout);
+}
+
+fn init_tracing_to<W>(format: LogFormat, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     // try_init: a test may have installed a subscriber already.
     let _ = if json {
         builder

@@ -4,17 +4,23 @@ use std::process::ExitCode;
 
 use worker::config::{Command, Config};
 
+/// mimalloc instead of glibc's malloc, as in the orchestrator: in the no-op drain profile glibc's
+/// malloc and free were about a tenth of the worker's CPU (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let (config, deprecated) = Config::load();
     let result = match config.command {
         Some(Command::Healthcheck) => healthcheck::check(config.metrics_addr.port()).await,
         None => {
-            taskq::support::init_tracing(config.redis.log_format);
+            taskq::support::init_tracing_buffered(config.redis.log_format);
             taskq::support::warn_deprecated(&deprecated);
             worker::startup::run_until_stopped(config).await
         }
     };
+    taskq::log_buffer::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

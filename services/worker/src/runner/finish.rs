@@ -69,6 +69,8 @@ impl Runner {
                 }
             }
             tries.resize(batch.len(), Tries::default());
+            // The executions' `task_executed` lines go out before their outcomes are recorded.
+            taskq::log_buffer::flush();
 
             match self
                 .queue
