@@ -61,6 +61,8 @@ end
 -- write and lets later writes through, so the first write (XADD) is the only one that can be
 -- refused, and nothing is written before it.
 local now = now_ms()
+-- Numbers handed to redis.call are formatted with %.17g on every call: convert once.
+local now_s = tostring(now)
 local due = 0
 if ARGV[11] == 'delay' then
   due = now + tonumber(ARGV[12])
@@ -81,16 +83,16 @@ if due > now then
   -- Scheduled: the record and the scheduled set, no stream entry until it is due (promote.lua).
   -- The HSET is the first write, so a refusal leaves nothing written. Not counted as waiting.
   redis.call('HSET', KEYS[1], 'v', ARGV[6], 'id', ARGV[1], 'description', ARGV[2],
-    'priority', ARGV[3], 'status', 'scheduled', 'attempts', 0, 'max_attempts', ARGV[4],
-    'created_at', now, 'run_at', due)
+    'priority', ARGV[3], 'status', 'scheduled', 'attempts', '0', 'max_attempts', ARGV[4],
+    'created_at', now_s, 'run_at', tostring(due))
   redis.call('ZADD', KEYS[14], due, ARGV[1])
   write_extras()
   return {1, ARGV[1], now, due}
 end
 local entry = redis.call('XADD', KEYS[2], '*', 't', ARGV[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[6], 'id', ARGV[1], 'description', ARGV[2],
-  'priority', ARGV[3], 'status', 'queued', 'attempts', 0, 'max_attempts', ARGV[4],
-  'created_at', now, 'stream_id', entry)
+  'priority', ARGV[3], 'status', 'queued', 'attempts', '0', 'max_attempts', ARGV[4],
+  'created_at', now_s, 'stream_id', entry)
 write_extras()
 -- after the first write (XADD), so a refusal still leaves nothing written
 if counted == 'cached' then
