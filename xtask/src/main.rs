@@ -16,8 +16,8 @@
 
 mod perf;
 
-/// The services' allocator (mimalloc), so the bench's bare server and bare consumer, which run
-/// from this binary, are read against the same allocator as the orchestrator and the workers.
+/// The orchestrator's allocator (mimalloc), so the bench's bare server, which runs from this
+/// binary, is read against the same allocator as the orchestrator.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -4,11 +4,6 @@ use std::process::ExitCode;
 
 use worker::config::{Command, Config};
 
-/// mimalloc instead of glibc's malloc, as in the orchestrator: in the no-op drain profile glibc's
-/// malloc and free were about a tenth of the worker's CPU (docs/benchmarks.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let (config, deprecated) = Config::load();
