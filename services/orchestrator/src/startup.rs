@@ -13,7 +13,7 @@ use axum::{BoxError, Router, middleware};
 use metrics_exporter_prometheus::PrometheusHandle;
 use redis::aio::ConnectionManager;
 use secrecy::ExposeSecret;
-use taskq::queue::Queue;
+use taskq::Partitions;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -40,8 +40,8 @@ impl std::ops::Deref for AppState {
 
 /// The fields of [`AppState`]. The Redis connection is multiplexed: one for all requests.
 pub struct SharedState {
-    /// The queue protocol.
-    pub queue: Queue,
+    /// The queue protocol, one [`taskq::queue::Queue`] per partition (`QUEUE_PARTITIONS`).
+    pub queue: Partitions,
     /// One multiplexed, self-reconnecting connection shared by all requests.
     pub redis: ConnectionManager,
     /// Longest wait for one Redis call.
@@ -63,7 +63,7 @@ impl AppState {
     /// API starts (and answers 503) while Redis is down.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         Ok(Self(Arc::new(SharedState {
-            queue: Queue::new(config.queue_config()),
+            queue: Partitions::new(config.queue_config(), config.redis.queue_partitions),
             redis: config.redis.settings().connection_manager()?,
             redis_timeout: config.redis.redis_timeout,
             worker_dead_after: config.liveness.worker_dead_after,

@@ -1577,3 +1577,83 @@ async fn the_dashboard_is_one_self_contained_page_that_holds_no_data() {
         .unwrap();
     assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[tokio::test]
+async fn a_partitioned_queue_serves_every_route_through_the_task_id() {
+    let redis = RedisServer::start();
+    let router = router_with(&redis.url(), |config| config.redis.queue_partitions = 3);
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let created = send(&router, post_json(format!(r#"{{"description":"t{i}"}}"#))).await;
+        assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+        ids.push(created.body["id"].as_str().expect("id").to_owned());
+    }
+    // spread over the three partitions, each found again by its id alone
+    let partitions: std::collections::HashSet<u16> = ids
+        .iter()
+        .map(|id| taskq::TaskId::parse(id).expect("a task id").partition(3))
+        .collect();
+    assert_eq!(partitions.len(), 3, "{ids:?}");
+    for id in &ids {
+        let got = send(&router, get(&format!("/tasks/{id}"))).await;
+        assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
+        assert_eq!(got.body["id"], id.as_str());
+    }
+
+    // a replay finds the first task, whichever partition the key hashes to
+    let keyed = || {
+        let mut request = post_json(r#"{"description":"once"}"#);
+        request
+            .headers_mut()
+            .insert("idempotency-key", "order-17".parse().expect("header"));
+        request
+    };
+    let first = send(&router, keyed()).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    for _ in 0..4 {
+        let again = send(&router, keyed()).await;
+        assert_eq!(again.status, StatusCode::OK, "{:?}", again.body);
+        assert_eq!(again.body["id"], first.body["id"]);
+    }
+
+    // cancel and retry reach the task's partition
+    let cancelled = send(&router, delete(&format!("/tasks/{}", ids[1]))).await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
+    let retried = send(&router, post(&format!("/tasks/{}/retry", ids[1]))).await;
+    assert_eq!(retried.status, StatusCode::OK, "{:?}", retried.body);
+
+    let stats = send(&router, get("/stats")).await;
+    assert_eq!(stats.body["queued_total"], 7, "{:?}", stats.body);
+
+    // the listing walks every partition, each task once
+    let mut listed = Vec::new();
+    let mut uri = "/tasks?status=queued&limit=2".to_owned();
+    for _ in 0..20 {
+        let page = send(&router, get(&uri)).await;
+        assert_eq!(page.status, StatusCode::OK, "{:?}", page.body);
+        for task in page.body["tasks"].as_array().expect("tasks") {
+            listed.push(task["id"].as_str().expect("id").to_owned());
+        }
+        match page.body["next_cursor"].as_str() {
+            Some(cursor) => uri = format!("/tasks?status=queued&limit=2&cursor={}", encode(cursor)),
+            None => break,
+        }
+    }
+    listed.sort();
+    let mut expected = ids.clone();
+    expected.push(first.body["id"].as_str().expect("id").to_owned());
+    expected.sort();
+    assert_eq!(listed, expected);
+    // a cursor into a partition this queue does not have is the client's mistake
+    assert_error(
+        &send(&router, get("/tasks?status=queued&cursor=3~")).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+
+    // a pause holds in every partition
+    let paused = send(&router, post("/priorities/5/pause")).await;
+    assert_eq!(paused.status, StatusCode::OK, "{:?}", paused.body);
+    let stats = send(&router, get("/stats")).await;
+    assert_eq!(stats.body["paused"], json!([5]), "{:?}", stats.body);
+}

@@ -10,10 +10,36 @@ use crate::model::{Priority, Status, TaskId};
 /// The consumer group every worker joins, on every priority stream.
 pub const CONSUMER_GROUP: &str = "workers";
 
-/// Key names under one prefix (default `agent`).
+/// The number of hash slots of a Redis Cluster: a key's slot is the CRC16 (XMODEM) of its hash
+/// tag (the part between the first `{` and the next `}`) modulo this.
+pub const CLUSTER_SLOTS: u16 = 16_384;
+
+/// Most partitions a queue can be split into ([`Keys::for_partition`]).
+pub const MAX_PARTITIONS: u16 = 256;
+
+/// Which of a queue's partitions, out of how many. Every partition is a complete queue (its
+/// streams, schedules, dead letters, worker registry, task hashes and idempotency keys); a
+/// task lives in one, named by its id ([`TaskId::partition`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Partition {
+    /// 0-based.
+    pub index: u16,
+    /// How many partitions the queue has (1 ..= [`MAX_PARTITIONS`]).
+    pub count: u16,
+}
+
+impl Partition {
+    /// The only partition of an unpartitioned queue.
+    pub const SOLE: Self = Self { index: 0, count: 1 };
+}
+
+/// Key names under one prefix (default `agent`), for one partition of the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
+    /// What every key starts with: the prefix, and for a hash-tagged partition `:{tag}`.
+    base: String,
+    partition: Partition,
 }
 
 impl Default for Keys {
@@ -23,16 +49,43 @@ impl Default for Keys {
 }
 
 impl Keys {
-    /// Keys under `prefix`; `agent:task:{id}`, `agent:stream:p1`, ...
+    /// Keys of an unpartitioned queue under `prefix`; `agent:task:{id}`, `agent:stream:p1`, ...
     pub fn new(prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
         Self {
-            prefix: prefix.into(),
+            base: prefix.clone(),
+            prefix,
+            partition: Partition::SOLE,
+        }
+    }
+
+    /// Keys of one partition of a queue split into `partition.count`. With one partition these
+    /// are [`Keys::new`]'s, unchanged; with more, every key of partition `i` carries the same
+    /// hash tag after the prefix (`agent:{p1.7}:stream:p1`), so each partition lives in one
+    /// Redis Cluster hash slot and its scripts touch that slot only. The tag is chosen so that
+    /// partition `i` of `n` hashes into the `i`-th of `n` equal ranges of the slots: split
+    /// evenly over a cluster whose primaries own equal slot ranges in order (what
+    /// `redis-cli --cluster create` assigns), `n` partitions over `n` primaries put one on each.
+    pub fn for_partition(prefix: impl Into<String>, partition: Partition) -> Self {
+        if partition.count <= 1 {
+            return Self::new(prefix);
+        }
+        let prefix = prefix.into();
+        Self {
+            base: format!("{prefix}:{{{}}}", partition_tag(partition)),
+            prefix,
+            partition,
         }
     }
 
     /// The prefix all keys share.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// Which partition these keys name.
+    pub fn partition(&self) -> Partition {
+        self.partition
     }
 
     /// Hash holding one task record.
@@ -42,12 +95,12 @@ impl Keys {
 
     /// The part of [`Keys::task`] before the id; scripts append ids to it.
     pub fn task_prefix(&self) -> String {
-        format!("{}:task:", self.prefix)
+        format!("{}:task:", self.base)
     }
 
     /// Stream of queued task ids for one priority level.
     pub fn stream(&self, priority: Priority) -> String {
-        format!("{}:stream:p{}", self.prefix, priority.get())
+        format!("{}:stream:p{}", self.base, priority.get())
     }
 
     /// All priority streams, most urgent (priority 1) first.
@@ -58,10 +111,7 @@ impl Keys {
     /// String mapping one caller's `Idempotency-Key` to the task it created and the digest of
     /// the request that created it: `{prefix}:idempotency:{scope}:{key}`.
     pub fn idempotency(&self, scope: &IdempotencyScope, idempotency_key: &str) -> String {
-        format!(
-            "{}:idempotency:{}:{}",
-            self.prefix, scope.0, idempotency_key
-        )
+        format!("{}:idempotency:{}:{}", self.base, scope.0, idempotency_key)
     }
 
     /// Where an `Idempotency-Key` was stored before keys were scoped to their caller
@@ -69,69 +119,94 @@ impl Keys {
     /// [`IdempotencyScope::open`], whose one caller wrote them: these records expire
     /// `IDEMPOTENCY_TTL` after the upgrade, and then this lookup can go.
     pub fn legacy_idempotency(&self, idempotency_key: &str) -> String {
-        format!("{}:idem:{}", self.prefix, idempotency_key)
+        format!("{}:idem:{}", self.base, idempotency_key)
     }
 
     /// Sorted set of task ids waiting for a retry, scored by due time (ms since the epoch).
     pub fn retry_schedule(&self) -> String {
-        format!("{}:retry", self.prefix)
+        format!("{}:retry", self.base)
     }
 
     /// Sorted set of scheduled task ids (`delay_ms`, `run_at`), scored by due time (ms since the
     /// epoch). Apart from the retry schedule, so a worker that predates scheduling never sees
     /// (and never drops) them.
     pub fn scheduled(&self) -> String {
-        format!("{}:scheduled", self.prefix)
+        format!("{}:scheduled", self.base)
     }
 
     /// Hash of the retry clock: `skew` (ms added to Redis's `TIME` for the retry schedule, the sum
     /// of the backward jumps of Redis's clock) and `seen` (the latest retry-clock time a
     /// promotion saw, kept to within a second). See `scripts/promote.lua`.
     pub fn clock(&self) -> String {
-        format!("{}:clock", self.prefix)
+        format!("{}:clock", self.base)
     }
 
     /// Stream of dead-lettered tasks (id and last error).
     pub fn dead_letter(&self) -> String {
-        format!("{}:dead", self.prefix)
+        format!("{}:dead", self.base)
     }
 
     /// Stream indexing the finished tasks of one final status (`succeeded`, `cancelled`; dead
     /// ones are in [`Keys::dead_letter`]) for listing, newest last: field `t` holds the ids of
     /// one state change (a finish batch), comma-separated. Trimmed to the task retention.
     pub fn finished(&self, status: Status) -> String {
-        format!("{}:finished:{}", self.prefix, status.as_str())
+        format!("{}:finished:{}", self.base, status.as_str())
     }
 
     /// Hash of cumulative counts of finished tasks per final status (`succeeded`, `cancelled`),
     /// since the key was created: throughput is their rate of change.
     pub fn finished_counts(&self) -> String {
-        format!("{}:finished:counts", self.prefix)
+        format!("{}:finished:counts", self.base)
     }
 
     /// Set of the paused priority levels (`1`..`10`): their queued tasks are not started.
     pub fn paused(&self) -> String {
-        format!("{}:paused", self.prefix)
+        format!("{}:paused", self.base)
     }
 
     /// Sorted set of worker ids scored by their last heartbeat (ms since the epoch).
     pub fn workers(&self) -> String {
-        format!("{}:workers", self.prefix)
+        format!("{}:workers", self.base)
     }
 
     /// Hash of the orphan sweep's cursor per priority stream (field `1`..`10`: the entry id the
     /// next `XAUTOCLAIM` starts at), shared by every worker so the sweep covers each stream's
     /// whole pending list in turn.
     pub fn sweep_cursor(&self) -> String {
-        format!("{}:sweep", self.prefix)
+        format!("{}:sweep", self.base)
     }
 
     /// The backpressure check's count of waiting tasks (a string, expiring after
     /// [`crate::queue::WAITING_COUNT_TTL_MS`]): the sum of the streams' lengths when it was
     /// taken, plus every enqueue since, so `MAX_QUEUED` costs ten `XLEN`s only once per period.
     pub fn waiting_count(&self) -> String {
-        format!("{}:waiting", self.prefix)
+        format!("{}:waiting", self.base)
     }
+}
+
+/// The hash slot of a key in a Redis Cluster.
+pub fn cluster_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &bytes[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(bytes)) % CLUSTER_SLOTS
+}
+
+/// The hash tag of a partition: `p{index}.{k}` for the first `k` whose slot falls in the
+/// partition's share of the slots (found within a few thousand tries even for
+/// [`MAX_PARTITIONS`]; the same on every process, so every service agrees on it).
+fn partition_tag(partition: Partition) -> String {
+    let count = u32::from(partition.count.clamp(1, MAX_PARTITIONS));
+    let index = u32::from(partition.index) % count;
+    let slots = u32::from(CLUSTER_SLOTS);
+    let range = (index * slots / count)..((index + 1) * slots / count);
+    (0u32..)
+        .map(|k| format!("p{index}.{k}"))
+        .find(|tag| range.contains(&u32::from(cluster_slot(&format!("{{{tag}}}")))))
+        .expect("every range of 16 slots or more is hit")
 }
 
 /// Whose `Idempotency-Key`s: the same key sent by two callers names two tasks.

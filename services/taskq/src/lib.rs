@@ -10,6 +10,8 @@
 //! - [`queue`]: the protocol itself: enqueue, claim, finish (ack, retry, dead-letter), cancel,
 //!   retry promotion, reclaim from dead workers, heartbeats and stats. Every state change is one
 //!   Lua script, so it is atomic and costs one round trip.
+//! - [`partitions`]: the queue split into `QUEUE_PARTITIONS` partitions, each a complete queue
+//!   under its own hash tag, and the routing of a task to its partition.
 //! - [`event`]: the structured log events other programs read back, such as the worker's
 //!   [`event::TaskExecuted`] line, and the execution [`event::Outcome`] vocabulary.
 
@@ -18,14 +20,16 @@ pub mod event;
 pub mod keys;
 pub mod log_buffer;
 pub mod model;
+pub mod partitions;
 pub mod queue;
 pub mod support;
 
 pub use event::{Outcome, TaskExecuted};
-pub use keys::{IdempotencyScope, Keys};
+pub use keys::{IdempotencyScope, Keys, Partition};
 pub use model::{
     Description, Priority, Schedule, Status, TaskId, TaskRecord, TaskTimeout, ValidationError,
 };
+pub use partitions::Partitions;
 pub use queue::{
     ClaimedTask, EnqueueOutcome, ExecutionOutcome, Finish, FinishResult, MAX_ERROR_BYTES,
     MAX_RESULT_BYTES, NewTask, QueueConfig, QueueError, Stats,

@@ -60,6 +60,23 @@ impl TaskId {
         Self(Uuid::now_v7())
     }
 
+    /// A fresh, time-ordered id of a task in partition `index` of a partitioned queue: the
+    /// index is written in the id's last two bytes (random in [`TaskId::new`]'s ids), so any
+    /// service can route a request for the task to its partition without a lookup. The id stays
+    /// a UUIDv7 with 58 random bits.
+    pub fn new_in_partition(index: u16) -> Self {
+        let mut bytes = *Uuid::now_v7().as_bytes();
+        bytes[14..].copy_from_slice(&index.to_be_bytes());
+        Self(Uuid::from_bytes(bytes))
+    }
+
+    /// The partition of a queue split into `count` that holds this task: the index written by
+    /// [`TaskId::new_in_partition`] (0 for every id when `count` is 1).
+    pub fn partition(&self, count: u16) -> u16 {
+        let bytes = self.0.as_bytes();
+        u16::from_be_bytes([bytes[14], bytes[15]]) % count.max(1)
+    }
+
     /// Parses a client-supplied id.
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
         Uuid::parse_str(raw)

@@ -672,8 +672,11 @@ impl Queue {
             schedule,
         } = task;
         let (priority, timeout, schedule) = (*priority, *timeout, *schedule);
-        let task_id = TaskId::new();
         let keys = &self.config.keys;
+        let task_id = match keys.partition() {
+            partition if partition.count > 1 => TaskId::new_in_partition(partition.index),
+            _ => TaskId::new(),
+        };
         let mut invocation = self.scripts.enqueue.prepare_invoke();
         invocation
             .key(keys.task(&task_id))

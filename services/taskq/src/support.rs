@@ -38,6 +38,17 @@ pub struct RedisArgs {
     #[arg(long, env = "KEY_PREFIX", default_value = "agent")]
     pub key_prefix: String,
 
+    /// Partitions the queue is split into, each a complete queue under its own hash tag (the
+    /// same in every service; change it only on an empty queue): 1 ..= 256. Each partition costs every
+    /// worker a blocking connection and its own scheduler and maintenance loops.
+    #[arg(
+        long,
+        env = "QUEUE_PARTITIONS",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=i64::from(crate::keys::MAX_PARTITIONS))
+    )]
+    pub queue_partitions: u16,
+
     /// Longest wait for one Redis connection or reply, e.g. `500ms`, `2s`.
     #[arg(long, env = "REDIS_TIMEOUT", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,

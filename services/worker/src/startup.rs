@@ -9,7 +9,7 @@ use axum::Router;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use taskq::queue::Queue;
+use taskq::Partitions;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +19,8 @@ use crate::runner::{Runner, RunnerSettings, heartbeat_timeout};
 
 /// A worker ready to run: its metrics listener is bound.
 pub struct Worker {
-    runner: Runner,
+    /// One runner per partition of the queue (`QUEUE_PARTITIONS`), sharing the execution slots.
+    runners: Vec<Runner>,
     metrics_listener: TcpListener,
 }
 
@@ -60,27 +61,43 @@ impl Worker {
                     config.metrics_addr
                 )
             })?;
-        let runner = Runner {
-            queue: Queue::new(config.queue_config()),
-            conn: redis.connection_manager()?,
-            blocking_conn: blocking.connection_manager()?,
-            heartbeat_conn: beating.connection_manager()?,
-            handler,
-            worker_id: config.resolved_worker_id().into(),
-            settings: RunnerSettings {
-                concurrency: config.concurrency as usize,
-                retry_base: config.retry_base,
-                retry_max: config.retry_max,
-                heartbeat: config.heartbeat,
-                dead_after: config.liveness.worker_dead_after,
-                lease: config.lease,
-                shutdown_grace: config.shutdown_grace,
-                task_timeout: config.task_timeout,
-                block,
-            },
+        let settings = RunnerSettings {
+            concurrency: config.concurrency as usize,
+            retry_base: config.retry_base,
+            retry_max: config.retry_max,
+            heartbeat: config.heartbeat,
+            dead_after: config.liveness.worker_dead_after,
+            lease: config.lease,
+            shutdown_grace: config.shutdown_grace,
+            task_timeout: config.task_timeout,
+            block,
         };
+        let worker_id: Arc<str> = config.resolved_worker_id().into();
+        let (slots, claim_turn) = Runner::shared_slots(settings.concurrency);
+        // Claims, finishes and heartbeats of every partition share one multiplexed connection
+        // each; a blocking read holds its connection, so each partition has its own.
+        let conn = redis.connection_manager()?;
+        let heartbeat_conn = beating.connection_manager()?;
+        let partitions = Partitions::new(config.queue_config(), config.redis.queue_partitions);
+        let runners = partitions
+            .all()
+            .iter()
+            .map(|queue| {
+                Ok(Runner {
+                    queue: queue.clone(),
+                    conn: conn.clone(),
+                    blocking_conn: blocking.connection_manager()?,
+                    heartbeat_conn: heartbeat_conn.clone(),
+                    handler: Arc::clone(&handler),
+                    worker_id: Arc::clone(&worker_id),
+                    settings: settings.clone(),
+                    slots: Arc::clone(&slots),
+                    claim_turn: Arc::clone(&claim_turn),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
-            runner,
+            runners,
             metrics_listener,
         })
     }
@@ -92,7 +109,7 @@ impl Worker {
 
     /// This worker's consumer name.
     pub fn worker_id(&self) -> Arc<str> {
-        Arc::clone(&self.runner.worker_id)
+        Arc::clone(&self.runners[0].worker_id)
     }
 
     /// Runs until `shutdown` is cancelled, then drains.
@@ -126,7 +143,17 @@ impl Worker {
                     .await
             })
         };
-        let result = self.runner.run(shutdown).await;
+        let runs = self
+            .runners
+            .into_iter()
+            .map(|runner| tokio::spawn(runner.run(shutdown.clone())));
+        let mut result = Ok(());
+        for run in futures::future::join_all(runs).await {
+            let outcome = run.map_err(anyhow::Error::from).and_then(|ran| ran);
+            if result.is_ok() {
+                result = outcome;
+            }
+        }
         server_stop.cancel();
         let _ = server.await;
         result

@@ -23,8 +23,16 @@ struct Api {
 
 impl Api {
     async fn start(redis_url: &str, max_attempts: u32) -> Self {
+        Self::start_with(redis_url, |config| config.max_attempts = max_attempts).await
+    }
+
+    async fn start_with(
+        redis_url: &str,
+        adjust: impl FnOnce(&mut orchestrator::config::Config),
+    ) -> Self {
         let mut config = orchestrator::config::Config::for_tests(redis_url, PREFIX);
-        config.max_attempts = max_attempts;
+        config.max_attempts = 5;
+        adjust(&mut config);
         config.redis.redis_timeout = Duration::from_millis(500);
         let state = orchestrator::startup::AppState::new(&config).expect("orchestrator config");
         let router = orchestrator::startup::app(state, &config);
@@ -975,5 +983,67 @@ async fn a_paused_priority_waits_without_spinning_and_runs_once_resumed() {
         .expect("resume");
     api.wait_for_status(&held, "succeeded", Duration::from_secs(5))
         .await;
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_serves_every_partition_in_turn() {
+    let redis = RedisServer::start();
+    let api = Api::start_with(&redis.url(), |c| c.redis.queue_partitions = 3).await;
+    // 20 tasks in partition 0, 4 in partition 2, none in partition 1
+    let partitions = taskq::Partitions::new(
+        taskq::QueueConfig {
+            keys: taskq::Keys::new(PREFIX),
+            ..taskq::QueueConfig::default()
+        },
+        3,
+    );
+    let mut conn = redis::Client::open(redis.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let mut tasks = Vec::new();
+    for (partition, n) in [(0usize, 20), (2, 4)] {
+        for i in 0..n {
+            let description =
+                taskq::Description::parse(format!("p{partition} t{i}")).expect("valid");
+            let outcome = partitions.all()[partition]
+                .enqueue(&mut conn, &description, taskq::Priority::DEFAULT, None)
+                .await
+                .expect("enqueue");
+            let taskq::EnqueueOutcome::Created(record) = outcome else {
+                panic!("replayed")
+            };
+            tasks.push((record.id.to_string(), partition));
+        }
+    }
+
+    let worker = RunningWorker::start(&redis.url(), |c| {
+        c.redis.queue_partitions = 3;
+        c.concurrency = 1;
+        c.work = Duration::from_millis(10);
+    })
+    .await;
+    let mut started = Vec::new();
+    for (id, partition) in &tasks {
+        let task = api
+            .wait_for_status(id, "succeeded", Duration::from_secs(20))
+            .await;
+        assert_eq!(task["worker"], worker.id.as_str());
+        started.push((
+            task["started_at"].as_str().expect("started_at").to_owned(),
+            *partition,
+        ));
+    }
+    started.sort();
+    // Turns alternate between the partitions with work (0, 2, 0, 2, ...): partition 2's four
+    // tasks are among the first eight started, not left until partition 0's twenty are done.
+    let last_of_2 = started
+        .iter()
+        .rposition(|(_, partition)| *partition == 2)
+        .expect("partition 2 ran");
+    let order: Vec<usize> = started.iter().map(|(_, p)| *p).collect();
+    assert!(last_of_2 < 10, "start order by partition: {order:?}");
     worker.stop().await;
 }

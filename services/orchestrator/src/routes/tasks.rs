@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use taskq::queue::{CancelOutcome, ListCursor, ListQuery, MAX_LIST_LIMIT, RetryOutcome};
+use taskq::queue::{CancelOutcome, ListQuery, MAX_LIST_LIMIT, RetryOutcome};
 use taskq::{
     Description, EnqueueOutcome, NewTask, Priority, Schedule, Status, TaskId, TaskRecord,
     TaskTimeout,
@@ -124,7 +124,10 @@ pub async fn create_task(
         schedule,
     };
     let mut conn = state.redis.clone();
-    let enqueue = state.queue.enqueue_in_scope(&mut conn, &task, &scope, key);
+    let enqueue = state
+        .queue
+        .for_new_task(&scope, key)
+        .enqueue_in_scope(&mut conn, &task, &scope, key);
     let outcome = state.with_timeout_unknown_outcome(enqueue).await?;
     match outcome {
         EnqueueOutcome::Created(record) => {
@@ -135,7 +138,7 @@ pub async fn create_task(
         }
         EnqueueOutcome::Replayed(task_id) => {
             let record = state
-                .with_timeout(state.queue.get(&mut conn, &task_id))
+                .with_timeout(state.queue.of_task(&task_id).get(&mut conn, &task_id))
                 .await?
                 .ok_or_else(|| {
                     AppError::Conflict(format!(
@@ -159,7 +162,7 @@ pub async fn get_task(
     let task_id = TaskId::parse(&raw_id)?;
     let mut conn = state.redis.clone();
     let record = state
-        .with_timeout(state.queue.get(&mut conn, &task_id))
+        .with_timeout(state.queue.of_task(&task_id).get(&mut conn, &task_id))
         .await?
         .ok_or_else(|| AppError::TaskNotFound(task_id.to_string()))?;
     Ok(Json(record).into_response())
@@ -174,7 +177,7 @@ pub async fn cancel_task(
     let task_id = TaskId::parse(&raw_id)?;
     let mut conn = state.redis.clone();
     match state
-        .with_timeout(state.queue.cancel(&mut conn, &task_id))
+        .with_timeout(state.queue.of_task(&task_id).cancel(&mut conn, &task_id))
         .await?
     {
         CancelOutcome::NotFound => Err(AppError::TaskNotFound(task_id.to_string())),
@@ -183,7 +186,7 @@ pub async fn cancel_task(
         ))),
         CancelOutcome::Cancelled => {
             let record = state
-                .with_timeout(state.queue.get(&mut conn, &task_id))
+                .with_timeout(state.queue.of_task(&task_id).get(&mut conn, &task_id))
                 .await?
                 .ok_or_else(|| AppError::TaskNotFound(task_id.to_string()))?;
             Ok(Json(record).into_response())
@@ -200,7 +203,7 @@ pub async fn retry_task(
     let task_id = TaskId::parse(&raw_id)?;
     let mut conn = state.redis.clone();
     match state
-        .with_timeout(state.queue.retry(&mut conn, &task_id))
+        .with_timeout(state.queue.of_task(&task_id).retry(&mut conn, &task_id))
         .await?
     {
         RetryOutcome::NotFound => Err(AppError::TaskNotFound(task_id.to_string())),
@@ -210,7 +213,7 @@ pub async fn retry_task(
         RetryOutcome::Queued => {
             metrics::counter!("agent_tasks_retried_total").increment(1);
             let record = state
-                .with_timeout(state.queue.get(&mut conn, &task_id))
+                .with_timeout(state.queue.of_task(&task_id).get(&mut conn, &task_id))
                 .await?
                 .ok_or_else(|| AppError::TaskNotFound(task_id.to_string()))?;
             Ok(Json(record).into_response())
@@ -223,7 +226,10 @@ pub const DEFAULT_LIST_LIMIT: usize = 100;
 
 /// Reads the query of `GET /tasks`: `status` (required), `priority`, `limit`, `cursor`, each at
 /// most once; anything else is a 400 naming the parameter.
-fn list_query(pairs: Vec<(String, String)>) -> Result<ListQuery, AppError> {
+fn list_query(
+    partitions: &taskq::Partitions,
+    pairs: Vec<(String, String)>,
+) -> Result<ListQuery, AppError> {
     let bad = |message: String| AppError::BadRequest(message);
     let (mut status, mut priority, mut limit, mut cursor) = (None, None, None, None);
     for (name, value) in pairs {
@@ -274,7 +280,11 @@ fn list_query(pairs: Vec<(String, String)>) -> Result<ListQuery, AppError> {
         .transpose()?
         .unwrap_or(DEFAULT_LIST_LIMIT);
     let cursor = cursor
-        .map(|raw| ListCursor::parse(status, &raw).map_err(|err| bad(err.to_string())))
+        .map(|raw| {
+            partitions
+                .parse_cursor(status, &raw)
+                .map_err(|err| bad(err.to_string()))
+        })
         .transpose()?;
     Ok(ListQuery {
         status,
@@ -292,7 +302,7 @@ pub async fn list_tasks(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, AppError> {
     let Query(pairs) = query.map_err(|err| AppError::BadRequest(err.body_text()))?;
-    let query = list_query(pairs)?;
+    let query = list_query(&state.queue, pairs)?;
     let mut conn = state.redis.clone();
     let page = state
         .with_timeout(state.queue.list(&mut conn, &query))

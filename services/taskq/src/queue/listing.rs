@@ -45,8 +45,14 @@ pub struct TaskPage {
 /// `queued` and `running` a priority and a stream entry id, for `scheduled` and `retrying` a
 /// due time and a task id, for `dead`, `succeeded` and `cancelled` an index entry id and how many
 /// of its ids were examined.
+///
+/// In a partitioned queue the listing goes through the partitions in turn, and a cursor into
+/// partition `n > 0` is written `n~A/B` (`n~` alone: partition `n` from its start); one of
+/// partition 0 is written as in an unpartitioned queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListCursor {
+    partition: u16,
+    /// Empty (with `b`) for the start of the partition.
     a: String,
     b: String,
 }
@@ -63,6 +69,21 @@ impl ListCursor {
     /// Parses a cursor of a `status` listing.
     pub fn parse(status: Status, raw: &str) -> Result<Self, InvalidCursor> {
         let invalid = InvalidCursor { status };
+        let (partition, raw) = match raw.split_once('~') {
+            Some((n, rest)) => {
+                // Written by `Display` only: digits, no sign, no leading zero.
+                let n = n
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| (1..crate::keys::MAX_PARTITIONS).contains(p) && p.to_string() == n)
+                    .ok_or(invalid.clone())?;
+                if rest.is_empty() {
+                    return Ok(Self::start_of(n));
+                }
+                (n, rest)
+            }
+            None => (0, raw),
+        };
         let (a, b) = raw.split_once('/').ok_or(invalid.clone())?;
         let valid = match status {
             Status::Queued | Status::Running => {
@@ -79,15 +100,36 @@ impl ListCursor {
             return Err(invalid);
         }
         Ok(Self {
+            partition,
             a: a.to_owned(),
             b: b.to_owned(),
         })
+    }
+
+    /// The start of partition `partition`'s listing.
+    pub(crate) fn start_of(partition: u16) -> Self {
+        Self {
+            partition,
+            a: String::new(),
+            b: String::new(),
+        }
+    }
+
+    /// The partition this cursor points into.
+    pub fn partition(&self) -> u16 {
+        self.partition
     }
 }
 
 impl fmt::Display for ListCursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.a, self.b)
+        if self.partition > 0 {
+            write!(f, "{}~", self.partition)?;
+        }
+        if !self.a.is_empty() {
+            write!(f, "{}/{}", self.a, self.b)?;
+        }
+        Ok(())
     }
 }
 
@@ -143,6 +185,7 @@ impl Queue {
             })
             .collect::<Result<_, _>>()?;
         let next_cursor = (!next_a.is_empty()).then_some(ListCursor {
+            partition: keys.partition().index,
             a: next_a,
             b: next_b,
         });
@@ -201,6 +244,8 @@ mod tests {
             ),
             (Status::Dead, "1700000000000-3/0"),
             (Status::Succeeded, "1-0/17"),
+            (Status::Queued, "2~3/1700000000000-0"),
+            (Status::Dead, "255~"),
         ] {
             let cursor = ListCursor::parse(status, raw).expect(raw);
             assert_eq!(cursor.to_string(), raw);
@@ -215,6 +260,13 @@ mod tests {
             (Status::Cancelled, "1-0/-1"),
             (Status::Cancelled, "1-0/1/2"),
             (Status::Succeeded, "x1-0/1"),
+            (Status::Queued, "0~3/1-0"),
+            (Status::Queued, "~3/1-0"),
+            (Status::Queued, "+1~3/1-0"),
+            (Status::Queued, "256~"),
+            (Status::Queued, "01~"),
+            (Status::Queued, "2~3/1"),
+            (Status::Queued, "1~2~3/1-0"),
         ] {
             assert!(ListCursor::parse(status, raw).is_err(), "{status} {raw:?}");
         }

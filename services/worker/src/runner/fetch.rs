@@ -59,14 +59,22 @@ impl Runner {
                     .await;
                 continue;
             }
-            let free = slots.available_permits();
-            if free == 0 {
+            // One partition claims at a time (see `Runner::claim_turn`), from counting the free
+            // slots until its tasks hold theirs; the partitions take turns, first come first
+            // served. Only the turn's holder waits for a slot: a permit taken and given back at
+            // once then stays free for it (with several waiters it would pass from one to the
+            // next, never seen free).
+            let turn = tokio::select! {
+                turn = self.claim_turn.lock() => turn,
+                () = shutdown.cancelled() => break,
+            };
+            if slots.available_permits() == 0 {
                 tokio::select! {
                     permit = Arc::clone(&slots).acquire_owned() => drop(permit),
                     () = shutdown.cancelled() => break,
                 }
-                continue;
             }
+            let free = slots.available_permits();
             let free = coalesce_free_slots(&slots, self.settings.concurrency, free).await;
             // Every entry waiting here competes with fresh ones for the free slots, strictly
             // most urgent first: a taken-over urgent task starts before less urgent new work, and
@@ -91,6 +99,7 @@ impl Runner {
                     (started, held, paused)
                 }
                 Err(err) => {
+                    drop(turn);
                     {
                         let mut reclaimed = lock(&shared.reclaimed);
                         for delivery in delivered.into_iter().rev() {
@@ -110,6 +119,7 @@ impl Runner {
                     .await;
                 continue;
             }
+            drop(turn);
             // Nothing to start: no fresh entry, and the delivered ones (if any) belong to paused
             // levels (held in `reclaimed` until resumed). Block on the streams
             // of the levels not paused, so a paused level's entries neither wake this loop nor

@@ -91,6 +91,23 @@ pub struct Runner {
     pub worker_id: Arc<str>,
     /// Timing and sizing.
     pub settings: RunnerSettings,
+    /// The execution slots (`settings.concurrency` of them), shared by the runners of every
+    /// partition this worker serves.
+    pub slots: Arc<Semaphore>,
+    /// Held by one partition's fetch loop from counting the free slots until the claimed tasks
+    /// hold theirs: the partitions take turns (first come, first served), and never claim the
+    /// same free slots twice.
+    pub claim_turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Runner {
+    /// The execution slots and claim turn for the runners of one worker: `concurrency` slots.
+    pub fn shared_slots(concurrency: usize) -> (Arc<Semaphore>, Arc<tokio::sync::Mutex<()>>) {
+        (
+            Arc::new(Semaphore::new(concurrency)),
+            Arc::new(tokio::sync::Mutex::new(())),
+        )
+    }
 }
 
 /// State shared by the loop's tasks. Plain mutexes: held for a map operation, never across an
@@ -214,13 +231,20 @@ impl Runner {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let this = Arc::new(self);
         let shared = Arc::new(Shared::default());
-        let slots = Arc::new(Semaphore::new(this.settings.concurrency));
+        let slots = Arc::clone(&this.slots);
         let (finish_tx, finish_rx) = mpsc::unbounded_channel::<Finish>();
         let give_up = CancellationToken::new();
         let stop_maintenance = CancellationToken::new();
 
         this.wait_for_groups(&shutdown).await;
-        tracing::info!(worker_id = %this.worker_id, concurrency = this.settings.concurrency, "worker started");
+        let partition = this.queue.keys().partition();
+        tracing::info!(
+            worker_id = %this.worker_id,
+            concurrency = this.settings.concurrency,
+            partition = partition.index,
+            partitions = partition.count,
+            "worker started"
+        );
 
         let finisher = tokio::spawn(Arc::clone(&this).finisher(
             finish_rx,
