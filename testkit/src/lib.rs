@@ -17,6 +17,7 @@
 //! depend on it normally. testkit itself depends on no crate of the workspace.
 
 pub mod cargo;
+pub mod cluster;
 pub mod port;
 pub mod process;
 pub mod redis;
@@ -24,6 +25,7 @@ pub mod wait;
 
 pub use self::redis::{Persistence, RedisConfig, RedisServer};
 pub use cargo::cargo_build_release;
+pub use cluster::RedisCluster;
 pub use port::{free_port, try_free_port};
 pub use process::{Exit, Log, Process};
 pub use wait::{Wait, assert_eventually, assert_eventually_async, wait_for, wait_for_async};

@@ -83,6 +83,12 @@ pub struct Config {
     /// (0: no limit).
     #[arg(long, env = "MAX_QUEUED", default_value_t = taskq::queue::DEFAULT_MAX_QUEUED)]
     pub max_queued: u64,
+
+    /// Replicas that must confirm each write the API answers (submit, cancel, retry, pause)
+    /// before the answer (`WAIT`, at most half of `REDIS_TIMEOUT`); fewer in time: 503
+    /// `outcome_unknown`. 0: answer once the primary has it.
+    #[arg(long, env = "REPLICA_ACKS", default_value_t = 0)]
+    pub replica_acks: u32,
 }
 
 /// The orchestrator's default `REDIS_TIMEOUT`: a request waits at most this for Redis, then 503.

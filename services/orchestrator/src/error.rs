@@ -135,6 +135,14 @@ impl From<QueueError> for AppError {
             AppError::QueueFull { waiting, limit }
         } else if let QueueError::IdempotencyKeyReused { .. } = err {
             AppError::IdempotencyKeyReused
+        } else if let QueueError::NotReplicated { acked, wanted } = err {
+            // Applied on the primary, not confirmed by enough replicas: a failover may undo it.
+            tracing::warn!(
+                acked,
+                wanted,
+                "a write was not confirmed by REPLICA_ACKS replicas"
+            );
+            AppError::OutcomeUnknown
         } else if err.is_unavailable() {
             AppError::Unavailable
         } else {

@@ -11,9 +11,9 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::{BoxError, Router, middleware};
 use metrics_exporter_prometheus::PrometheusHandle;
-use redis::aio::ConnectionManager;
 use secrecy::ExposeSecret;
 use taskq::Partitions;
+use taskq::support::RedisConn;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -43,7 +43,7 @@ pub struct SharedState {
     /// The queue protocol, one [`taskq::queue::Queue`] per partition (`QUEUE_PARTITIONS`).
     pub queue: Partitions,
     /// One multiplexed, self-reconnecting connection shared by all requests.
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     /// Longest wait for one Redis call.
     pub redis_timeout: Duration,
     /// Heartbeat age after which a worker counts as gone.
@@ -63,8 +63,11 @@ impl AppState {
     /// API starts (and answers 503) while Redis is down.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         Ok(Self(Arc::new(SharedState {
-            queue: Partitions::new(config.queue_config(), config.redis.queue_partitions),
-            redis: config.redis.settings().connection_manager()?,
+            queue: config
+                .redis
+                .partitions(config.queue_config())
+                .with_replica_acks(config.replica_acks, config.redis.redis_timeout / 2),
+            redis: config.redis.settings().connection()?,
             redis_timeout: config.redis.redis_timeout,
             worker_dead_after: config.liveness.worker_dead_after,
             metrics: taskq::support::metrics_handle(),

@@ -1657,3 +1657,49 @@ async fn a_partitioned_queue_serves_every_route_through_the_task_id() {
     let stats = send(&router, get("/stats")).await;
     assert_eq!(stats.body["paused"], json!([5]), "{:?}", stats.body);
 }
+
+#[tokio::test]
+async fn with_replica_acks_a_write_no_replica_confirms_is_503_outcome_unknown_never_201() {
+    let redis = RedisServer::start();
+    let router = router_with(&redis.url(), |config| {
+        config.replica_acks = 1;
+        config.redis.redis_timeout = Duration::from_millis(400);
+    });
+
+    // No replica: the primary has the task, no replica does; the client must not get a 201.
+    let refused = send(&router, post_json(r#"{"description":"unconfirmed"}"#)).await;
+    assert_error(&refused, StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown");
+
+    // A replica that keeps up: every write is confirmed.
+    let replica = testkit::RedisConfig::new()
+        .extra_args(["--replicaof", "127.0.0.1", &redis.port().to_string()])
+        .start()
+        .expect("replica");
+    let mut conn = redis::Client::open(replica.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("replica connection");
+    testkit::assert_eventually_async("the replica to sync", Duration::from_secs(10), async || {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await
+            .expect("INFO");
+        info.contains("master_link_status:up")
+    })
+    .await;
+    let created = send(&router, post_json(r#"{"description":"confirmed"}"#)).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    let id = created.body["id"].as_str().expect("id").to_owned();
+    let cancelled = send(&router, delete(&format!("/tasks/{id}"))).await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
+    // the replica has the task
+    let on_replica: String = redis::cmd("HGET")
+        .arg(format!("api-test:task:{id}"))
+        .arg("status")
+        .query_async(&mut conn)
+        .await
+        .expect("HGET on the replica");
+    assert_eq!(on_replica, "cancelled");
+}

@@ -70,6 +70,12 @@ impl Keys {
         if partition.count <= 1 {
             return Self::new(prefix);
         }
+        Self::hash_tagged(prefix, partition)
+    }
+
+    /// [`Keys::for_partition`], hash-tagged even for a sole partition (on a Redis Cluster,
+    /// where a script's keys must share a slot).
+    pub fn hash_tagged(prefix: impl Into<String>, partition: Partition) -> Self {
         let prefix = prefix.into();
         Self {
             base: format!("{prefix}:{{{}}}", partition_tag(partition)),

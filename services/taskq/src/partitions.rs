@@ -48,12 +48,22 @@ impl Partitions {
     /// `count` partitions (clamped to 1 ..= [`MAX_PARTITIONS`]) of the queue `config` describes,
     /// under the prefix of `config.keys`.
     pub fn new(config: QueueConfig, count: u16) -> Self {
+        Self::build(config, count, Keys::for_partition)
+    }
+
+    /// [`Partitions::new`] with hash-tagged keys even for a sole partition: the layout on a
+    /// Redis Cluster.
+    pub fn hash_tagged(config: QueueConfig, count: u16) -> Self {
+        Self::build(config, count, Keys::hash_tagged)
+    }
+
+    fn build(config: QueueConfig, count: u16, keys: fn(String, Partition) -> Keys) -> Self {
         let count = count.clamp(1, MAX_PARTITIONS);
         let prefix = config.keys.prefix().to_owned();
         let queues = (0..count)
             .map(|index| {
                 Queue::new(QueueConfig {
-                    keys: Keys::for_partition(prefix.clone(), Partition { index, count }),
+                    keys: keys(prefix.clone(), Partition { index, count }),
                     ..config.clone()
                 })
             })
@@ -61,6 +71,18 @@ impl Partitions {
         Self {
             queues,
             next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Every partition with [`Queue::with_replica_acks`].
+    pub fn with_replica_acks(self, count: u32, timeout: Duration) -> Self {
+        Self {
+            queues: self
+                .queues
+                .iter()
+                .map(|queue| queue.clone().with_replica_acks(count, timeout))
+                .collect(),
+            next: self.next,
         }
     }
 

@@ -70,6 +70,16 @@ pub enum QueueError {
         /// How far Redis's time is from the expectation (negative: behind).
         by_ms: i64,
     },
+    /// The write was applied on the primary, but fewer replicas than `REPLICA_ACKS` confirmed
+    /// it in time (or the confirmation could not be read): a failover now could lose it. The
+    /// outcome is unknown to the client, who retries (with the same `Idempotency-Key`).
+    #[error("written, but {acked} of {wanted} replicas confirmed it in time")]
+    NotReplicated {
+        /// Replicas that confirmed (`WAIT`'s answer; 0 when it could not be read).
+        acked: i64,
+        /// `REPLICA_ACKS`.
+        wanted: u32,
+    },
     /// The enqueue was refused, and nothing written: [`QueueConfig::max_queued`] tasks wait
     /// already.
     #[error("the queue is full: {waiting} tasks wait, the limit is {limit}")]
@@ -127,6 +137,7 @@ impl QueueError {
             // Written by a newer release during an upgrade: another replica may read it, and
             // this one will once upgraded.
             QueueError::Corrupt { source, .. } => source.is_newer_version(),
+            QueueError::NotReplicated { .. } => true,
             _ => false,
         }
     }
@@ -535,6 +546,8 @@ impl Scripts {
 #[derive(Clone)]
 pub struct Queue {
     config: Arc<QueueConfig>,
+    /// Replicas the writes of the API wait for ([`Queue::with_replica_acks`]).
+    replica_acks: Option<ReplicaAcks>,
     scripts: Arc<Scripts>,
     streams: Arc<Vec<String>>,
     /// This process's run id (one per [`Queue::new`]), recorded with every claim: a claim handed
@@ -561,6 +574,13 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// How many replicas a write waits for, and how long (`WAIT count timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReplicaAcks {
+    count: u32,
+    timeout: Duration,
+}
+
 /// `{priority, entry id, task id}` rows of a script reply as deliveries.
 fn deliveries_from_rows(rows: Vec<(i64, String, String)>) -> Result<Vec<Delivery>, QueueError> {
     rows.into_iter()
@@ -584,10 +604,65 @@ impl Queue {
         let streams = config.keys.streams();
         Self {
             config: Arc::new(config),
+            replica_acks: None,
             scripts: Arc::new(Scripts::new()),
             streams: Arc::new(streams),
             run: uuid::Uuid::new_v4().simple().to_string().into(),
         }
+    }
+
+    /// This queue with the writes the API answers (enqueue, cancel, retry, pause) waiting for
+    /// `count` replicas to confirm them, `timeout` at most (`WAIT`, in the same round trip as
+    /// the write, on the same node); fewer confirmations are [`QueueError::NotReplicated`].
+    /// 0 does not wait. The workers' writes never wait: losing one in a failover runs a task
+    /// again, it never loses one.
+    pub fn with_replica_acks(mut self, count: u32, timeout: Duration) -> Self {
+        self.replica_acks = (count > 0).then_some(ReplicaAcks { count, timeout });
+        self
+    }
+
+    /// Runs one write (a script call or a command, alone in `pipe`) and, with replica acks,
+    /// `WAIT` right behind it in the same round trip, so both reach the node of the write's
+    /// slot. A refused write is returned as Redis's error (nothing applied); a `WAIT` that
+    /// confirms too few replicas, or fails, is [`QueueError::NotReplicated`] (applied, not
+    /// known to be replicated).
+    async fn write<T: redis::FromRedisValue, C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        mut pipe: redis::Pipeline,
+    ) -> Result<T, QueueError> {
+        if let Some(acks) = self.replica_acks {
+            pipe.cmd("WAIT").arg(acks.count).arg(millis(acks.timeout));
+        }
+        pipe.ignore_errors();
+        let mut replies: Vec<redis::Value> = pipe.query_async(conn).await?;
+        if matches!(replies.first(), Some(redis::Value::ServerError(err))
+            if err.kind() == Some(ServerErrorKind::NoScript))
+        {
+            // Redis restarted, or a replica became primary, without the script cache: load
+            // and try once more (the refused script changed nothing).
+            self.load_scripts(conn).await?;
+            replies = pipe.query_async(conn).await?;
+        }
+        let mut replies = replies.into_iter();
+        let written = replies
+            .next()
+            .ok_or_else(|| QueueError::Protocol("no reply to a write".to_owned()))?
+            .extract_error()?;
+        if let Some(acks) = self.replica_acks {
+            let acked = replies
+                .next()
+                .and_then(|reply| redis::from_redis_value::<i64>(reply).ok())
+                .unwrap_or_default();
+            if acked < i64::from(acks.count) {
+                return Err(QueueError::NotReplicated {
+                    acked,
+                    wanted: acks.count,
+                });
+            }
+        }
+        redis::from_redis_value(written)
+            .map_err(|err| QueueError::Protocol(format!("reply to a write: {err}")))
     }
 
     /// The settings.
@@ -625,15 +700,15 @@ impl Queue {
     }
 
     /// Loads every script into Redis's script cache (needed before pipelined script calls).
+    /// One `SCRIPT LOAD` at a time, not a pipeline: on a Redis Cluster each goes to every node
+    /// (a pipeline without keys would go to one node only).
     pub async fn load_scripts<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
     ) -> Result<(), QueueError> {
-        let mut pipe = redis::pipe();
         for script in self.scripts.all() {
-            pipe.load_script(script);
+            script.load_async(conn).await?;
         }
-        pipe.query_async::<()>(conn).await?;
         Ok(())
     }
 
@@ -714,8 +789,9 @@ impl Queue {
         };
         // {1, id, created_ms, due_ms}, {0, existing id, 0, 0}, {2, '', tasks waiting, 0} or
         // {3, existing id, 0, 0}: see enqueue.lua. due_ms is 0 for a task queued at once.
-        let (outcome, id, number, due): (i64, String, i64, i64) =
-            invocation.invoke_async(conn).await?;
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(&invocation);
+        let (outcome, id, number, due): (i64, String, i64, i64) = self.write(conn, pipe).await?;
         if outcome == 2 {
             return Err(QueueError::QueueFull {
                 waiting: u64::try_from(number).unwrap_or_default(),
@@ -795,9 +871,8 @@ impl Queue {
         task_id: &TaskId,
     ) -> Result<CancelOutcome, QueueError> {
         let keys = &self.config.keys;
-        let status: Option<String> = self
-            .scripts
-            .cancel
+        let mut invocation = self.scripts.cancel.prepare_invoke();
+        invocation
             .key(keys.task(task_id))
             .key(keys.retry_schedule())
             .key(self.streams.as_slice())
@@ -806,9 +881,10 @@ impl Queue {
             .key(keys.finished_counts())
             .arg(CONSUMER_GROUP)
             .arg(seconds(self.config.task_retention))
-            .arg(task_id.to_string())
-            .invoke_async(conn)
-            .await?;
+            .arg(task_id.to_string());
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(&invocation);
+        let status: Option<String> = self.write(conn, pipe).await?;
         Ok(match status.as_deref() {
             None => CancelOutcome::NotFound,
             Some("cancelled") => CancelOutcome::Cancelled,
@@ -829,14 +905,14 @@ impl Queue {
         conn: &mut C,
         task_id: &TaskId,
     ) -> Result<RetryOutcome, QueueError> {
-        let status: Option<String> = self
-            .scripts
-            .retry
+        let mut invocation = self.scripts.retry.prepare_invoke();
+        invocation
             .key(self.config.keys.task(task_id))
             .key(self.streams.as_slice())
-            .arg(task_id.to_string())
-            .invoke_async(conn)
-            .await?;
+            .arg(task_id.to_string());
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(&invocation);
+        let status: Option<String> = self.write(conn, pipe).await?;
         Ok(match status.as_deref() {
             None => RetryOutcome::NotFound,
             Some("requeued") => RetryOutcome::Queued,

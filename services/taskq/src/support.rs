@@ -34,6 +34,12 @@ pub struct RedisArgs {
     )]
     pub redis_url: SecretString,
 
+    /// Seed nodes of a Redis Cluster, comma-separated (`redis://[user:password@]host:port`,
+    /// any reachable primaries or replicas): set, the services talk to the cluster (following
+    /// `MOVED`/`ASK` and topology changes) instead of `REDIS_URL`. Never printed.
+    #[arg(long, env = "REDIS_CLUSTER_URLS", hide_env_values = true)]
+    pub redis_cluster_urls: Option<SecretString>,
+
     /// Prefix of every Redis key (isolates systems sharing one Redis; the same in every service).
     #[arg(long, env = "KEY_PREFIX", default_value = "agent")]
     pub key_prefix: String,
@@ -72,15 +78,42 @@ impl RedisArgs {
     pub fn settings(&self) -> RedisSettings {
         RedisSettings {
             url: self.redis_url.clone(),
+            cluster_urls: self.redis_cluster_urls.clone(),
             connect_timeout: self.redis_timeout,
             response_timeout: self.redis_timeout,
         }
     }
 
-    /// The URL with any password replaced by `***`, for logs.
+    /// The URL (or the cluster's seed URLs) with any password replaced by `***`, for logs.
     pub fn redacted_url(&self) -> String {
-        redact_url(self.redis_url.expose_secret())
+        match &self.redis_cluster_urls {
+            Some(urls) => cluster_seeds(urls.expose_secret())
+                .map(redact_url)
+                .collect::<Vec<_>>()
+                .join(","),
+            None => redact_url(self.redis_url.expose_secret()),
+        }
     }
+
+    /// Whether the services talk to a Redis Cluster (`REDIS_CLUSTER_URLS`).
+    pub fn is_cluster(&self) -> bool {
+        self.redis_cluster_urls.is_some()
+    }
+
+    /// The partitions of the queue `config` describes (`QUEUE_PARTITIONS`); on a Redis Cluster
+    /// every key is hash-tagged, even with one partition.
+    pub fn partitions(&self, config: crate::queue::QueueConfig) -> crate::Partitions {
+        if self.is_cluster() {
+            crate::Partitions::hash_tagged(config, self.queue_partitions)
+        } else {
+            crate::Partitions::new(config, self.queue_partitions)
+        }
+    }
+}
+
+/// The seed URLs of `REDIS_CLUSTER_URLS`, trimmed, empty ones skipped.
+fn cluster_seeds(raw: &str) -> impl Iterator<Item = &str> {
+    raw.split(',').map(str::trim).filter(|url| !url.is_empty())
 }
 
 /// Worker liveness as both services judge it (flattened into both `Config`s): a worker takes
@@ -295,8 +328,10 @@ pub fn redact_url(url: &str) -> String {
 
 /// A Redis URL could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid REDIS_URL {url}: {reason}")]
+#[error("invalid {setting} {url}: {reason}")]
 pub struct InvalidRedisUrl {
+    /// `REDIS_URL` or `REDIS_CLUSTER_URLS`.
+    setting: &'static str,
     url: String,
     reason: String,
 }
@@ -306,6 +341,8 @@ pub struct InvalidRedisUrl {
 pub struct RedisSettings {
     /// `redis://[user:password@]host:port[/db]`; its `Debug` shows no password.
     pub url: SecretString,
+    /// A Redis Cluster's seed URLs, comma-separated: used instead of `url` when set.
+    pub cluster_urls: Option<SecretString>,
     /// Longest wait for a connection.
     pub connect_timeout: Duration,
     /// Longest wait for a reply.
@@ -317,9 +354,47 @@ impl RedisSettings {
     pub fn client(&self) -> Result<redis::Client, InvalidRedisUrl> {
         let url = self.url.expose_secret();
         redis::Client::open(url).map_err(|err| InvalidRedisUrl {
+            setting: "REDIS_URL",
             url: redact_url(url),
             reason: err.to_string().replace(url, &redact_url(url)),
         })
+    }
+
+    /// A multiplexed connection to the single Redis of `url` ([`RedisSettings::connection_manager`])
+    /// or, with `cluster_urls`, to the cluster: the cluster client connects in the background
+    /// (a service starts while the cluster is down), routes each command by its key's slot,
+    /// follows `MOVED` and `ASK`, and refreshes the topology after a failover.
+    pub fn connection(&self) -> Result<RedisConn, InvalidRedisUrl> {
+        let Some(urls) = &self.cluster_urls else {
+            return self.connection_manager().map(RedisConn::Single);
+        };
+        let raw = urls.expose_secret();
+        let invalid = |reason: String| InvalidRedisUrl {
+            setting: "REDIS_CLUSTER_URLS",
+            url: cluster_seeds(raw)
+                .map(redact_url)
+                .collect::<Vec<_>>()
+                .join(","),
+            reason: reason.replace(raw, "***"),
+        };
+        let seeds: Vec<&str> = cluster_seeds(raw).collect();
+        if seeds.is_empty() {
+            return Err(invalid("REDIS_CLUSTER_URLS names no node".to_owned()));
+        }
+        let client = redis::cluster::ClusterClient::builder(seeds)
+            .connection_timeout(self.connect_timeout)
+            .response_timeout(self.response_timeout)
+            .retries(2)
+            .min_retry_wait(50)
+            .max_retry_wait(500)
+            .build()
+            .map_err(|err| invalid(err.to_string()))?;
+        let config = redis::cluster::ClusterConfig::new()
+            .set_connection_timeout(self.connect_timeout)
+            .set_response_timeout(self.response_timeout);
+        Ok(RedisConn::Cluster(
+            client.get_pending_async_connection_with_config(config),
+        ))
     }
 
     /// A self-healing multiplexed connection. It connects lazily, so a service starts while
@@ -333,9 +408,51 @@ impl RedisSettings {
             .set_max_delay(Duration::from_millis(500));
         let client = self.client()?;
         ConnectionManager::new_lazy_with_config(client, config).map_err(|err| InvalidRedisUrl {
+            setting: "REDIS_URL",
             url: redact_url(self.url.expose_secret()),
             reason: err.to_string(),
         })
+    }
+}
+
+/// One multiplexed connection to Redis: a single server or a Redis Cluster
+/// ([`RedisSettings::connection`]). Cheap to clone; every clone shares the connection.
+#[derive(Clone)]
+pub enum RedisConn {
+    /// `REDIS_URL`.
+    Single(ConnectionManager),
+    /// `REDIS_CLUSTER_URLS`.
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            RedisConn::Single(conn) => conn.req_packed_command(cmd),
+            RedisConn::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            RedisConn::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(conn) => conn.get_db(),
+            RedisConn::Cluster(conn) => conn.get_db(),
+        }
     }
 }
 
@@ -553,11 +670,52 @@ mod tests {
     fn an_unparsable_url_is_reported_without_its_password() {
         let settings = RedisSettings {
             url: "nope://:hunter2@x".into(),
+            cluster_urls: None,
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
         };
         let err = settings.client().expect_err("bad scheme").to_string();
         assert!(err.contains("invalid REDIS_URL"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn cluster_seed_urls_are_checked_and_never_shown_with_their_password() {
+        for bad in ["0", "257", "-1", "two"] {
+            let arg = format!("--queue-partitions={bad}");
+            let err = parse(&[&arg]).expect_err(bad).to_string();
+            assert!(err.contains("queue-partitions"), "{err}");
+        }
+        let (mut settings, _) = parse(&[]).expect("defaults parse");
+        assert_eq!(settings.redis.queue_partitions, 1);
+        settings.redis.redis_cluster_urls =
+            Some("redis://agent:hunter2@a:7000, redis://agent:hunter2@b:7001".into());
+        assert!(settings.redis.is_cluster());
+        assert_eq!(
+            settings.redis.redacted_url(),
+            "redis://agent:***@a:7000,redis://agent:***@b:7001"
+        );
+        let debug = format!("{settings:?} {:?}", settings.redis.settings());
+        assert!(!debug.contains("hunter2"), "{debug}");
+        // on a cluster every key is hash-tagged, even with one partition
+        let partitions = settings
+            .redis
+            .partitions(crate::queue::QueueConfig::default());
+        assert!(
+            partitions.all()[0]
+                .keys()
+                .task_prefix()
+                .starts_with("agent:{")
+        );
+
+        for bad in [" , ", "nope://:hunter2@x:1"] {
+            settings.redis.redis_cluster_urls = Some(bad.into());
+            let err = match settings.redis.settings().connection() {
+                Ok(_) => panic!("{bad:?} accepted"),
+                Err(err) => err.to_string(),
+            };
+            assert!(err.contains("invalid REDIS_CLUSTER_URLS"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 }

@@ -9,7 +9,6 @@ use axum::Router;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use taskq::Partitions;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -76,9 +75,9 @@ impl Worker {
         let (slots, claim_turn) = Runner::shared_slots(settings.concurrency);
         // Claims, finishes and heartbeats of every partition share one multiplexed connection
         // each; a blocking read holds its connection, so each partition has its own.
-        let conn = redis.connection_manager()?;
-        let heartbeat_conn = beating.connection_manager()?;
-        let partitions = Partitions::new(config.queue_config(), config.redis.queue_partitions);
+        let conn = redis.connection()?;
+        let heartbeat_conn = beating.connection()?;
+        let partitions = config.redis.partitions(config.queue_config());
         let runners = partitions
             .all()
             .iter()
@@ -86,7 +85,7 @@ impl Worker {
                 Ok(Runner {
                     queue: queue.clone(),
                     conn: conn.clone(),
-                    blocking_conn: blocking.connection_manager()?,
+                    blocking_conn: blocking.connection()?,
                     heartbeat_conn: heartbeat_conn.clone(),
                     handler: Arc::clone(&handler),
                     worker_id: Arc::clone(&worker_id),

@@ -1047,3 +1047,108 @@ async fn a_worker_serves_every_partition_in_turn() {
     assert!(last_of_2 < 10, "start order by partition: {order:?}");
     worker.stop().await;
 }
+
+/// Keys in a cluster node's database.
+async fn dbsize(url: &str) -> u64 {
+    let mut conn = redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("node");
+    redis::cmd("DBSIZE")
+        .query_async(&mut conn)
+        .await
+        .expect("DBSIZE")
+}
+
+#[tokio::test]
+async fn on_a_redis_cluster_tasks_spread_over_the_shards_and_survive_a_primary_kill() {
+    let mut cluster = testkit::RedisCluster::start(3, 1);
+    let urls = cluster.urls();
+    let seed = cluster.nodes()[0].url();
+    let api = Api::start_with(&seed, |c| {
+        c.redis.redis_cluster_urls = Some(urls.clone().into());
+        c.redis.queue_partitions = 3;
+        c.replica_acks = 1;
+    })
+    .await;
+    let worker = RunningWorker::start(&seed, |c| {
+        c.redis.redis_cluster_urls = Some(urls.clone().into());
+        c.redis.queue_partitions = 3;
+        c.work = Duration::from_millis(1);
+    })
+    .await;
+
+    let mut acknowledged = Vec::new();
+    for i in 0..30 {
+        acknowledged.push(api.create(&format!("before {i}"), 5).await);
+    }
+    for id in &acknowledged {
+        api.wait_for_status(id, "succeeded", Duration::from_secs(10))
+            .await;
+    }
+    // every primary holds a partition's keys
+    for shard in 0..3 {
+        let url = cluster.primary(shard).url();
+        assert!(dbsize(&url).await > 0, "shard {shard} holds nothing");
+    }
+
+    // SIGKILL the primary of shard 1: its replica takes over. With REPLICA_ACKS=1 and its only
+    // replica promoted, the shard confirms no write until the killed node is back as the new
+    // primary's replica: submits to its partition get 503 meanwhile, never a 201 for a task
+    // that could then be lost.
+    cluster.primary(1).kill();
+    let killed = Instant::now();
+    let promoted = cluster.replica(1, 0).url();
+    let mut replica = redis::Client::open(promoted)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("the replica");
+    testkit::assert_eventually_async(
+        "the replica to be promoted",
+        Duration::from_secs(20),
+        async || {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut replica)
+                .await
+                .expect("INFO");
+            info.contains("role:master")
+        },
+    )
+    .await;
+    let failover = killed.elapsed();
+    cluster.primary(1).start_again();
+    let mut refused = 0;
+    let mut recovered_after = None;
+    while killed.elapsed() < Duration::from_secs(40) {
+        let response = api.submit("after the kill", 5).await;
+        match response.status().as_u16() {
+            201 => {
+                let body: Value = response.json().await.expect("json");
+                let id = body["id"].as_str().expect("id").to_owned();
+                if taskq::TaskId::parse(&id).expect("id").partition(3) == 1 {
+                    recovered_after.get_or_insert(killed.elapsed());
+                }
+                acknowledged.push(id);
+            }
+            503 => refused += 1,
+            other => panic!("POST /tasks answered {other}: {:?}", response.text().await),
+        }
+        if recovered_after.is_some() && acknowledged.len() >= 60 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let recovered_after = recovered_after.expect("the killed shard's partition takes tasks again");
+    eprintln!(
+        "failover: replica promoted after {failover:?}; the killed shard's partition took a \
+         task again after {recovered_after:?}; {refused} submits refused meanwhile"
+    );
+    for id in &acknowledged {
+        api.wait_for_status(id, "succeeded", Duration::from_secs(30))
+            .await;
+    }
+    worker.stop().await;
+}

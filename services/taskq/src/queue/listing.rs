@@ -202,11 +202,11 @@ impl Queue {
         paused: bool,
     ) -> Result<(), QueueError> {
         let command = if paused { "SADD" } else { "SREM" };
-        redis::cmd(command)
+        let mut pipe = redis::pipe();
+        pipe.cmd(command)
             .arg(self.config.keys.paused())
-            .arg(priority.get())
-            .query_async::<i64>(conn)
-            .await?;
+            .arg(priority.get());
+        self.write::<i64, _>(conn, pipe).await?;
         Ok(())
     }
 

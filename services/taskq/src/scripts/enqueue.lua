@@ -18,6 +18,7 @@
 local idempotency_key, legacy_key = KEYS[15], KEYS[16]
 if idempotency_key then
   local stored = redis.call('GET', idempotency_key)
+  local stored_here = stored
   if not stored and legacy_key then
     stored = redis.call('GET', legacy_key)
   end
@@ -31,6 +32,9 @@ if idempotency_key then
     if digest ~= ARGV[8] then
       return {3, id, 0, 0}
     end
+    -- Rewritten as it is: a write, so a WAIT behind this call (REPLICA_ACKS) confirms that the
+    -- replicas hold everything up to here, the first request's task included.
+    if stored_here then redis.call('SET', idempotency_key, stored, 'KEEPTTL') end
     return {0, id, 0, 0}
   end
 end

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use taskq::Priority;
 use taskq::queue::{Claim, ClaimedTask, Delivery, Finish, QueueError};
+use taskq::support::RedisConn;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -160,7 +160,7 @@ impl Runner {
     /// queued already.
     pub(super) async fn recover_own_pending(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         shared: &Shared,
     ) -> Result<(), QueueError> {
         let pending = self.queue.own_pending(conn, &self.worker_id, 1000).await?;

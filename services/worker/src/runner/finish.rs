@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use taskq::queue::{ExecutionOutcome, Finish, FinishResult, QueueError};
+use taskq::support::RedisConn;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -100,7 +100,7 @@ impl Runner {
     /// with a strike each (Redis answers, so the failure is the outcome's).
     async fn one_by_one(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         shared: &Shared,
         batch: &mut Vec<Finish>,
         tries: &mut Vec<Tries>,

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use taskq::queue::Delivery;
+use taskq::support::RedisConn;
 use tokio_util::sync::CancellationToken;
 
 use super::{Runner, Shared, entry_key, lock, record_redis_error};
@@ -170,7 +170,7 @@ impl Runner {
 
     /// Renews the lease of entries held longer than a third of it: executing, waiting to be
     /// recorded, or waiting for a slot.
-    pub(super) async fn renew_leases(&self, conn: &mut ConnectionManager, shared: &Shared) {
+    pub(super) async fn renew_leases(&self, conn: &mut RedisConn, shared: &Shared) {
         let renew_after = if shared
             .renew_all
             .swap(false, std::sync::atomic::Ordering::Relaxed)

@@ -26,9 +26,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use taskq::Priority;
 use taskq::queue::{Delivery, Finish, Queue, QueueError};
+use taskq::support::RedisConn;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -80,11 +80,11 @@ pub struct Runner {
     /// The queue protocol.
     pub queue: Queue,
     /// Multiplexed connection for claims, finishes and maintenance.
-    pub conn: ConnectionManager,
+    pub conn: RedisConn,
     /// Dedicated connection for blocking reads (a blocked command holds its connection).
-    pub blocking_conn: ConnectionManager,
+    pub blocking_conn: RedisConn,
     /// Dedicated connection for heartbeats, so a heartbeat never queues behind another call.
-    pub heartbeat_conn: ConnectionManager,
+    pub heartbeat_conn: RedisConn,
     /// Executes tasks.
     pub handler: Arc<dyn TaskHandler>,
     /// This worker's consumer name.
