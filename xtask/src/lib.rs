@@ -7,8 +7,9 @@
 //! creates the Kubernetes Secret; [`local`] runs the services as local processes (`just run`,
 //! `just dev`); [`tools`] checks for (and installs) the host tools. The binary (`src/main.rs`)
 //! maps the commands onto them and adds `bench` (the benchmark run that writes
-//! `docs/benchmarks.md`) and `bare-enqueue` (the bench-only minimal enqueue server the benchmark
-//! measures as a ceiling).
+//! `docs/benchmarks.md`), `bare-enqueue` (the bench-only minimal enqueue server the benchmark
+//! measures as a ceiling) and `bare-consume` (the bench-only batched consumer the drains are
+//! compared with).
 
 pub mod compose;
 pub mod images;

@@ -1024,16 +1024,25 @@ impl Queue {
             ))
             .into());
         }
-        type Row = (i64, String, String, String, u32, u32, i64);
+        // Seven values per started task, decoded in place (no row to collect).
+        fn field<T: redis::FromRedisValue>(
+            values: &mut impl Iterator<Item = redis::Value>,
+        ) -> Result<T, QueueError> {
+            let value = values.next().ok_or_else(|| {
+                QueueError::Protocol("claim replied a started task cut short".to_owned())
+            })?;
+            Ok(redis::from_redis_value(value).map_err(RedisError::from)?)
+        }
         let mut started = Vec::with_capacity(flat.len() / 7);
-        let mut values = flat.into_iter();
-        loop {
-            let row: Vec<redis::Value> = values.by_ref().take(7).collect();
-            if row.is_empty() {
-                break;
-            }
-            let (priority, entry_id, task_id, description, attempt, max_attempts, timeout_ms): Row =
-                redis::from_redis_value(redis::Value::Array(row)).map_err(RedisError::from)?;
+        let mut values = flat.into_iter().peekable();
+        while values.peek().is_some() {
+            let priority: i64 = field(&mut values)?;
+            let entry_id: String = field(&mut values)?;
+            let task_id: String = field(&mut values)?;
+            let description: String = field(&mut values)?;
+            let attempt: u32 = field(&mut values)?;
+            let max_attempts: u32 = field(&mut values)?;
+            let timeout_ms: i64 = field(&mut values)?;
             started.push(ClaimedTask {
                 delivery: Delivery {
                     priority: priority_from_index(priority)?,

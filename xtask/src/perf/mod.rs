@@ -31,6 +31,7 @@ pub mod redis_benchmark;
 pub mod redis_server;
 pub mod report;
 pub mod script;
+pub mod shards;
 pub mod wrk;
 
 use std::path::PathBuf;
@@ -52,6 +53,8 @@ pub enum Phase {
     Drain,
     /// Worker-kill recovery.
     Recovery,
+    /// POST and drain on a Redis Cluster of each `--shards` count (not in the default run).
+    Shards,
 }
 
 /// Options of `cargo xtask bench`; the defaults are what `just bench` runs.
@@ -115,6 +118,9 @@ pub struct Options {
     /// Busy share of the machine (percent) under which it counts as quiet.
     #[arg(long, default_value_t = 10.0)]
     pub quiet_percent: f64,
+    /// Shard counts of the `shards` phase (a Redis Cluster of that many primaries each).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3])]
+    pub shards: Vec<usize>,
     /// Worker-kill recovery runs.
     #[arg(long, default_value_t = 3)]
     pub recovery_runs: usize,

@@ -25,18 +25,18 @@ use crate::perf::wrk::{self, WrkLoad};
 use crate::perf::{Options, Phase, redis_benchmark};
 
 /// Key prefix of the orchestrator and workers under test.
-const PREFIX: &str = "bench";
+pub(super) const PREFIX: &str = "bench";
 /// Key prefix of the recovery runs.
 const RECOVERY_PREFIX: &str = "recovery";
 /// Warm-up before every measured HTTP run.
-const WARMUP: Duration = Duration::from_secs(2);
+pub(super) const WARMUP: Duration = Duration::from_secs(2);
 /// Longest wait for a drain or for the queue to empty after fixed-rate load.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The service binaries.
-struct Bins {
-    orchestrator: PathBuf,
-    worker: PathBuf,
+pub(super) struct Bins {
+    pub(super) orchestrator: PathBuf,
+    pub(super) worker: PathBuf,
     /// This tool, for its `bare-enqueue` command.
     xtask: PathBuf,
 }
@@ -70,12 +70,12 @@ fn env_pairs(list: &[String]) -> anyhow::Result<Vec<(String, String)>> {
 }
 
 /// Everything a phase needs.
-struct Ctx<'a> {
-    options: &'a Options,
+pub(super) struct Ctx<'a> {
+    pub(super) options: &'a Options,
     /// What is left of `--quiet-budget`.
     quiet_budget: std::cell::Cell<Duration>,
-    bins: Bins,
-    dir: PathBuf,
+    pub(super) bins: Bins,
+    pub(super) dir: PathBuf,
     worker_env: Vec<(String, String)>,
     orchestrator_env: Vec<(String, String)>,
 }
@@ -83,7 +83,7 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     /// Waits (up to `--quiet-wait`, within what is left of `--quiet-budget`) until other
     /// processes leave the machine mostly idle, so one measurement is not someone's build.
-    fn wait_quiet(&self) {
+    pub(super) fn wait_quiet(&self) {
         // Write back what earlier phases left dirty (the AOF), or the kernel does it during
         // the next measurement.
         let _ = std::process::Command::new("sync").status();
@@ -163,7 +163,7 @@ impl Ctx<'_> {
 }
 
 /// Starts `program` with `args` and extra environment `env`, stdout and stderr to `log`.
-fn spawn(
+pub(super) fn spawn(
     name: &str,
     program: &Path,
     args: &[&str],
@@ -178,7 +178,11 @@ fn spawn(
 }
 
 /// Waits until `url` answers 2xx (any path; a 404/405 also proves the server is up).
-async fn wait_http(url: &str, service: &mut Process, within: Duration) -> anyhow::Result<()> {
+pub(super) async fn wait_http(
+    url: &str,
+    service: &mut Process,
+    within: Duration,
+) -> anyhow::Result<()> {
     let client = reqwest::Client::builder().no_proxy().build()?;
     let deadline = Instant::now() + within;
     loop {
@@ -393,7 +397,7 @@ pub(crate) fn progress() -> Option<&'static indicatif::ProgressBar> {
 }
 
 /// A new step of the run: a line in the log, and the progress line's message on a terminal.
-fn log_phase(message: &str) {
+pub(super) fn log_phase(message: &str) {
     match progress() {
         Some(bar) => {
             bar.println(format!("bench: {message}"));
@@ -450,17 +454,8 @@ async fn ceilings(
     }
 
     log_phase("bare enqueue server under wrk");
-    let port = try_free_port()?;
-    let listen = format!("127.0.0.1:{port}");
-    let mut bare = spawn(
-        "bare_enqueue",
-        &ctx.bins.xtask,
-        &["bare-enqueue", redis.url().as_str(), listen.as_str()],
-        &[],
-        ctx.dir.join(format!("bare-{}.log", redis.fsync.as_str())),
-    )?;
-    let url = format!("http://{listen}/tasks");
-    wait_http(&url, &mut bare, Duration::from_secs(10)).await?;
+    let (mut bare, url) =
+        start_bare_server(ctx, redis, &format!("bare-{}.log", redis.fsync.as_str())).await?;
     for &connections in &ctx.options.wrk_connections {
         let measurement = wrk_measurement(
             ctx,
@@ -514,6 +509,80 @@ async fn wrk_measurement(
     })
 }
 
+/// Starts the bare enqueue server (`xtask bare-enqueue`) on `redis`, its output to `log`;
+/// returns it once it answers, with its `/tasks` URL.
+async fn start_bare_server(
+    ctx: &Ctx<'_>,
+    redis: &RedisProcess,
+    log: &str,
+) -> anyhow::Result<(Process, String)> {
+    let port = try_free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let mut bare = spawn(
+        "bare_enqueue",
+        &ctx.bins.xtask,
+        &["bare-enqueue", redis.url().as_str(), listen.as_str()],
+        &[],
+        ctx.dir.join(log),
+    )?;
+    let url = format!("http://{listen}/tasks");
+    wait_http(&url, &mut bare, Duration::from_secs(10)).await?;
+    Ok((bare, url))
+}
+
+/// One open-model run at `rate` against `url` (served by `server`) while two fresh workers
+/// consume the tasks under `prefix`, until they are drained; the workers are returned still
+/// running (their logs hold the executions).
+struct OpenLoopRun {
+    http: crate::perf::open_loop::FixedRateResult,
+    cpu: CpuUse,
+    redis_stalls: Vec<crate::perf::redis_server::LatencyEvent>,
+    workers: Vec<Process>,
+}
+
+async fn open_loop_with_workers(
+    ctx: &Ctx<'_>,
+    redis: &RedisProcess,
+    server: &Process,
+    url: String,
+    rate: u32,
+    prefix: &str,
+    label: &str,
+) -> anyhow::Result<(OpenLoopRun, MultiplexedConnection)> {
+    let queue = queue(prefix);
+    let mut conn = redis.connect().await?;
+    queue.ensure_groups(&mut conn).await?;
+    let mut workers = Vec::new();
+    for i in 0..2 {
+        workers.push(ctx.start_worker(redis, prefix, &format!("{label}-{i}"), 0, None)?);
+    }
+    wait_live_workers(&queue, &mut conn, 2).await?;
+    let load = FixedRate {
+        url,
+        body: post_body(),
+        rate_per_s: rate,
+        warmup: WARMUP,
+        duration: ctx.options.duration,
+    };
+    let servers: Vec<&Process> = std::iter::once(server).chain(workers.iter()).collect();
+    ctx.wait_quiet();
+    redis.reset_latency().await?;
+    let before = snapshot(redis, &servers, self_cpu()).await;
+    let http = tokio::task::spawn_blocking(move || open_loop::run(&load)).await??;
+    let after = snapshot(redis, &servers, self_cpu()).await;
+    let redis_stalls = redis.latency_events().await?;
+    wait_drained(&queue, &mut conn, Duration::from_millis(50), DRAIN_TIMEOUT).await?;
+    Ok((
+        OpenLoopRun {
+            http,
+            cpu: cpu_use(&before, &after),
+            redis_stalls,
+            workers,
+        },
+        conn,
+    ))
+}
+
 async fn fixed_rates(
     ctx: &Ctx<'_>,
     redis: &RedisProcess,
@@ -527,35 +596,22 @@ async fn fixed_rates(
         log_phase(&format!("orchestrator at a fixed {rate}/s ({fsync})"));
         // Every rate starts from the same state: no keys, a freshly rewritten AOF, new workers.
         redis.reset().await?;
-        let mut workers = Vec::new();
-        for i in 0..2 {
-            workers.push(ctx.start_worker(
-                redis,
-                PREFIX,
-                &format!("bench-{fsync}-fixed{rate}-{i}"),
-                0,
-                None,
-            )?);
-        }
-        let mut conn = redis.connect().await?;
-        wait_live_workers(&queue, &mut conn, 2).await?;
-        let load = FixedRate {
-            url: format!("{base}/tasks"),
-            body: post_body(),
-            rate_per_s: rate,
-            warmup: WARMUP,
-            duration: ctx.options.duration,
-        };
-        let servers: Vec<&Process> = std::iter::once(orchestrator)
-            .chain(workers.iter())
-            .collect();
-        ctx.wait_quiet();
-        redis.reset_latency().await?;
-        let before = snapshot(redis, &servers, self_cpu()).await;
-        let http = tokio::task::spawn_blocking(move || open_loop::run(&load)).await??;
-        let after = snapshot(redis, &servers, self_cpu()).await;
-        let redis_stalls = redis.latency_events().await?;
-        wait_drained(&queue, &mut conn, Duration::from_millis(50), DRAIN_TIMEOUT).await?;
+        let (run, mut conn) = open_loop_with_workers(
+            ctx,
+            redis,
+            orchestrator,
+            format!("{base}/tasks"),
+            rate,
+            PREFIX,
+            &format!("bench-{fsync}-fixed{rate}"),
+        )
+        .await?;
+        let OpenLoopRun {
+            http,
+            cpu,
+            redis_stalls,
+            mut workers,
+        } = run;
         let ids: Vec<TaskId> = http
             .tasks
             .iter()
@@ -591,7 +647,7 @@ async fn fixed_rates(
             enqueue_to_start: (!waits.is_empty()).then(|| summary(waits, 1.0)),
             send_to_start: (!upper.is_empty()).then(|| summary(upper, 0.001)),
             answer_to_start: (!lower.is_empty()).then(|| summary(lower, 0.001)),
-            cpu: cpu_use(&before, &after),
+            cpu,
             redis_stalls,
             http,
         });
@@ -619,56 +675,27 @@ async fn bare_fixed_rate(
         "bare enqueue server at a fixed {rate}/s ({fsync})"
     ));
     redis.reset().await?;
-    let port = try_free_port()?;
-    let listen = format!("127.0.0.1:{port}");
-    let mut bare = spawn(
-        "bare_enqueue",
-        &ctx.bins.xtask,
-        &["bare-enqueue", redis.url().as_str(), listen.as_str()],
-        &[],
-        ctx.dir.join(format!("bare-fixed-{fsync}.log")),
-    )?;
-    let url = format!("http://{listen}/tasks");
-    wait_http(&url, &mut bare, Duration::from_secs(10)).await?;
-    let queue = queue(BARE_PREFIX);
-    let mut conn = redis.connect().await?;
-    queue.ensure_groups(&mut conn).await?;
-    let mut workers = Vec::new();
-    for i in 0..2 {
-        workers.push(ctx.start_worker(
-            redis,
-            BARE_PREFIX,
-            &format!("bench-{fsync}-bare-fixed{rate}-{i}"),
-            0,
-            None,
-        )?);
-    }
-    wait_live_workers(&queue, &mut conn, 2).await?;
-    let load = FixedRate {
+    let (mut bare, url) = start_bare_server(ctx, redis, &format!("bare-fixed-{fsync}.log")).await?;
+    let (mut run, _conn) = open_loop_with_workers(
+        ctx,
+        redis,
+        &bare,
         url,
-        body: post_body(),
-        rate_per_s: rate,
-        warmup: WARMUP,
-        duration: ctx.options.duration,
-    };
-    let servers: Vec<&Process> = std::iter::once(&bare).chain(workers.iter()).collect();
-    ctx.wait_quiet();
-    redis.reset_latency().await?;
-    let before = snapshot(redis, &servers, self_cpu()).await;
-    let http = tokio::task::spawn_blocking(move || open_loop::run(&load)).await??;
-    let after = snapshot(redis, &servers, self_cpu()).await;
-    let redis_stalls = redis.latency_events().await?;
-    wait_drained(&queue, &mut conn, Duration::from_millis(50), DRAIN_TIMEOUT).await?;
+        rate,
+        BARE_PREFIX,
+        &format!("bench-{fsync}-bare-fixed{rate}"),
+    )
+    .await?;
     mode.bare_fixed_rate.push(FixedRateMeasurement {
-        workers: workers.len(),
+        workers: run.workers.len(),
         enqueue_to_start: None,
         send_to_start: None,
         answer_to_start: None,
-        cpu: cpu_use(&before, &after),
-        redis_stalls,
-        http,
+        cpu: run.cpu,
+        redis_stalls: run.redis_stalls,
+        http: run.http,
     });
-    for worker in &mut workers {
+    for worker in &mut run.workers {
         let _ = worker.stop(Duration::from_secs(10));
     }
     let _ = bare.stop(Duration::from_secs(5));
@@ -1086,6 +1113,7 @@ pub async fn run(options: &Options, command: String) -> anyhow::Result<Report> {
             bare_drain: Vec::new(),
             bare_fixed_rate: Vec::new(),
             orchestrator_peak_rss_kib: 0,
+            shards: Vec::new(),
         };
         if wants(Phase::Ceilings) {
             ceilings(&ctx, &redis, &mut mode).await?;
@@ -1129,6 +1157,12 @@ pub async fn run(options: &Options, command: String) -> anyhow::Result<Report> {
             drains(&ctx, &redis, &mut mode).await?;
         }
         redis.stop();
+        if wants(Phase::Shards) {
+            for &shards in &options.shards {
+                mode.shards
+                    .push(crate::perf::shards::measure(&ctx, fsync, shards).await?);
+            }
+        }
         report.modes.push(mode);
     }
     if wants(Phase::Recovery) && options.recovery_runs > 0 {

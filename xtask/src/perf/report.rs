@@ -221,6 +221,38 @@ pub struct ModeReport {
     pub bare_fixed_rate: Vec<FixedRateMeasurement>,
     /// Orchestrator peak RSS over the whole mode, KiB.
     pub orchestrator_peak_rss_kib: u64,
+    /// POST and drain on a Redis Cluster, one per shard count (`--phases shards`).
+    #[serde(default)]
+    pub shards: Vec<ShardResult>,
+}
+
+/// The system on a Redis Cluster of `shards` primaries ([`crate::perf::shards`]).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ShardResult {
+    /// Primaries (and `QUEUE_PARTITIONS`).
+    pub shards: usize,
+    /// The orchestrator under wrk.
+    pub post: WrkResult,
+    /// Orchestrator CPU per request, µs.
+    pub post_orchestrator_us_per_task: f64,
+    /// Redis CPU per request over every primary, µs.
+    pub post_redis_us_per_task: f64,
+    /// Each primary's share of that Redis CPU, percent.
+    pub post_redis_share: Vec<f64>,
+    /// Tasks the drain started with.
+    pub drained: u64,
+    /// Drain rate, two workers, tasks per second.
+    pub drain_rate_per_s: f64,
+    /// Workers' CPU per task, µs.
+    pub drain_workers_us_per_task: f64,
+    /// Redis CPU per task over every primary, µs.
+    pub drain_redis_us_per_task: f64,
+    /// Each primary's share of that Redis CPU, percent.
+    pub drain_redis_share: Vec<f64>,
+    /// Script calls (claims, finishes, heartbeats, promotions...) per task drained: the fewer,
+    /// the larger the batches.
+    #[serde(default)]
+    pub drain_scripts_per_task: f64,
 }
 
 /// One worker-kill recovery.
@@ -815,6 +847,9 @@ pub fn render_markdown(report: &Report, kept: Option<&str>, curves_svg: &str) ->
             );
         }
     }
+    for mode in report.modes.iter().filter(|m| !m.shards.is_empty()) {
+        shard_section(&mut md, mode);
+    }
     if !report.recovery.is_empty() {
         let _ = writeln!(
             md,
@@ -844,6 +879,50 @@ pub fn render_markdown(report: &Report, kept: Option<&str>, curves_svg: &str) ->
         }
     }
     md
+}
+
+/// The table of the `shards` phase of one mode.
+fn shard_section(md: &mut String, mode: &ModeReport) {
+    let _ = writeln!(
+        md,
+        "## Redis Cluster by shard count (`appendfsync {}`)\n",
+        mode.fsync.as_str()
+    );
+    let _ = writeln!(
+        md,
+        "`QUEUE_PARTITIONS` = shards, no replicas, every process on the same 2 cores: the \
+         rates cannot grow with shards here; the CPU per task and its spread over the \
+         primaries are the figures to read (docs/scaling.md).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| shards | POST rate | p99 | orchestrator µs/request | Redis µs/request | share per primary | drain rate (2 workers) | workers µs/task | Redis µs/task | script calls/task | share per primary |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let shares = |v: &[f64]| {
+        v.iter()
+            .map(|s| format!("{s:.0} %"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    for r in &mode.shards {
+        let _ = writeln!(
+            md,
+            "| {} | {}/s | {:.2} ms | {:.1} | {:.1} | {} | {}/s ({} tasks) | {:.1} | {:.1} | {:.3} | {} |",
+            r.shards,
+            thousands(r.post.rate_per_s),
+            r.post.p99_ms,
+            r.post_orchestrator_us_per_task,
+            r.post_redis_us_per_task,
+            shares(&r.post_redis_share),
+            thousands(r.drain_rate_per_s),
+            r.drained,
+            r.drain_workers_us_per_task,
+            r.drain_redis_us_per_task,
+            r.drain_scripts_per_task,
+            shares(&r.drain_redis_share),
+        );
+    }
+    let _ = writeln!(md);
 }
 
 /// How the figures were taken (the same every run).

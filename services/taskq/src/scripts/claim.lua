@@ -37,7 +37,7 @@ local function attempt_string(n)
 end
 local out = {}
 local n_out = 0
-local function started(p, entry, task_id, description, attempts, max_attempts, timeout_ms)
+local function emit_started(p, entry, task_id, description, attempts, max_attempts, timeout_ms)
   out[n_out + 1] = p
   out[n_out + 2] = entry
   out[n_out + 3] = task_id
@@ -118,7 +118,7 @@ local function start(p, entry, task_id, delivered)
     -- attempt; attempts count executions that started. (A restarted process has another run id:
     -- its predecessor's execution may have started, so that one counts.)
     redis.call('HSET', key, 'started_at', now_s)
-    started(p, entry, task_id, f[4], attempts, max_attempts, f[9])
+    emit_started(p, entry, task_id, f[4], attempts, max_attempts, f[9])
     return true
   end
   if attempts >= max_attempts then
@@ -135,7 +135,7 @@ local function start(p, entry, task_id, delivered)
   attempts = attempts + 1
   redis.call('HSET', key, 'status', 'running', 'attempts', attempt_string(attempts), 'started_at',
     now_s, 'worker', consumer, 'stream_id', entry, 'run', run)
-  started(p, entry, task_id, f[4], attempts, max_attempts, f[9])
+  emit_started(p, entry, task_id, f[4], attempts, max_attempts, f[9])
   return true
 end
 
