@@ -1152,3 +1152,66 @@ async fn on_a_redis_cluster_tasks_spread_over_the_shards_and_survive_a_primary_k
     }
     worker.stop().await;
 }
+
+/// An outcome refused because its shard has no primary for a moment (`CLUSTERDOWN` while the
+/// cluster fails a killed primary over) is an outage of that shard, not a fault of the outcome,
+/// even though other nodes answer: it waits and is recorded once the shard is back. Counting
+/// those refusals as strikes recorded tasks that had succeeded as `dead`.
+#[tokio::test]
+async fn an_outcome_refused_while_its_shard_fails_over_is_recorded_once_it_is_back() {
+    let mut cluster = testkit::RedisCluster::start(3, 1);
+    let urls = cluster.urls();
+    let seed = cluster.nodes()[0].url();
+    let api = Api::start_with(&seed, |c| {
+        c.redis.redis_cluster_urls = Some(urls.clone().into());
+        c.redis.queue_partitions = 3;
+    })
+    .await;
+    let worker = RunningWorker::start(&seed, |c| {
+        c.redis.redis_cluster_urls = Some(urls.clone().into());
+        c.redis.queue_partitions = 3;
+        c.concurrency = 64;
+        c.work = Duration::from_millis(1500);
+    })
+    .await;
+    // Tasks start every 100 ms for 4 s and run 1.5 s each; shard 0's primary is killed 1 s in,
+    // so executions keep ending all through its failover, the CLUSTERDOWN window included.
+    let started = Instant::now();
+    let mut killed = false;
+    let mut acknowledged = Vec::new();
+    while started.elapsed() < Duration::from_secs(4) {
+        if !killed && started.elapsed() >= Duration::from_secs(1) {
+            cluster.primary(0).kill();
+            killed = true;
+        }
+        let response = api.submit("outlives a failover", 5).await;
+        match response.status().as_u16() {
+            201 => {
+                let body: Value = response.json().await.expect("json");
+                acknowledged.push(body["id"].as_str().expect("id").to_owned());
+            }
+            503 => {}
+            other => panic!("POST /tasks answered {other}: {:?}", response.text().await),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.primary(0).start_again();
+    let on_the_shard = acknowledged
+        .iter()
+        .filter(|id| taskq::TaskId::parse(id).expect("id").partition(3) == 0)
+        .count();
+    assert!(
+        on_the_shard >= 2,
+        "{on_the_shard} tasks on the killed shard"
+    );
+    for id in &acknowledged {
+        let record = api
+            .wait_for(id, Duration::from_secs(30), |task| {
+                task["status"] == "succeeded" || task["status"] == "dead"
+            })
+            .await;
+        assert_eq!(record["status"], "succeeded", "{record}");
+    }
+    worker.stop().await;
+}

@@ -5,7 +5,9 @@
 //! outcomes are tried one by one (when Redis answers at all), and later outcomes join the next
 //! try. An outcome that keeps failing while Redis answers (a deterministic refusal, not an outage) is replaced by a short
 //! `dead` outcome naming the error, and if even that cannot be recorded it is left pending in
-//! Redis, to be executed again after its lease.
+//! Redis, to be executed again after its lease. A refusal that means its node or slot is away
+//! (`CLUSTERDOWN`, `MOVED`, `TRYAGAIN`, `LOADING`, ...: [`QueueError::is_unavailable`]) is no
+//! strike: a Redis Cluster shard failing over refuses while the other nodes answer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,7 +123,13 @@ impl Runner {
             }
         }
         for (mut finish, mut tried, err) in failed {
-            tried.strikes += 1;
+            // Refused for an outage of its own node or slot (a Redis Cluster shard without a
+            // primary for a moment answers CLUSTERDOWN, MOVED or TRYAGAIN while the other nodes
+            // answer PING): not the outcome's fault, so no strike; it waits like a whole batch
+            // in an outage.
+            if !err.is_unavailable() {
+                tried.strikes += 1;
+            }
             if tried.strikes < STRIKES {
                 batch.push(finish);
                 tries.push(tried);
