@@ -543,6 +543,40 @@ pub fn recovery_ms(healed_ms: f64, events: &[Event]) -> Option<f64> {
     Some(first_ack.max(first_execution) - healed_ms)
 }
 
+/// The recovery of one partition of a queue split into `count` (a Redis Cluster shard's), after
+/// a fault on the shard's primary at `from_ms`: until the first task submitted after the fault
+/// into `partition` was acknowledged and started, i.e. until the shard served clients again,
+/// whatever the other shards did meanwhile (a submit sent before the fault may be answered after
+/// it, from a write the primary made before it died).
+pub fn partition_recovery_ms(
+    from_ms: f64,
+    partition: u16,
+    count: u16,
+    events: &[Event],
+) -> Option<f64> {
+    let in_partition = |id: &str| {
+        taskq::TaskId::parse(id).is_ok_and(|task_id| task_id.partition(count) == partition)
+    };
+    let mut first_start: HashMap<&str, f64> = HashMap::new();
+    for event in events {
+        if let Event::Execution(x) = event {
+            let at = first_start.entry(x.id.as_str()).or_insert(x.t_ms);
+            *at = at.min(x.t_ms);
+        }
+    }
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Submit(s) if s.outcome == OpOutcome::Ok && s.t_ms >= from_ms => {
+                let id = s.id.as_deref().filter(|id| in_partition(id))?;
+                Some(s.end_ms.max(*first_start.get(id)?))
+            }
+            _ => None,
+        })
+        .min_by(f64::total_cmp)
+        .map(|served| served - from_ms)
+}
+
 /// Tasks acknowledged before `fault_ms` whose first execution started after `healed_ms`: the
 /// queue carried them across the fault (after a Redis kill, only its persistence can).
 pub fn carried_over(fault_ms: f64, healed_ms: f64, events: &[Event]) -> u64 {
@@ -948,6 +982,41 @@ mod tests {
             (0, 0, 0, 0, 0),
             "{a:?}"
         );
+    }
+
+    #[test]
+    fn a_shard_recovers_when_a_task_submitted_to_it_after_the_fault_is_acknowledged_and_started() {
+        let id = |partition: u16| taskq::TaskId::new_in_partition(partition).to_string();
+        let (in_flight, other, first, later) = (id(0), id(1), id(0), id(0));
+        let submit = |id: &str, t_ms: f64, end_ms: f64| {
+            let mut e = ok(id);
+            if let Event::Submit(s) = &mut e {
+                (s.t_ms, s.end_ms) = (t_ms, end_ms);
+            }
+            e
+        };
+        let run = |id: &str, t_ms: f64| {
+            let mut e = run(id, 1, Outcome::Succeeded);
+            if let Event::Execution(x) = &mut e {
+                x.t_ms = t_ms;
+            }
+            e
+        };
+        let events = vec![
+            // sent before the fault, answered after it: says nothing about the shard
+            submit(&in_flight, 90.0, 120.0),
+            run(&in_flight, 125.0),
+            // another shard serves all along
+            submit(&other, 110.0, 111.0),
+            run(&other, 112.0),
+            submit(&first, 2_000.0, 2_100.0),
+            run(&first, 2_300.0),
+            submit(&later, 2_050.0, 2_400.0),
+            run(&later, 2_200.0),
+        ];
+        assert_eq!(partition_recovery_ms(100.0, 0, 2, &events), Some(2_200.0));
+        assert_eq!(partition_recovery_ms(100.0, 1, 2, &events), Some(12.0));
+        assert_eq!(partition_recovery_ms(3_000.0, 0, 2, &events), None);
     }
 
     #[test]

@@ -6,19 +6,53 @@ use crate::{
     checker::{self, Analysis},
     history::Event,
     report::{ExpectationReport, Report, StepReport, secs},
-    scenario::{Action, Expectations},
+    scenario::{Action, Expectations, Subject, Target},
 };
+
+/// The Redis Cluster shard whose primary a step takes away (kill, stop, pause, disconnect, or
+/// a failover to its replica): its recovery is the shard's own, measured on the tasks of its
+/// partition.
+fn shard_outage(step: &StepReport) -> Option<u32> {
+    match step.target {
+        Subject::Service(Target::Primary(shard))
+            if matches!(
+                step.action,
+                Action::Kill | Action::Stop | Action::Pause | Action::Disconnect | Action::Failover
+            ) =>
+        {
+            Some(shard)
+        }
+        _ => None,
+    }
+}
+
+/// Whether the report measures recovery after this step: healing steps, `power-loss`, and
+/// outages of a cluster shard's primary.
+fn measures_recovery(step: &StepReport) -> bool {
+    step.action.is_recovery_point() || shard_outage(step).is_some()
+}
 
 /// Fills `report` from a history (counts, latency, drain, recovery per healing step) and checks
 /// the expectations: the one judgement for `harness run` and `harness check`. `report.steps[i]`
-/// must be the i-th `fault` event of the history.
-pub fn judge(report: &mut Report, expect: &Expectations, events: Vec<Event>) {
+/// must be the i-th `fault` event of the history. `partitions` is the queue's partition count
+/// (a Redis Cluster's shard count; 1 on a single Redis).
+pub fn judge(report: &mut Report, expect: &Expectations, partitions: u16, events: Vec<Event>) {
     let analysis = checker::analyze(&events);
     let faults = crate::history::faults(&events);
     for index in 0..report.steps.len().min(faults.len()) {
         let step = &report.steps[index];
         // A power loss is a crash and its restart in one step: its own fault and its healing.
         let instant = step.action == Action::PowerLoss;
+        if step.ok
+            && let Some(shard) = shard_outage(step)
+        {
+            // From the end of the step: a kill takes effect once the node is gone.
+            let from_ms = faults[index].t_ms + step.duration_ms as f64;
+            let partition = u16::try_from(shard - 1).unwrap_or(u16::MAX);
+            let recovery = checker::partition_recovery_ms(from_ms, partition, partitions, &events);
+            report.steps[index].recovery_ms = recovery.map(|ms| ms.max(0.0).ceil() as u64);
+            continue;
+        }
         if !(step.ok && step.action.is_recovery_point()) {
             continue;
         }
@@ -112,7 +146,7 @@ fn fill_counts(report: &mut Report, analysis: &Analysis, load_ms: u64) {
     let healing: Vec<Option<u64>> = report
         .steps
         .iter()
-        .filter(|s| s.ok && s.action.is_healing())
+        .filter(|s| s.ok && (s.action.is_healing() || shard_outage(s).is_some()))
         .map(|s| s.recovery_ms)
         .collect();
     report.recovery_ms = if healing.is_empty() || healing.iter().any(Option::is_none) {
@@ -167,7 +201,7 @@ pub fn evaluate(expect: &Expectations, report: &Report) -> Vec<ExpectationReport
         let healing: Vec<&StepReport> = report
             .steps
             .iter()
-            .filter(|s| s.action.is_recovery_point())
+            .filter(|s| measures_recovery(s))
             .collect();
         let never = healing.iter().filter(|s| s.recovery_ms.is_none()).count();
         out.push(ExpectationReport {

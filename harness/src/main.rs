@@ -255,14 +255,16 @@ fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let (name, expect) = match &args.scenario {
+    let (name, expect, partitions) = match &args.scenario {
         Some(file) => {
             let scenario = Scenario::from_file(resolve_scenario_path(file))?;
-            (scenario.name, scenario.expect)
+            let shards = scenario.cluster.redis.shards as u16;
+            (scenario.name, scenario.expect, shards)
         }
         None => (
             args.history.display().to_string(),
             harness::scenario::Expectations::default(),
+            1,
         ),
     };
     let mut report = harness::Report {
@@ -277,7 +279,7 @@ fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     }
-    harness::judge::judge(&mut report, &expect, events);
+    harness::judge::judge(&mut report, &expect, partitions, events);
     println!("{}", report.summary());
     if let Some(path) = &args.report {
         std::fs::write(path, report::to_json(std::slice::from_ref(&report))?)

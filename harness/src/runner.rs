@@ -14,7 +14,7 @@
 //! [`crate::checker`]; `harness check` judges a saved history the same way.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -164,6 +164,7 @@ async fn run_into(
     spec.fault_disk = scenario.needs_fault_fs();
     spec.clock_shift = scenario.needs_clock_shift();
     spec.link_proxies = scenario.needs_link_proxies();
+    spec.redis = scenario.cluster.redis;
     report.run_id = spec.run_id.clone();
 
     let cluster_started = Instant::now();
@@ -322,7 +323,19 @@ async fn drive(
     // created is read back, so a task stuck in `running` or marked `dead` after a success shows.
     progress.phase(Phase::Reconcile);
     wait_quiet(cluster, drain_deadline).await;
-    let executions = cluster.executions().await.unwrap_or(executions);
+    let mut executions = cluster.executions().await.unwrap_or(executions);
+    let mut finals = reconcile(cluster, &submits, &executions).await?;
+    // A `task_executed` line goes out before its outcome is recorded, so before the final state
+    // read above shows it; but docker delivers log lines asynchronously, and a task that ended
+    // while the queue turned quiet may have its line in flight. Read the logs once more (and the
+    // states again, for tasks the new lines name).
+    tokio::time::sleep(LOG_SETTLE).await;
+    if let Ok(later) = cluster.executions().await
+        && later.len() > executions.len()
+    {
+        executions = later;
+        finals = reconcile(cluster, &submits, &executions).await?;
+    }
     progress.executions(&executions);
     let origin_unix = submits
         .iter()
@@ -348,7 +361,7 @@ async fn drive(
             planned: false,
         })
     }));
-    events.extend(reconcile(cluster, &submits, &executions).await?);
+    events.extend(finals);
 
     let load_ms = checker::load_window(&events)
         .map(|(from, to)| (to - from).max(1.0) as u64)
@@ -363,7 +376,8 @@ async fn drive(
             step
         })
         .collect();
-    crate::judge::judge(report, &scenario.expect, events);
+    let partitions = scenario.cluster.redis.shards as u16;
+    crate::judge::judge(report, &scenario.expect, partitions, events);
     Ok(())
 }
 
@@ -450,28 +464,38 @@ fn execution_events(executions: &[Execution], origin_unix: u64) -> Vec<Event> {
         .collect()
 }
 
+/// How long the reconciliation waits for log lines still on their way from the workers.
+const LOG_SETTLE: Duration = Duration::from_millis(500);
+
 /// Longest wait for the queue to become quiet after the drain.
 const QUIET_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Waits until nothing is waiting, running or scheduled for a retry (every priority stream and
 /// the retry schedule empty), or until `deadline` (at least [`QUIET_TIMEOUT`] from now).
 async fn wait_quiet(cluster: &Cluster, deadline: Instant) {
-    let keys = taskq::Keys::new(cluster.spec().key_prefix.clone());
+    let partitions = cluster.spec().partitions();
     let deadline = deadline.max(Instant::now() + QUIET_TIMEOUT);
-    let Ok(client) = redis::Client::open(cluster.redis_url()) else {
+    let Ok(mut conn) = cluster.queue_connection() else {
         return;
     };
     while Instant::now() < deadline {
-        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+        let mut quiet = true;
+        // One pipeline per partition: its keys share a slot, so a cluster runs it on one node.
+        for queue in partitions.all() {
+            let keys = &queue.config().keys;
             let mut pipe = redis::pipe();
             for stream in keys.streams() {
                 pipe.cmd("XLEN").arg(stream);
             }
             pipe.cmd("ZCARD").arg(keys.retry_schedule());
             let counts: Result<Vec<u64>, _> = pipe.query_async(&mut conn).await;
-            if counts.is_ok_and(|counts| counts.iter().all(|n| *n == 0)) {
-                return;
+            if !counts.is_ok_and(|counts| counts.iter().all(|n| *n == 0)) {
+                quiet = false;
+                break;
             }
+        }
+        if quiet {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -487,7 +511,7 @@ async fn reconcile(
     executions: &[Execution],
 ) -> anyhow::Result<Vec<Event>> {
     let resolved = resolve_idempotency_keys(cluster, submits).await;
-    let keys = taskq::Keys::new(cluster.spec().key_prefix.clone());
+    let partitions = cluster.spec().partitions();
     let mut lookups: Vec<(String, Option<String>)> = Vec::new();
     let mut seen: HashSet<String> = HashSet::new();
     for submit in submits {
@@ -509,33 +533,43 @@ async fn reconcile(
             lookups.push((execution.task_id.clone(), None));
         }
     }
-    let client = redis::Client::open(cluster.redis_url())?;
+    // Grouped by partition, so each pipeline reads one slot (one node of a cluster).
+    let mut by_partition: BTreeMap<u16, Vec<(String, Option<String>)>> = BTreeMap::new();
+    for (id, key) in lookups {
+        let partition = taskq::TaskId::parse(&id)
+            .map(|task_id| task_id.partition(partitions.count()))
+            .unwrap_or(0);
+        by_partition.entry(partition).or_default().push((id, key));
+    }
+    let mut conn = cluster.queue_connection()?;
     let read = async {
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        let mut finals = Vec::with_capacity(lookups.len());
-        for chunk in lookups.chunks(500) {
-            let mut pipe = redis::pipe();
-            for (id, _) in chunk {
-                match taskq::TaskId::parse(id) {
-                    Ok(task_id) => pipe.cmd("HMGET").arg(keys.task(&task_id)),
-                    // Not an id this system makes: no record can exist under it.
-                    Err(_) => pipe.cmd("HMGET").arg(keys.task_prefix()),
-                };
-                pipe.arg("status").arg("attempts");
-            }
-            let rows: Vec<(Option<String>, Option<u32>)> = pipe.query_async(&mut conn).await?;
-            for ((id, key), (status, attempts)) in chunk.iter().zip(rows) {
-                let status = match status.as_deref() {
-                    None => FinalStatus::Missing,
-                    Some(raw) => serde_json::from_value(serde_json::Value::String(raw.into()))
-                        .with_context(|| format!("task {id} has an unknown status {raw:?}"))?,
-                };
-                finals.push(Event::Final(Final {
-                    id: id.clone(),
-                    key: key.clone(),
-                    status,
-                    attempts,
-                }));
+        let mut finals = Vec::new();
+        for (partition, lookups) in &by_partition {
+            let keys = &partitions.all()[usize::from(*partition)].config().keys;
+            for chunk in lookups.chunks(500) {
+                let mut pipe = redis::pipe();
+                for (id, _) in chunk {
+                    match taskq::TaskId::parse(id) {
+                        Ok(task_id) => pipe.cmd("HMGET").arg(keys.task(&task_id)),
+                        // Not an id this system makes: no record can exist under it.
+                        Err(_) => pipe.cmd("HMGET").arg(keys.task_prefix()),
+                    };
+                    pipe.arg("status").arg("attempts");
+                }
+                let rows: Vec<(Option<String>, Option<u32>)> = pipe.query_async(&mut conn).await?;
+                for ((id, key), (status, attempts)) in chunk.iter().zip(rows) {
+                    let status = match status.as_deref() {
+                        None => FinalStatus::Missing,
+                        Some(raw) => serde_json::from_value(serde_json::Value::String(raw.into()))
+                            .with_context(|| format!("task {id} has an unknown status {raw:?}"))?,
+                    };
+                    finals.push(Event::Final(Final {
+                        id: id.clone(),
+                        key: key.clone(),
+                        status,
+                        attempts,
+                    }));
+                }
             }
         }
         anyhow::Ok(finals)
@@ -575,23 +609,18 @@ const TRAFFIC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Waits until one of the load's first requests has been stored (its idempotency key exists in
 /// Redis; read-only) and returns when that was seen.
 async fn wait_for_traffic(cluster: &Cluster, run_id: &str, timeout: Duration) -> Option<Instant> {
-    let prefix = cluster.spec().key_prefix.clone();
+    let partitions = cluster.spec().partitions();
     let keys: Vec<String> = (0..16)
-        .map(|op| idempotency_redis_key(&prefix, &format!("{run_id}-{op}")))
+        .map(|op| idempotency_redis_key(&partitions, &format!("{run_id}-{op}")))
         .collect();
     let deadline = Instant::now() + timeout;
-    let client = redis::Client::open(cluster.redis_url()).ok()?;
-    let mut connection = None;
+    let mut conn = cluster.queue_connection().ok()?;
     while Instant::now() < deadline {
-        if connection.is_none() {
-            connection = client.get_multiplexed_async_connection().await.ok();
-        }
-        if let Some(conn) = connection.as_mut() {
-            let found: Result<u64, _> = redis::cmd("EXISTS").arg(&keys).query_async(conn).await;
-            match found {
-                Ok(n) if n > 0 => return Some(Instant::now()),
-                Ok(_) => {}
-                Err(_) => connection = None,
+        // One key per command: on a cluster they live in different slots.
+        for key in &keys {
+            let found: Result<u64, _> = redis::cmd("EXISTS").arg(key).query_async(&mut conn).await;
+            if found.is_ok_and(|n| n > 0) {
+                return Some(Instant::now());
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -614,24 +643,36 @@ async fn resolve_idempotency_keys(
     if keys.is_empty() {
         return HashMap::new();
     }
-    let prefix = cluster.spec().key_prefix.clone();
+    let partitions = cluster.spec().partitions();
+    // Grouped by partition: one MGET may not span slots on a cluster.
+    let mut by_partition: BTreeMap<u16, Vec<&str>> = BTreeMap::new();
+    let scope = taskq::IdempotencyScope::open();
+    for key in keys {
+        let partition = partitions
+            .for_new_task(&scope, Some(key))
+            .config()
+            .keys
+            .partition();
+        by_partition.entry(partition.index).or_default().push(key);
+    }
     let attempt = async {
-        let client = redis::Client::open(cluster.redis_url())?;
-        let mut connection = client.get_multiplexed_async_connection().await?;
+        let mut connection = cluster.queue_connection()?;
         let mut resolved = HashMap::new();
-        for chunk in keys.chunks(500) {
-            let redis_keys: Vec<String> = chunk
-                .iter()
-                .map(|key| idempotency_redis_key(&prefix, key))
-                .collect();
-            let ids: Vec<Option<String>> = redis::cmd("MGET")
-                .arg(&redis_keys)
-                .query_async(&mut connection)
-                .await?;
-            for (key, record) in chunk.iter().zip(ids) {
-                if let Some(record) = record {
-                    let id = taskq::queue::idempotency_record_task_id(&record);
-                    resolved.insert(key.to_string(), id.to_owned());
+        for keys in by_partition.values() {
+            for chunk in keys.chunks(500) {
+                let redis_keys: Vec<String> = chunk
+                    .iter()
+                    .map(|key| idempotency_redis_key(&partitions, key))
+                    .collect();
+                let ids: Vec<Option<String>> = redis::cmd("MGET")
+                    .arg(&redis_keys)
+                    .query_async(&mut connection)
+                    .await?;
+                for (key, record) in chunk.iter().zip(ids) {
+                    if let Some(record) = record {
+                        let id = taskq::queue::idempotency_record_task_id(&record);
+                        resolved.insert(key.to_string(), id.to_owned());
+                    }
                 }
             }
         }
@@ -650,10 +691,15 @@ async fn resolve_idempotency_keys(
     }
 }
 
-/// The Redis key under which the orchestrator stores an idempotency key's task id (the harness
-/// runs without API tokens: the open scope).
-pub fn idempotency_redis_key(prefix: &str, idempotency_key: &str) -> String {
-    taskq::Keys::new(prefix).idempotency(&taskq::IdempotencyScope::open(), idempotency_key)
+/// The Redis key under which the orchestrator stores an idempotency key's task id, in the
+/// partition the key sends its task to (the harness runs without API tokens: the open scope).
+pub fn idempotency_redis_key(partitions: &taskq::Partitions, idempotency_key: &str) -> String {
+    let scope = taskq::IdempotencyScope::open();
+    partitions
+        .for_new_task(&scope, Some(idempotency_key))
+        .config()
+        .keys
+        .idempotency(&scope, idempotency_key)
 }
 
 /// Polls the workers' logs until every acknowledged (or recovered) task has a final execution,
@@ -703,7 +749,8 @@ async fn wait_for_drain(
 
 async fn save_logs(cluster: &Cluster, dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut services = vec![Service::Redis, Service::Orchestrator];
+    let mut services = cluster.spec().redis_services();
+    services.push(Service::Orchestrator);
     services.extend((1..=crate::scenario::MAX_WORKERS).map(Service::Worker));
     for service in services {
         if cluster.state(service).is_none() {

@@ -170,7 +170,7 @@ impl DockerCluster {
         let Some(gateway) = self.gateway else {
             return Ok(());
         };
-        if service == Service::Redis || self.proxies.contains_key(&service) {
+        if service.is_redis() || self.proxies.contains_key(&service) {
             return Ok(());
         }
         let upstream = format!("127.0.0.1:{}", self.redis_host_port);
@@ -211,13 +211,14 @@ impl DockerCluster {
             Service::Redis => "redis".to_string(),
             Service::Orchestrator => "orchestrator".to_string(),
             Service::Worker(n) => format!("worker-{n}"),
+            Service::RedisNode(shard, member) => format!("redis-{shard}-{member}"),
         };
         format!("agent-harness-{}-{suffix}", self.spec.run_id)
     }
 
     fn main_port(service: Service) -> u16 {
         match service {
-            Service::Redis => REDIS_PORT,
+            Service::Redis | Service::RedisNode(..) => REDIS_PORT,
             Service::Orchestrator => ORCHESTRATOR_PORT,
             Service::Worker(_) => METRICS_PORT,
         }
@@ -238,8 +239,27 @@ impl DockerCluster {
 
     /// Redis URL through its current host port.
     pub fn redis_url(&self) -> String {
+        self.node_url(Service::Redis)
+    }
+
+    /// URL of a Redis server or cluster node through its current host port.
+    pub fn node_url(&self, service: Service) -> String {
         self.spec
-            .redis_url_for("127.0.0.1", self.host_port(Service::Redis).unwrap_or(0))
+            .redis_url_for("127.0.0.1", self.host_port(service).unwrap_or(0))
+    }
+
+    /// `REDIS_CLUSTER_URLS` of the services: every node by its container name on the run's
+    /// network.
+    fn cluster_urls(&self) -> String {
+        self.spec
+            .redis_services()
+            .into_iter()
+            .map(|node| {
+                self.spec
+                    .redis_url_for(&self.container_name(node), REDIS_PORT)
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Metrics base URL of a worker, if it has a published port.
@@ -342,7 +362,33 @@ impl DockerCluster {
             _ => self.spec.redis_url_for(REDIS_ALIAS, REDIS_PORT),
         };
         let port = Self::main_port(service);
+        let cluster = self.spec.redis.is_cluster();
         let request = match service {
+            Service::RedisNode(..) => {
+                // No volume: the node keeps its AOF and nodes.conf in the container's own layer,
+                // which a kill and a start keep.
+                let mut cmd = vec![
+                    "redis-server".to_string(),
+                    "--port".into(),
+                    REDIS_PORT.to_string(),
+                    "--dir".into(),
+                    "/data".into(),
+                    "--protected-mode".into(),
+                    "no".into(),
+                    "--requirepass".into(),
+                    self.spec.redis_password.clone(),
+                    // Replicas authenticate to their primary with the same password.
+                    "--masterauth".into(),
+                    self.spec.redis_password.clone(),
+                ];
+                cmd.extend(super::redis_cluster::NODE_ARGS.map(String::from));
+                cmd.extend(self.spec.persistence.redis_args());
+                cmd.extend(super::REDIS_MEMORY_ARGS.map(String::from));
+                GenericImage::new(REDIS_IMAGE.0, REDIS_IMAGE.1)
+                    .with_exposed_port(port.tcp())
+                    .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
+                    .with_cmd(cmd)
+            }
             Service::Redis => {
                 let mut cmd = vec![
                     "redis-server".to_string(),
@@ -387,9 +433,13 @@ impl DockerCluster {
                 let mut request = GenericImage::new(ORCHESTRATOR_IMAGE.0, ORCHESTRATOR_IMAGE.1)
                     .with_exposed_port(port.tcp())
                     .with_wait_for(WaitFor::Nothing)
-                    .with_env_var("REDIS_URL", redis_url)
                     .with_env_var("LISTEN_ADDR", format!("0.0.0.0:{port}"));
-                for (key, value) in self.spec.common_env() {
+                request = if cluster {
+                    request.with_env_var("REDIS_CLUSTER_URLS", self.cluster_urls())
+                } else {
+                    request.with_env_var("REDIS_URL", redis_url)
+                };
+                for (key, value) in self.spec.orchestrator_env() {
                     request = request.with_env_var(key, value);
                 }
                 request
@@ -398,8 +448,12 @@ impl DockerCluster {
                 let mut request = GenericImage::new(WORKER_IMAGE.0, WORKER_IMAGE.1)
                     .with_exposed_port(port.tcp())
                     .with_wait_for(WaitFor::Nothing)
-                    .with_env_var("REDIS_URL", redis_url)
                     .with_env_var("METRICS_ADDR", format!("0.0.0.0:{port}"));
+                request = if cluster {
+                    request.with_env_var("REDIS_CLUSTER_URLS", self.cluster_urls())
+                } else {
+                    request.with_env_var("REDIS_URL", redis_url)
+                };
                 for (key, value) in self.spec.worker_env() {
                     request = request.with_env_var(key, value);
                 }
@@ -553,6 +607,7 @@ impl DockerCluster {
             Service::Redis => vec![REDIS_ALIAS.to_string()],
             Service::Orchestrator => vec!["agent-orchestrator".to_string()],
             Service::Worker(n) => vec![format!("worker-{n}")],
+            Service::RedisNode(shard, member) => vec![format!("redis-{shard}-{member}")],
         };
         self.docker
             .connect_network(

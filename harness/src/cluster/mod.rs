@@ -21,6 +21,7 @@ pub mod docker;
 pub mod links;
 pub mod process;
 pub mod proxy;
+pub mod redis_cluster;
 
 use std::{collections::BTreeMap, fmt, time::Duration};
 
@@ -29,7 +30,8 @@ use anyhow::{Context, bail};
 use crate::{
     executions::Execution,
     scenario::{
-        Action, Link, Persistence, PlannedStep, RuntimeKind, ServiceTiming, Subject, Target,
+        Action, Link, Persistence, PlannedStep, RedisTopology, RuntimeKind, ServiceTiming, Subject,
+        Target,
     },
 };
 
@@ -81,6 +83,8 @@ pub struct ClusterSpec {
     /// The services reach Redis through the harness's proxies ([`proxy`]), so `delay` can act
     /// on their links (docker runtime).
     pub link_proxies: bool,
+    /// One Redis, or a Redis Cluster (docker runtime) whose nodes are [`Service::RedisNode`]s.
+    pub redis: RedisTopology,
 }
 
 impl std::fmt::Debug for ClusterSpec {
@@ -101,6 +105,7 @@ impl std::fmt::Debug for ClusterSpec {
             .field("fault_disk", &self.fault_disk)
             .field("clock_shift", &self.clock_shift)
             .field("link_proxies", &self.link_proxies)
+            .field("redis", &self.redis)
             .finish()
     }
 }
@@ -124,7 +129,21 @@ impl ClusterSpec {
             fault_disk: false,
             clock_shift: false,
             link_proxies: false,
+            redis: RedisTopology::SINGLE,
         }
+    }
+
+    /// The Redis services: the single server, or every node of the cluster (shard by shard,
+    /// the node started as primary first).
+    pub fn redis_services(&self) -> Vec<Service> {
+        if !self.redis.is_cluster() {
+            return vec![Service::Redis];
+        }
+        (1..=self.redis.shards)
+            .flat_map(|shard| {
+                (0..=self.redis.replicas).map(move |member| Service::RedisNode(shard, member))
+            })
+            .collect()
     }
 
     /// `redis://:{password}@{host}:{port}`.
@@ -135,7 +154,7 @@ impl ClusterSpec {
     /// Environment of the orchestrator, and the part of a worker's it shares (Redis address
     /// excluded).
     fn common_env(&self) -> Vec<(String, String)> {
-        vec![
+        let mut env = vec![
             ("KEY_PREFIX".into(), self.key_prefix.clone()),
             ("LOG_FORMAT".into(), "json".into()),
             ("RUST_LOG".into(), self.rust_log.clone()),
@@ -144,7 +163,35 @@ impl ClusterSpec {
                 "REDIS_TIMEOUT".into(),
                 duration(self.timing.orchestrator_redis_timeout),
             ),
-        ]
+        ];
+        if self.redis.is_cluster() {
+            // One partition per shard: partition i hashes into the i-th of equal slot ranges,
+            // which is the slots shard i + 1 owns.
+            env.push(("QUEUE_PARTITIONS".into(), self.redis.shards.to_string()));
+        }
+        env
+    }
+
+    /// Environment of the orchestrator (Redis address excluded).
+    fn orchestrator_env(&self) -> Vec<(String, String)> {
+        let mut env = self.common_env();
+        if self.redis.replica_acks > 0 {
+            env.push(("REPLICA_ACKS".into(), self.redis.replica_acks.to_string()));
+        }
+        env
+    }
+
+    /// The queue's partitions as the services lay them out, for reading it from the harness.
+    pub fn partitions(&self) -> taskq::Partitions {
+        let config = taskq::queue::QueueConfig {
+            keys: taskq::Keys::new(self.key_prefix.clone()),
+            ..taskq::queue::QueueConfig::default()
+        };
+        if self.redis.is_cluster() {
+            taskq::Partitions::hash_tagged(config, self.redis.shards as u16)
+        } else {
+            taskq::Partitions::new(config, 1)
+        }
     }
 
     /// Environment of a worker (Redis address and metrics address excluded).
@@ -217,6 +264,16 @@ pub enum Service {
     Orchestrator,
     /// Worker replica N (from 1).
     Worker(u32),
+    /// Node M (from 0) of Redis Cluster shard S (from 1): `RedisNode(S, 0)` starts as the
+    /// shard's primary, the others as its replicas; a failover changes who is which.
+    RedisNode(u32, u32),
+}
+
+impl Service {
+    /// Whether this is Redis: the single server or a cluster node.
+    pub fn is_redis(self) -> bool {
+        matches!(self, Service::Redis | Service::RedisNode(..))
+    }
 }
 
 impl fmt::Display for Service {
@@ -225,6 +282,7 @@ impl fmt::Display for Service {
             Service::Redis => f.write_str("redis"),
             Service::Orchestrator => f.write_str("orchestrator"),
             Service::Worker(n) => write!(f, "worker.{n}"),
+            Service::RedisNode(shard, member) => write!(f, "redis-{shard}-{member}"),
         }
     }
 }
@@ -358,7 +416,11 @@ impl Cluster {
         startup.prepare = phase.elapsed();
         // From here on a failure drops `cluster`, which removes what was created.
         let phase = std::time::Instant::now();
-        cluster.start_service(Service::Redis).await?;
+        if spec.redis.is_cluster() {
+            cluster.start_redis_cluster().await?;
+        } else {
+            cluster.start_service(Service::Redis).await?;
+        }
         startup.redis = phase.elapsed();
         let phase = std::time::Instant::now();
         cluster.start_service(Service::Orchestrator).await?;
@@ -368,6 +430,34 @@ impl Cluster {
         startup.workers = phase.elapsed();
         cluster.startup = startup;
         Ok(cluster)
+    }
+
+    /// Starts every node of the Redis Cluster and forms it (docker runtime).
+    async fn start_redis_cluster(&mut self) -> anyhow::Result<()> {
+        let nodes = self.spec.redis_services();
+        for node in &nodes {
+            self.start_service(*node).await?;
+        }
+        let Backend::Docker(docker) = &self.backend else {
+            bail!("a Redis Cluster runs in the docker runtime only");
+        };
+        let mut shards = Vec::new();
+        for shard in 1..=self.spec.redis.shards {
+            let mut members = Vec::new();
+            for node in nodes
+                .iter()
+                .filter(|n| matches!(n, Service::RedisNode(s, _) if *s == shard))
+            {
+                members.push(redis_cluster::Node {
+                    url: docker.node_url(*node),
+                    ip: docker.address(*node).await?,
+                });
+            }
+            shards.push(members);
+        }
+        redis_cluster::form(&shards)
+            .await
+            .context("forming the Redis Cluster")
     }
 
     /// How long the start took, per phase.
@@ -396,6 +486,33 @@ impl Cluster {
     /// Redis URL reachable from the host, as of the last (re)start of Redis.
     pub fn redis_url(&self) -> String {
         backend!(self, b => b.redis_url())
+    }
+
+    /// URL of a Redis server or cluster node from the host.
+    pub fn node_url(&self, service: Service) -> String {
+        backend!(self, b => b.node_url(service))
+    }
+
+    /// A connection to the queue's Redis from the host: the single server, or the cluster
+    /// (every node a seed; the client follows failovers).
+    pub fn queue_connection(&self) -> anyhow::Result<taskq::support::RedisConn> {
+        let timeout = Duration::from_secs(2);
+        let cluster_urls = self.spec.redis.is_cluster().then(|| {
+            let urls: Vec<String> = self
+                .spec
+                .redis_services()
+                .into_iter()
+                .map(|node| self.node_url(node))
+                .collect();
+            urls.join(",").into()
+        });
+        let settings = taskq::support::RedisSettings {
+            url: self.redis_url().into(),
+            cluster_urls,
+            connect_timeout: timeout,
+            response_timeout: timeout,
+        };
+        settings.connection().map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     /// Current worker replicas.
@@ -443,7 +560,16 @@ impl Cluster {
         Endpoints {
             runtime: self.runtime(),
             orchestrator: self.orchestrator_url(),
-            redis: taskq::support::redact_url(&self.redis_url()),
+            redis: if self.spec.redis.is_cluster() {
+                self.spec
+                    .redis_services()
+                    .into_iter()
+                    .map(|node| taskq::support::redact_url(&self.node_url(node)))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            } else {
+                taskq::support::redact_url(&self.redis_url())
+            },
             workers,
             network: match &self.backend {
                 Backend::Docker(d) => Some(d.network().to_string()),
@@ -506,7 +632,15 @@ impl Cluster {
             self.scale(n).await?;
             return Ok(format!("workers scaled {before} -> {n}"));
         }
-        let services = self.services_for(target)?;
+        if action == Action::Failover {
+            return self.failover(target).await;
+        }
+        let services = match target.shard() {
+            Some(shard) if matches!(action, Action::Start | Action::Unpause | Action::Connect) => {
+                self.shard_nodes_to_heal(shard, action)?
+            }
+            _ => self.services_for(target).await?,
+        };
         let mut done = Vec::new();
         for service in services {
             match action {
@@ -521,11 +655,18 @@ impl Cluster {
                 Action::PowerLoss | Action::DiskFull | Action::Heal | Action::ClockJump => {
                     bail!("`{action}` applies to redis, not {service}")
                 }
-                Action::Scale | Action::Partition | Action::Loss | Action::Delay => {
+                Action::Scale
+                | Action::Partition
+                | Action::Loss
+                | Action::Delay
+                | Action::Failover => {
                     unreachable!("handled above")
                 }
             }
-            done.push(service.to_string());
+            done.push(match target.shard() {
+                Some(shard) => format!("{service} (shard {shard})"),
+                None => service.to_string(),
+            });
         }
         Ok(format!("{action} {}", done.join(", ")))
     }
@@ -596,8 +737,8 @@ impl Cluster {
             _ => links::Drop::All,
         };
         let mut rules = Vec::new();
-        for a in self.services_for(link.a)? {
-            for b in self.services_for(link.b)? {
+        for a in self.services_for(link.a).await? {
+            for b in self.services_for(link.b).await? {
                 // A service that reaches Redis through a proxy talks to the proxy, not to
                 // Redis's address: the rules go in its namespace and match the proxy.
                 let proxied = [(a, b), (b, a)].into_iter().find_map(|(client, server)| {
@@ -653,7 +794,7 @@ impl Cluster {
             (client, _) => (client, link.one_way),
         };
         let mut delayed = Vec::new();
-        for service in self.services_for(client)? {
+        for service in self.services_for(client).await? {
             let (proxy, _) = docker.proxy(service).with_context(|| {
                 format!("{service} reaches Redis without a proxy (the cluster was started without `link_proxies`)")
             })?;
@@ -704,9 +845,11 @@ impl Cluster {
         ))
     }
 
-    fn services_for(&self, target: Target) -> anyhow::Result<Vec<Service>> {
+    async fn services_for(&self, target: Target) -> anyhow::Result<Vec<Service>> {
         Ok(match target {
             Target::Redis => vec![Service::Redis],
+            Target::Primary(shard) => vec![self.shard_primary(shard).await?],
+            Target::Replica(shard) => vec![self.shard_replica(shard).await?],
             Target::Orchestrator => vec![Service::Orchestrator],
             Target::AllWorkers => (1..=self.replicas).map(Service::Worker).collect(),
             Target::Worker(n) if n <= self.replicas => vec![Service::Worker(n)],
@@ -716,6 +859,117 @@ impl Cluster {
         })
     }
 
+    /// The nodes of shard `shard` (from 1): the one started as primary first.
+    fn shard_nodes(&self, shard: u32) -> Vec<Service> {
+        (0..=self.spec.redis.replicas)
+            .map(|member| Service::RedisNode(shard, member))
+            .collect()
+    }
+
+    /// What each running, connected node of `shard` says it is.
+    async fn shard_roles(&self, shard: u32) -> Vec<(Service, redis_cluster::Role)> {
+        let mut roles = Vec::new();
+        for node in self.shard_nodes(shard) {
+            let reachable = self
+                .status
+                .get(&node)
+                .is_some_and(|s| s.state == ServiceState::Running && s.connected);
+            if !reachable {
+                continue;
+            }
+            if let Ok(role) = redis_cluster::role(&self.node_url(node)).await {
+                roles.push((node, role));
+            }
+        }
+        roles
+    }
+
+    /// The node that is shard `shard`'s primary now (of two that claim it, the one with the
+    /// newer configuration epoch: the other has not heard yet that it was replaced).
+    async fn shard_primary(&self, shard: u32) -> anyhow::Result<Service> {
+        self.shard_roles(shard)
+            .await
+            .into_iter()
+            .filter(|(_, role)| role.primary)
+            .max_by_key(|(_, role)| role.epoch)
+            .map(|(node, _)| node)
+            .with_context(|| {
+                format!(
+                    "shard {shard} has no primary now ({})",
+                    self.shard_states(shard)
+                )
+            })
+    }
+
+    /// A running replica of shard `shard` (the first).
+    async fn shard_replica(&self, shard: u32) -> anyhow::Result<Service> {
+        self.shard_roles(shard)
+            .await
+            .into_iter()
+            .find(|(_, role)| !role.primary)
+            .map(|(node, _)| node)
+            .with_context(|| {
+                format!(
+                    "shard {shard} has no running replica ({})",
+                    self.shard_states(shard)
+                )
+            })
+    }
+
+    /// `redis-1-0 stopped, redis-1-1 running`, for errors.
+    fn shard_states(&self, shard: u32) -> String {
+        self.shard_nodes(shard)
+            .into_iter()
+            .map(|node| {
+                let state = match self.status.get(&node) {
+                    Some(s) if !s.connected => "disconnected",
+                    Some(s) if s.state == ServiceState::Running => "running",
+                    Some(s) if s.state == ServiceState::Paused => "paused",
+                    _ => "stopped",
+                };
+                format!("{node} {state}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The nodes of `shard` a `start`, `unpause` or `connect` brings back: those stopped,
+    /// paused or disconnected (`redis.S` names a role, and the node that had it may be gone).
+    fn shard_nodes_to_heal(&self, shard: u32, action: Action) -> anyhow::Result<Vec<Service>> {
+        let nodes: Vec<Service> = self
+            .shard_nodes(shard)
+            .into_iter()
+            .filter(|node| {
+                let status = self.status.get(node);
+                match action {
+                    Action::Start => status.is_none_or(|s| s.state == ServiceState::Stopped),
+                    Action::Unpause => status.is_some_and(|s| s.state == ServiceState::Paused),
+                    _ => status.is_some_and(|s| !s.connected),
+                }
+            })
+            .collect();
+        if nodes.is_empty() {
+            bail!(
+                "no node of shard {shard} to {action} ({})",
+                self.shard_states(shard)
+            );
+        }
+        Ok(nodes)
+    }
+
+    /// `failover redis.S`: the shard's replica takes over at once.
+    async fn failover(&mut self, target: Target) -> anyhow::Result<String> {
+        let shard = target
+            .shard()
+            .with_context(|| format!("`failover` acts on a shard, `redis.S`, not `{target}`"))?;
+        let replica = self.shard_replica(shard).await?;
+        let took = redis_cluster::take_over(&self.node_url(replica)).await?;
+        Ok(format!(
+            "{replica} took over shard {shard} in {:.2}s (CLUSTER FAILOVER TAKEOVER)",
+            took.as_secs_f64()
+        ))
+    }
+
     fn status_mut(&mut self, service: Service) -> &mut Status {
         self.status.entry(service).or_insert(Status {
             state: ServiceState::Stopped,
@@ -723,10 +977,13 @@ impl Cluster {
         })
     }
 
+    /// The single Redis, or every cluster node, running and connected.
     fn redis_healthy(&self) -> bool {
-        self.status
-            .get(&Service::Redis)
-            .is_some_and(|s| s.state == ServiceState::Running && s.connected)
+        self.spec.redis_services().iter().all(|node| {
+            self.status
+                .get(node)
+                .is_some_and(|s| s.state == ServiceState::Running && s.connected)
+        })
     }
 
     /// SIGKILL; returns once the service is gone.
@@ -862,7 +1119,9 @@ impl Cluster {
         let redis_healthy = self.redis_healthy();
         loop {
             let result = match service {
-                Service::Redis => ping_redis(&self.redis_url()).await,
+                Service::Redis | Service::RedisNode(..) => {
+                    ping_redis(&self.node_url(service)).await
+                }
                 Service::Orchestrator => {
                     // While Redis is down the orchestrator can only be alive, not ready.
                     let path = if redis_healthy { "/readyz" } else { "/healthz" };

@@ -137,6 +137,10 @@ pub struct ProcessCluster {
 impl ProcessCluster {
     /// Locates the binaries and creates the run directory; nothing runs yet.
     pub async fn create(spec: &ClusterSpec) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !spec.redis.is_cluster(),
+            "a Redis Cluster runs in the docker runtime only (use --runtime docker)"
+        );
         cleanup::sweep_leftovers(None).await?;
         let binaries = Binaries::locate()?;
         let run_dir = cleanup::create_run_dir(&spec.run_id)?;
@@ -199,6 +203,11 @@ impl ProcessCluster {
         self.spec.redis_url_for("127.0.0.1", self.redis_port)
     }
 
+    /// URL of a Redis server: the only one there is.
+    pub fn node_url(&self, _service: Service) -> String {
+        self.redis_url()
+    }
+
     /// Metrics base URL of a worker.
     pub fn worker_health_url(&self, n: u32) -> Option<String> {
         self.procs
@@ -209,7 +218,8 @@ impl ProcessCluster {
     fn command(&self, service: Service, port: u16) -> Command {
         let redis_url = self.redis_url();
         match service {
-            Service::Redis => {
+            // `create` refuses a cluster, so no node is ever started here.
+            Service::Redis | Service::RedisNode(..) => {
                 let mut command = RedisConfig::new()
                     .program(&self.binaries.redis_server)
                     // The password goes in a config file (first argument), not on the command line
@@ -237,7 +247,7 @@ impl ProcessCluster {
                 command
                     .env("REDIS_URL", &redis_url)
                     .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-                    .envs(self.spec.common_env());
+                    .envs(self.spec.orchestrator_env());
                 command
             }
             Service::Worker(_) => {
@@ -257,7 +267,7 @@ impl ProcessCluster {
     pub async fn start(&mut self, service: Service) -> anyhow::Result<()> {
         let port = match (self.procs.get(&service), service) {
             (Some(existing), _) => existing.port,
-            (None, Service::Redis) => self.redis_port,
+            (None, Service::Redis | Service::RedisNode(..)) => self.redis_port,
             (None, Service::Orchestrator) => self.orchestrator_port,
             (None, Service::Worker(_)) => try_free_port()?,
         };
@@ -270,7 +280,7 @@ impl ProcessCluster {
         .with_context(|| format!("spawning {service}"))?;
         if let Some(pid) = process.pid() {
             let program = match service {
-                Service::Redis => &self.binaries.redis_server,
+                Service::Redis | Service::RedisNode(..) => &self.binaries.redis_server,
                 Service::Orchestrator => &self.binaries.orchestrator,
                 Service::Worker(_) => &self.binaries.worker,
             };

@@ -83,6 +83,40 @@ pub struct ClusterSettings {
     pub fail_rate: f64,
     /// `WORKER_PERMANENT_FAIL_RATE`: share of executions that fail for good (dead-lettered).
     pub permanent_fail_rate: f64,
+    /// Redis topology: one server, or a Redis Cluster.
+    pub redis: RedisTopology,
+}
+
+/// `redis_shards`, `redis_replicas`, `replica_acks`: one Redis server (the default), or a Redis
+/// Cluster of `shards` primaries with `replicas` replicas each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RedisTopology {
+    /// Primaries (hash-slot ranges); 1 with no replicas is a single Redis.
+    pub shards: u32,
+    /// Replicas per primary.
+    pub replicas: u32,
+    /// `REPLICA_ACKS` of the orchestrator: replicas that must confirm a write before the client
+    /// is answered (0: asynchronous replication).
+    pub replica_acks: u32,
+}
+
+/// Most primaries a scenario may ask for (every node is a container on two cores).
+pub const MAX_SHARDS: u32 = 5;
+/// Most replicas per primary.
+pub const MAX_REPLICAS: u32 = 2;
+
+impl RedisTopology {
+    /// One Redis server.
+    pub const SINGLE: Self = Self {
+        shards: 1,
+        replicas: 0,
+        replica_acks: 0,
+    };
+
+    /// Whether this is a Redis Cluster (more than one primary, or replicas).
+    pub fn is_cluster(&self) -> bool {
+        self.shards > 1 || self.replicas > 0
+    }
 }
 
 /// Redis durability setting (`redis_persistence`).
@@ -217,6 +251,10 @@ pub enum Action {
     DiskFull,
     /// Redis's wall clock jumps by `offset` (forward, or backward with a leading `-`).
     ClockJump,
+    /// A Redis Cluster shard's replica takes over from its primary at once
+    /// (`CLUSTER FAILOVER TAKEOVER`: without the primary's agreement or the other primaries'
+    /// votes, as an operator promotes a replica when the primary is gone).
+    Failover,
 }
 
 impl Action {
@@ -276,6 +314,7 @@ impl Action {
             Action::PowerLoss => "power-loss",
             Action::DiskFull => "disk-full",
             Action::ClockJump => "clock-jump",
+            Action::Failover => "failover",
         }
     }
 }
@@ -298,6 +337,28 @@ pub enum Target {
     AllWorkers,
     /// `worker.N`: the N-th worker replica, counted from 1.
     Worker(u32),
+    /// `redis.S`: the current primary of Redis Cluster shard S, counted from 1.
+    Primary(u32),
+    /// `redis.S.replica`: the current replica of shard S (with several, the first running one).
+    Replica(u32),
+}
+
+impl Target {
+    /// Whether this is Redis: the single server, or a node of a Redis Cluster.
+    pub fn is_redis(self) -> bool {
+        matches!(
+            self,
+            Target::Redis | Target::Primary(_) | Target::Replica(_)
+        )
+    }
+
+    /// The Redis Cluster shard this target names, if it names one.
+    pub fn shard(self) -> Option<u32> {
+        match self {
+            Target::Primary(shard) | Target::Replica(shard) => Some(shard),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Target {
@@ -308,6 +369,8 @@ impl fmt::Display for Target {
             Target::Orchestrator => f.pad("orchestrator"),
             Target::AllWorkers => f.pad("worker"),
             Target::Worker(n) => f.pad(&format!("worker.{n}")),
+            Target::Primary(s) => f.pad(&format!("redis.{s}")),
+            Target::Replica(s) => f.pad(&format!("redis.{s}.replica")),
         }
     }
 }
@@ -320,12 +383,25 @@ impl FromStr for Target {
             "redis" => Ok(Target::Redis),
             "orchestrator" => Ok(Target::Orchestrator),
             "worker" => Ok(Target::AllWorkers),
-            other => match other.strip_prefix("worker.").map(str::parse::<u32>) {
-                Some(Ok(n)) if n >= 1 => Ok(Target::Worker(n)),
-                _ => Err(format!(
-                    "unknown target `{other}`, expected `redis`, `orchestrator`, `worker` or `worker.N` (N >= 1)"
-                )),
-            },
+            other => {
+                let shard = |raw: &str| raw.parse::<u32>().ok().filter(|n| *n >= 1);
+                let parsed = if let Some(n) = other.strip_prefix("worker.") {
+                    shard(n).map(Target::Worker)
+                } else if let Some(rest) = other.strip_prefix("redis.") {
+                    match rest.strip_suffix(".replica") {
+                        Some(s) => shard(s).map(Target::Replica),
+                        None => shard(rest).map(Target::Primary),
+                    }
+                } else {
+                    None
+                };
+                parsed.ok_or_else(|| {
+                    format!(
+                        "unknown target `{other}`, expected `redis`, `orchestrator`, `worker`, \
+                         `worker.N`, `redis.S` or `redis.S.replica` (N, S >= 1)"
+                    )
+                })
+            }
         }
     }
 }

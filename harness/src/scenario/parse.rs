@@ -8,7 +8,8 @@ use toml::Spanned;
 
 use super::{
     Action, ChaosSettings, ClockOffset, ClusterSettings, Expectations, Link, LinkDelay,
-    LoadSettings, MAX_WORKERS, Persistence, RuntimeKind, Scenario, Step, Subject, Target,
+    LoadSettings, MAX_REPLICAS, MAX_SHARDS, MAX_WORKERS, Persistence, RedisTopology, RuntimeKind,
+    Scenario, Step, Subject, Target,
 };
 
 /// A scenario file could not be used.
@@ -72,6 +73,19 @@ struct RawCluster {
     fail_rate: Spanned<f64>,
     #[serde(default = "no_share")]
     permanent_fail_rate: Spanned<f64>,
+    #[serde(default = "one")]
+    redis_shards: Spanned<u32>,
+    #[serde(default = "zero")]
+    redis_replicas: Spanned<u32>,
+    #[serde(default = "zero")]
+    replica_acks: Spanned<u32>,
+}
+
+fn one() -> Spanned<u32> {
+    Spanned::new(0..0, 1)
+}
+fn zero() -> Spanned<u32> {
+    Spanned::new(0..0, 0)
 }
 
 impl Default for RawCluster {
@@ -84,6 +98,9 @@ impl Default for RawCluster {
             work: default_work(),
             fail_rate: no_share(),
             permanent_fail_rate: no_share(),
+            redis_shards: one(),
+            redis_replicas: zero(),
+            replica_acks: zero(),
         }
     }
 }
@@ -437,12 +454,16 @@ impl Scenario {
             ));
         }
 
+        let redis = redis_topology(&raw.cluster)
+            .map_err(|(offset, name, message)| invalid(offset, name, message))?;
+
         let mut steps = Vec::with_capacity(raw.step.len());
         for (index, spanned) in raw.step.iter().enumerate() {
             let offset = spanned.span().start;
             let step = spanned.get_ref();
             let field = |name: &str| format!("step[{}].{name}", index + 1);
             let subject = step_subject(step)
+                .and_then(|subject| fits_topology(step, subject, redis).map(|()| subject))
                 .map_err(|(name, message)| invalid(offset, &field(name), message))?;
             match (step.action, step.probability) {
                 (Action::Loss, None) => {
@@ -587,6 +608,15 @@ impl Scenario {
             Some(spanned) => {
                 let offset = spanned.span().start;
                 let chaos = spanned.into_inner();
+                if redis.is_cluster() {
+                    return Err(invalid(
+                        offset,
+                        "chaos",
+                        "`[chaos]` runs on a single Redis only; with `redis_shards` or \
+                         `redis_replicas` write the faults as `[[step]]`s"
+                            .into(),
+                    ));
+                }
                 if chaos.actions.is_empty() {
                     return Err(invalid(offset, "chaos.actions", "must not be empty".into()));
                 }
@@ -652,6 +682,7 @@ impl Scenario {
                 work: raw.cluster.work,
                 fail_rate: shares[0],
                 permanent_fail_rate: shares[1],
+                redis,
             },
             load: LoadSettings {
                 rate: *raw.load.rate.get_ref(),
@@ -667,6 +698,143 @@ impl Scenario {
             chaos,
             expect: raw.expect.into(),
         })
+    }
+}
+
+/// The `[cluster]` section's Redis topology; an error carries the offending field's offset, its
+/// name and what is wrong.
+fn redis_topology(raw: &RawCluster) -> Result<RedisTopology, (usize, &'static str, String)> {
+    let shards = *raw.redis_shards.get_ref();
+    let replicas = *raw.redis_replicas.get_ref();
+    let acks = *raw.replica_acks.get_ref();
+    if !(1..=MAX_SHARDS).contains(&shards) {
+        return Err((
+            raw.redis_shards.span().start,
+            "cluster.redis_shards",
+            format!("must be between 1 and {MAX_SHARDS}, got {shards}"),
+        ));
+    }
+    if replicas > MAX_REPLICAS {
+        return Err((
+            raw.redis_replicas.span().start,
+            "cluster.redis_replicas",
+            format!("must be at most {MAX_REPLICAS} per primary, got {replicas}"),
+        ));
+    }
+    if acks > replicas {
+        return Err((
+            raw.replica_acks.span().start,
+            "cluster.replica_acks",
+            format!(
+                "cannot exceed redis_replicas ({replicas}): a write would never be confirmed, \
+                 got {acks}"
+            ),
+        ));
+    }
+    let topology = RedisTopology {
+        shards,
+        replicas,
+        replica_acks: acks,
+    };
+    if topology.is_cluster() && raw.runtime == Some(RuntimeKind::Process) {
+        return Err((
+            raw.redis_shards
+                .span()
+                .start
+                .max(raw.redis_replicas.span().start),
+            "cluster.runtime",
+            "a Redis Cluster (`redis_shards` > 1 or `redis_replicas` > 0) runs in the docker \
+             runtime only"
+                .into(),
+        ));
+    }
+    Ok(topology)
+}
+
+/// Checks a step's services against the Redis topology: `redis` names the single server,
+/// `redis.S` and `redis.S.replica` a shard of a cluster that has it, and the faults that act on
+/// Redis's disk, clock or proxied links need the single server.
+fn fits_topology(
+    step: &RawStep,
+    subject: Subject,
+    redis: RedisTopology,
+) -> Result<(), (&'static str, String)> {
+    let (field, targets) = match subject {
+        Subject::Service(target) => ("target", vec![target]),
+        Subject::Link(link) => (
+            if step.between.is_some() {
+                "between"
+            } else {
+                "from"
+            },
+            vec![link.a, link.b],
+        ),
+        Subject::AllLinks => ("target", Vec::new()),
+    };
+    if redis.is_cluster()
+        && matches!(
+            step.action,
+            Action::PowerLoss | Action::DiskFull | Action::ClockJump | Action::Delay
+        )
+    {
+        return Err((
+            field,
+            format!(
+                "`{}` acts on a single Redis, not on a Redis Cluster",
+                step.action
+            ),
+        ));
+    }
+    for target in targets {
+        match target.shard() {
+            None if target == Target::Redis && redis.is_cluster() => {
+                return Err((
+                    field,
+                    format!(
+                        "this scenario runs a Redis Cluster of {} shard(s): name a shard, \
+                         `redis.S` (its primary) or `redis.S.replica`, not `redis`",
+                        redis.shards
+                    ),
+                ));
+            }
+            None => {}
+            Some(_) if !redis.is_cluster() => {
+                return Err((
+                    field,
+                    format!(
+                        "`{target}` names a shard of a Redis Cluster: set `[cluster] \
+                         redis_shards` (or `redis_replicas`), or write `redis`"
+                    ),
+                ));
+            }
+            Some(shard) if shard > redis.shards => {
+                return Err((
+                    field,
+                    format!("`{target}`: there are {} shard(s)", redis.shards),
+                ));
+            }
+            Some(_) if matches!(target, Target::Replica(_)) && redis.replicas == 0 => {
+                return Err((
+                    field,
+                    format!("`{target}`: the shards have no replicas (`redis_replicas` = 0)"),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    match step.action {
+        Action::Failover => match subject {
+            Subject::Service(Target::Primary(_)) if redis.replicas > 0 => Ok(()),
+            Subject::Service(Target::Primary(_)) => Err((
+                "target",
+                "`failover` promotes a replica: set `[cluster] redis_replicas`".into(),
+            )),
+            _ => Err((
+                "target",
+                format!("`failover` acts on a shard, `redis.S`, not `{subject}`"),
+            )),
+        },
+        _ => Ok(()),
     }
 }
 
@@ -925,6 +1093,75 @@ duration = "10s"
     fn step_error(step: &str) -> (String, String) {
         let (_, field, message) = error_of(&format!("{MINIMAL}\n[[step]]\nat = \"1s\"\n{step}"));
         (field, message)
+    }
+
+    /// [`MINIMAL`] on a Redis Cluster of `cluster` (TOML lines of `[cluster]`), with `steps`.
+    fn cluster_error(cluster: &str, steps: &str) -> (String, String) {
+        let text = format!(
+            "name = \"t\"\n[cluster]\n{cluster}\n[load]\nrate = 10\nduration = \"10s\"\n{steps}"
+        );
+        let (_, field, message) = error_of(&text);
+        (field, message)
+    }
+
+    #[test]
+    fn a_cluster_topology_parses_with_shard_targets_and_failover() {
+        let text = "name = \"t\"\n[cluster]\nredis_shards = 3\nredis_replicas = 1\nreplica_acks = 1\n\
+                    [load]\nrate = 10\nduration = \"10s\"\n\
+                    [[step]]\nat = \"1s\"\naction = \"partition\"\nbetween = [\"redis.1.replica\", \"redis.1\"]\n\
+                    [[step]]\nat = \"2s\"\naction = \"failover\"\ntarget = \"redis.1\"\n\
+                    [[step]]\nat = \"3s\"\naction = \"kill\"\ntarget = \"redis.3\"\n";
+        let scenario = parse(text).expect("a valid cluster scenario");
+        assert_eq!(
+            scenario.cluster.redis,
+            RedisTopology {
+                shards: 3,
+                replicas: 1,
+                replica_acks: 1
+            }
+        );
+        assert!(scenario.cluster.redis.is_cluster());
+        assert_eq!(
+            scenario.steps[0].subject,
+            Subject::Link(Link {
+                a: Target::Replica(1),
+                b: Target::Primary(1),
+                one_way: false
+            })
+        );
+        assert_eq!(
+            scenario.steps[1].subject,
+            Subject::Service(Target::Primary(1))
+        );
+        assert_eq!("redis.2.replica".parse(), Ok(Target::Replica(2)));
+        assert_eq!(Target::Replica(2).to_string(), "redis.2.replica");
+        assert!("redis.0".parse::<Target>().is_err());
+        assert!(!parse(MINIMAL).expect("minimal").cluster.redis.is_cluster());
+    }
+
+    #[test]
+    fn a_bad_cluster_topology_or_target_names_the_field_and_the_fix() {
+        let kill = |target: &str| {
+            format!("[[step]]\nat = \"1s\"\naction = \"kill\"\ntarget = \"{target}\"\n")
+        };
+        for (cluster, steps, field, fragment) in [
+            ("redis_shards = 0", String::new(), "cluster.redis_shards", "between 1 and"),
+            ("redis_replicas = 3", String::new(), "cluster.redis_replicas", "at most 2"),
+            ("redis_shards = 2\nreplica_acks = 1", String::new(), "cluster.replica_acks", "cannot exceed redis_replicas (0)"),
+            ("redis_shards = 2\nruntime = \"process\"", String::new(), "cluster.runtime", "docker runtime only"),
+            ("redis_shards = 2", kill("redis"), "step[1].target", "name a shard"),
+            ("workers = 2", kill("redis.1"), "step[1].target", "set `[cluster] redis_shards`"),
+            ("redis_shards = 2", kill("redis.3"), "step[1].target", "there are 2 shard(s)"),
+            ("redis_shards = 2", kill("redis.1.replica"), "step[1].target", "no replicas"),
+            ("redis_shards = 2", "[[step]]\nat = \"1s\"\naction = \"failover\"\ntarget = \"redis.1\"\n".into(), "step[1].target", "set `[cluster] redis_replicas`"),
+            ("redis_shards = 2\nredis_replicas = 1", "[[step]]\nat = \"1s\"\naction = \"failover\"\ntarget = \"redis.1.replica\"\n".into(), "step[1].target", "acts on a shard"),
+            ("redis_shards = 2", "[[step]]\nat = \"1s\"\naction = \"clock-jump\"\ntarget = \"redis\"\noffset = \"5s\"\n".into(), "step[1].target", "not on a Redis Cluster"),
+            ("redis_shards = 2", "[chaos]\ninterval = \"1s\"\nfault_duration = \"1s\"\nactions = [\"kill\"]\ntargets = [\"worker\"]\n".into(), "chaos", "single Redis only"),
+        ] {
+            let (got_field, message) = cluster_error(cluster, &steps);
+            assert_eq!(got_field, field, "{cluster} / {steps}: {message}");
+            assert!(message.contains(fragment), "{cluster} / {steps}: {message}");
+        }
     }
 
     #[test]

@@ -107,9 +107,7 @@ impl Plan {
         let spans = self.fault_spans();
         let cuts = |subject: &Subject, action: Action, on: fn(Target) -> bool| match subject {
             Subject::Service(target) => on(*target),
-            Subject::Link(link) => {
-                action == Action::Partition && link.joins(on, |t| t == Target::Redis)
-            }
+            Subject::Link(link) => action == Action::Partition && link.joins(on, Target::is_redis),
             Subject::AllLinks => false,
         };
         let longest = |on: fn(Target) -> bool| {
@@ -131,7 +129,7 @@ impl Plan {
         if expect.min_unavailable.is_some() {
             checks.push(Need {
                 expectation: "min_unavailable",
-                on: |t| matches!(t, Target::Redis | Target::Orchestrator),
+                on: |t| t.is_redis() || t == Target::Orchestrator,
                 needed: self.timing.orchestrator_redis_timeout,
                 what: "the orchestrator's REDIS_TIMEOUT",
             });
