@@ -366,44 +366,21 @@ impl DockerCluster {
         let request = match service {
             Service::RedisNode(..) => {
                 // No volume: the node keeps its AOF and nodes.conf in the container's own layer,
-                // which a kill and a start keep.
-                let mut cmd = vec![
-                    "redis-server".to_string(),
-                    "--port".into(),
-                    REDIS_PORT.to_string(),
-                    "--dir".into(),
-                    "/data".into(),
-                    "--protected-mode".into(),
-                    "no".into(),
-                    "--requirepass".into(),
-                    self.spec.redis_password.clone(),
-                    // Replicas authenticate to their primary with the same password.
-                    "--masterauth".into(),
-                    self.spec.redis_password.clone(),
-                ];
-                cmd.extend(super::redis_cluster::NODE_ARGS.map(String::from));
-                cmd.extend(self.spec.persistence.redis_args());
-                cmd.extend(super::REDIS_MEMORY_ARGS.map(String::from));
+                // which a kill and a start keep. Replicas authenticate to their primary with the
+                // run's password.
+                let password = self.spec.redis_password.clone();
+                let cmd = self.redis_command(
+                    ["--masterauth".to_string(), password]
+                        .into_iter()
+                        .chain(super::redis_cluster::NODE_ARGS.map(String::from)),
+                );
                 GenericImage::new(REDIS_IMAGE.0, REDIS_IMAGE.1)
                     .with_exposed_port(port.tcp())
                     .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
                     .with_cmd(cmd)
             }
             Service::Redis => {
-                let mut cmd = vec![
-                    "redis-server".to_string(),
-                    "--port".into(),
-                    REDIS_PORT.to_string(),
-                    "--dir".into(),
-                    "/data".into(),
-                    "--protected-mode".into(),
-                    "no".into(),
-                    // Visible to `docker inspect` (root) only; the run's password is throwaway.
-                    "--requirepass".into(),
-                    self.spec.redis_password.clone(),
-                ];
-                cmd.extend(self.spec.persistence.redis_args());
-                cmd.extend(super::REDIS_MEMORY_ARGS.map(String::from));
+                let cmd = self.redis_command([]);
                 let mut request = GenericImage::new(REDIS_IMAGE.0, REDIS_IMAGE.1)
                     .with_exposed_port(port.tcp())
                     .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
@@ -481,6 +458,27 @@ impl DockerCluster {
                     "starting container {name} (are the images built? run `cargo xtask images`)"
                 )
             })
+    }
+
+    /// `redis-server` on the run's port and data directory with its password, persistence and
+    /// memory cap, then `extra`. The password is visible to `docker inspect` (root) only, and
+    /// throwaway.
+    fn redis_command(&self, extra: impl IntoIterator<Item = String>) -> Vec<String> {
+        let mut cmd = vec![
+            "redis-server".to_string(),
+            "--port".into(),
+            REDIS_PORT.to_string(),
+            "--dir".into(),
+            "/data".into(),
+            "--protected-mode".into(),
+            "no".into(),
+            "--requirepass".into(),
+            self.spec.redis_password.clone(),
+        ];
+        cmd.extend(extra);
+        cmd.extend(self.spec.persistence.redis_args());
+        cmd.extend(super::REDIS_MEMORY_ARGS.map(String::from));
+        cmd
     }
 
     /// Gives Redis its `agent-redis` alias: testcontainers attached it without one, and an

@@ -1061,23 +1061,35 @@ async fn dbsize(url: &str) -> u64 {
         .expect("DBSIZE")
 }
 
-#[tokio::test]
-async fn on_a_redis_cluster_tasks_spread_over_the_shards_and_survive_a_primary_kill() {
-    let mut cluster = testkit::RedisCluster::start(3, 1);
+/// The API (with `replica_acks`) and a worker (tuned by `adjust`) on `cluster`, one queue
+/// partition per shard.
+async fn api_and_worker_on(
+    cluster: &testkit::RedisCluster,
+    replica_acks: u32,
+    adjust: impl FnOnce(&mut WorkerConfig),
+) -> (Api, RunningWorker) {
     let urls = cluster.urls();
     let seed = cluster.nodes()[0].url();
+    let partitions = u16::try_from(cluster.shards()).expect("a few shards");
     let api = Api::start_with(&seed, |c| {
         c.redis.redis_cluster_urls = Some(urls.clone().into());
-        c.redis.queue_partitions = 3;
-        c.replica_acks = 1;
+        c.redis.queue_partitions = partitions;
+        c.replica_acks = replica_acks;
     })
     .await;
     let worker = RunningWorker::start(&seed, |c| {
         c.redis.redis_cluster_urls = Some(urls.clone().into());
-        c.redis.queue_partitions = 3;
-        c.work = Duration::from_millis(1);
+        c.redis.queue_partitions = partitions;
+        adjust(c);
     })
     .await;
+    (api, worker)
+}
+
+#[tokio::test]
+async fn on_a_redis_cluster_tasks_spread_over_the_shards_and_survive_a_primary_kill() {
+    let mut cluster = testkit::RedisCluster::start(3, 1);
+    let (api, worker) = api_and_worker_on(&cluster, 1, |c| c.work = Duration::from_millis(1)).await;
 
     let mut acknowledged = Vec::new();
     for i in 0..30 {
@@ -1160,16 +1172,7 @@ async fn on_a_redis_cluster_tasks_spread_over_the_shards_and_survive_a_primary_k
 #[tokio::test]
 async fn an_outcome_refused_while_its_shard_fails_over_is_recorded_once_it_is_back() {
     let mut cluster = testkit::RedisCluster::start(3, 1);
-    let urls = cluster.urls();
-    let seed = cluster.nodes()[0].url();
-    let api = Api::start_with(&seed, |c| {
-        c.redis.redis_cluster_urls = Some(urls.clone().into());
-        c.redis.queue_partitions = 3;
-    })
-    .await;
-    let worker = RunningWorker::start(&seed, |c| {
-        c.redis.redis_cluster_urls = Some(urls.clone().into());
-        c.redis.queue_partitions = 3;
+    let (api, worker) = api_and_worker_on(&cluster, 0, |c| {
         c.concurrency = 64;
         c.work = Duration::from_millis(1500);
     })
