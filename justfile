@@ -86,6 +86,7 @@ compose := `docker compose version >/dev/null 2>&1 && echo "docker compose" || e
 secrets_dir := "compose/secrets"
 
 # Start redis → orchestrator → `workers` worker replicas in containers, wait until healthy, print them
+# (REDIS_SHARDS=3: a Redis Cluster of 3 primaries and 3 replicas instead of one Redis)
 up workers="1":
     cargo xtask up {{workers}}
 
@@ -94,6 +95,7 @@ down: _require-docker _redis-secrets
     {{compose}} -p agent-worker -f compose/worker.yml down --remove-orphans
     {{compose}} -p agent-orchestrator -f compose/orchestrator.yml down --remove-orphans
     {{compose}} -p agent-redis -f compose/redis.yml down --remove-orphans
+    {{compose}} -p agent-redis-cluster -f compose/redis-cluster.yml down --remove-orphans
 
 # Restart one service (redis | orchestrator | worker) in place, leaving the others untouched
 restart service:
@@ -115,12 +117,13 @@ logs service="":
 ps:
     @cargo xtask ps
 
-# Remove containers, the Redis and Prometheus volumes (queued tasks are lost) and the network
+# Remove containers, the Redis (or Redis Cluster) and Prometheus volumes (queued tasks are lost) and the network
 clean: _require-docker _redis-secrets
     {{compose}} -p agent-monitoring -f compose/monitoring/compose.yml down --volumes --remove-orphans
     {{compose}} -p agent-worker -f compose/worker.yml down --volumes --remove-orphans
     {{compose}} -p agent-orchestrator -f compose/orchestrator.yml down --volumes --remove-orphans
     {{compose}} -p agent-redis -f compose/redis.yml down --volumes --remove-orphans
+    {{compose}} -p agent-redis-cluster -f compose/redis-cluster.yml down --volumes --remove-orphans
     @docker network rm agent-system-net >/dev/null 2>&1 && echo "removed network agent-system-net" || true
 
 # Build the images agent-redis, agent-orchestrator, agent-worker when stale (`just images --force`)

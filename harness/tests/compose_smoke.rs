@@ -28,11 +28,12 @@ use serde_json::{Value, json};
 
 const SKIP_ENV: &str = "AGENT_SKIP_DOCKER_TESTS";
 const API: &str = "http://localhost:8001";
-const PROJECTS: [&str; 4] = [
+const PROJECTS: [&str; 5] = [
     "agent-monitoring",
     "agent-worker",
     "agent-orchestrator",
     "agent-redis",
+    "agent-redis-cluster",
 ];
 const VOLUME: &str = "agent-redis-data";
 const PROMETHEUS_VOLUME: &str = "agent-prometheus-data";
@@ -74,8 +75,14 @@ fn run(program: &str, args: &[&str]) -> String {
 
 /// Runs a recipe; panics when it fails. Its whole output is kept, to be searched for passwords.
 fn just(args: &[&str]) -> String {
+    just_with(&[], args)
+}
+
+/// [`just`] with environment variables set.
+fn just_with(env: &[(&str, &str)], args: &[&str]) -> String {
     let output = Command::new("just")
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(workspace_root())
         .output()
         .unwrap_or_else(|e| panic!("cannot run just: {e}"));
@@ -208,6 +215,7 @@ impl Drop for Deployment {
         }
         let _ = Command::new("docker")
             .args(["volume", "rm", "-f", VOLUME, PROMETHEUS_VOLUME])
+            .args(cluster_volumes())
             .output();
         let _ = Command::new("docker")
             .args(["network", "rm", NETWORK])
@@ -244,6 +252,27 @@ impl Api {
         assert_eq!(status.as_u16(), 201, "POST /tasks: {body}");
         assert_eq!(body["status"], "queued", "a new task is queued: {body}");
         body["id"].as_str().expect("task id").to_owned()
+    }
+
+    /// POST /tasks with an Idempotency-Key made from the description: the id of the
+    /// acknowledged task (201, or 200 for a replay), or the status of a 503 refusal (`None`
+    /// when no answer came). Any other answer fails the test.
+    fn try_submit(&self, description: &str) -> Result<String, Option<u16>> {
+        let key = format!("smoke-{}", description.replace(' ', "-"));
+        let response = self
+            .client
+            .post(format!("{API}/tasks"))
+            .header("Idempotency-Key", &key)
+            .json(&json!({"description": description, "priority": 5}))
+            .send()
+            .map_err(|_| None)?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().map_err(|_| Some(status))?;
+        match status {
+            200 | 201 => Ok(body["id"].as_str().expect("task id").to_owned()),
+            503 => Err(Some(503)),
+            other => panic!("POST /tasks answered {other}: {body}"),
+        }
     }
 
     /// GET /tasks/{id}, or None while the orchestrator cannot answer (e.g. Redis restarting).
@@ -333,27 +362,49 @@ fn preconditions_hold() -> bool {
         .iter()
         .flat_map(|p| project_containers(p))
         .collect();
-    let volume = [VOLUME, PROMETHEUS_VOLUME].iter().any(|volume| {
-        Command::new("docker")
-            .args(["volume", "inspect", volume])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
+    let volume = [VOLUME, PROMETHEUS_VOLUME]
+        .map(str::to_owned)
+        .into_iter()
+        .chain(cluster_volumes())
+        .any(|volume| {
+            Command::new("docker")
+                .args(["volume", "inspect", &volume])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
     let network = Command::new("docker")
         .args(["network", "inspect", NETWORK])
         .output()
         .is_ok_and(|o| o.status.success());
     assert!(
         existing.is_empty() && !volume && !network,
-        "a compose deployment exists or is starting (containers {existing:?}, volume {VOLUME} or \
-         {PROMETHEUS_VOLUME}: {volume}, network {NETWORK}: {network}); this test would destroy it. \
-         Run `just clean` first."
+        "a compose deployment exists or is starting (containers {existing:?}, volume {VOLUME}, \
+         {PROMETHEUS_VOLUME} or a Redis Cluster node's: {volume}, network {NETWORK}: {network}); \
+         this test would destroy it. Run `just clean` first."
     );
     true
 }
 
+/// The volumes of the compose Redis Cluster's nodes.
+fn cluster_volumes() -> Vec<String> {
+    xtask::compose::cluster_nodes()
+        .into_iter()
+        .map(|node| format!("{node}-data"))
+        .collect()
+}
+
+/// The deployments share fixed names (network, ports, containers): one test at a time.
+static ONE_DEPLOYMENT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_deployment() -> std::sync::MutexGuard<'static, ()> {
+    ONE_DEPLOYMENT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn compose_deployment_survives_scale_restart_and_a_redis_kill() {
+    let _one = one_deployment();
     if !preconditions_hold() {
         return;
     }
@@ -679,4 +730,220 @@ fn check_prometheus_scrapes_every_service(workers: usize) {
         alerts.contains("AgentRedisDown") && alerts.contains("AgentNoLiveWorkers"),
         "Prometheus loaded the alert rules: {alerts:?}"
     );
+}
+
+/// `redis-cli ARGS` in a node of the compose Redis Cluster (as the admin, REDISCLI_AUTH).
+fn node_cli(node: &str, args: &[&str]) -> String {
+    let mut command = vec!["exec", node, "redis-cli"];
+    command.extend(args);
+    docker(&command)
+}
+
+/// `master` or `slave`: the node's replication role.
+fn node_role(node: &str) -> String {
+    node_cli(node, &["role"])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+fn cluster_state(node: &str) -> String {
+    node_cli(node, &["cluster", "info"])
+        .lines()
+        .find_map(|line| {
+            line.trim()
+                .strip_prefix("cluster_state:")
+                .map(str::to_owned)
+        })
+        .unwrap_or_default()
+}
+
+/// `REDIS_SHARDS=3 just up`: a Redis Cluster of three primaries and three replicas serves the
+/// API; tasks acknowledged before `docker kill` of a primary (queued on it, the workers stopped)
+/// and tasks acknowledged while its replica takes over all succeed; the killed node rejoins as
+/// a replica through a plain `just up`; `just redis-rotate-password` changes the password on
+/// every node; `just down` and `just clean` leave nothing.
+#[test]
+fn redis_cluster_deployment_loses_no_task_when_a_primary_is_killed() {
+    let _one = one_deployment();
+    if !preconditions_hold() {
+        return;
+    }
+    let _cleanup = Deployment {
+        remove_secrets: !secrets_dir().exists(),
+    };
+    let api = Api::new();
+    let mut outputs = Vec::new();
+    let nodes = xtask::compose::cluster_nodes();
+
+    let started = Instant::now();
+    step(started, "REDIS_SHARDS=3 just up");
+    outputs.push(just_with(&[("REDIS_SHARDS", "3")], &["up"]));
+    for node in &nodes {
+        assert_eq!(health(node), "healthy", "{node}");
+        assert_eq!(cluster_state(node), "ok", "{node} sees the cluster ok");
+    }
+    assert!(
+        docker(&["ps", "-aq", "--filter", "name=^agent-redis$"])
+            .trim()
+            .is_empty(),
+        "no single Redis runs beside the cluster"
+    );
+    let services_env = std::fs::read_to_string(secrets_dir().join("services.env")).expect("env");
+    assert!(
+        services_env.contains("REDIS_CLUSTER_URLS=") && !services_env.contains("REDIS_URL="),
+        "the services are pointed at the cluster"
+    );
+    assert!(services_env.contains("REPLICA_ACKS=1\n"));
+    for shard in 1..=3 {
+        assert_eq!(node_role(&format!("agent-redis-{shard}-1")), "master");
+        assert_eq!(node_role(&format!("agent-redis-{shard}-2")), "slave");
+    }
+    let ps = just(&["ps"]);
+    for node in &nodes {
+        assert!(ps.contains(node.as_str()), "just ps shows {node}:\n{ps}");
+    }
+
+    step(started, "POST and GET on the cluster");
+    let first: Vec<String> = (0..15)
+        .map(|i| api.submit(&format!("cluster smoke: {i}")))
+        .collect();
+    api.wait_succeeded(&first, Duration::from_secs(60));
+
+    step(started, "kill the primary of shard 1 with 30 tasks queued");
+    let workers = project_containers("agent-worker");
+    let mut stop = vec!["stop"];
+    stop.extend(workers.iter().map(String::as_str));
+    docker(&stop);
+    let queued: Vec<String> = (0..30)
+        .map(|i| api.submit(&format!("cluster smoke: queued across the kill {i}")))
+        .collect();
+    let keys: u64 = node_cli("agent-redis-1-1", &["dbsize"])
+        .trim()
+        .parse()
+        .expect("DBSIZE");
+    assert!(keys > 0, "the primary to be killed holds part of the queue");
+    docker(&["kill", "agent-redis-1-1"]);
+    let killed = Instant::now();
+    wait_for(
+        "agent-redis-1-2 to take over shard 1",
+        Duration::from_secs(60),
+        || (node_role("agent-redis-1-2") == "master").then_some(()),
+    );
+    step(
+        started,
+        &format!("replica promoted {:.1?} after the kill", killed.elapsed()),
+    );
+    // Shard 1 now has no replica to confirm a write (REPLICA_ACKS=1): the API refuses what
+    // lands there (503, no acknowledgement) and takes the rest.
+    let descriptions: Vec<String> = (0..10)
+        .map(|i| format!("cluster smoke: after the failover {i}"))
+        .collect();
+    let answers: Vec<Result<String, Option<u16>>> =
+        descriptions.iter().map(|d| api.try_submit(d)).collect();
+    let refused = answers.iter().filter(|a| a.is_err()).count();
+    step(
+        started,
+        &format!("{} of 10 acknowledged, {refused} refused", 10 - refused),
+    );
+
+    step(started, "the killed node rejoins as a replica: just up");
+    docker(&["start", "agent-redis-1-1"]);
+    outputs.push(just(&["up"]));
+    assert_eq!(node_role("agent-redis-1-1"), "slave");
+    assert_eq!(cluster_state("agent-redis-1-1"), "ok");
+    // The refused ones again, with their Idempotency-Keys: the shard has a replica again.
+    let mut acknowledged = queued;
+    for (description, answer) in descriptions.iter().zip(answers) {
+        let id = match answer {
+            Ok(id) => id,
+            Err(_) => wait_for(
+                &format!("{description} to be acknowledged"),
+                Duration::from_secs(60),
+                || api.try_submit(description).ok(),
+            ),
+        };
+        acknowledged.push(id);
+    }
+    let mut start = vec!["start"];
+    start.extend(workers.iter().map(String::as_str));
+    docker(&start);
+    api.wait_succeeded(&acknowledged, Duration::from_secs(120));
+    step(started, "all 40 acknowledged tasks succeeded");
+    let after = api.submit("cluster smoke: after the rejoin");
+    api.wait_succeeded(&[after], Duration::from_secs(30));
+
+    step(started, "just redis-rotate-password on every node");
+    let old_password = redis_password("agent");
+    outputs.push(just(&["redis-rotate-password"]));
+    let new_password = redis_password("agent");
+    assert_ne!(new_password, old_password);
+    // PING as the services' user inside each node: redis-cli's -e makes a refusal exit 1.
+    let ping_as_agent = |node: &str, password: &str| {
+        Command::new("docker")
+            .args([
+                "exec",
+                node,
+                "redis-cli",
+                "--no-auth-warning",
+                "--user",
+                "agent",
+            ])
+            .args(["--pass", password, "-e", "ping"])
+            .output()
+            .is_ok_and(|o| o.status.success() && text(&o).contains("PONG"))
+    };
+    for node in &nodes {
+        assert!(
+            !ping_as_agent(node, &old_password),
+            "{node} takes the old password"
+        );
+        assert!(
+            ping_as_agent(node, &new_password),
+            "{node} refuses the new password"
+        );
+    }
+    let rotated = api.submit("cluster smoke: after the password rotation");
+    api.wait_succeeded(&[rotated], Duration::from_secs(30));
+
+    step(started, "no password in outputs and logs");
+    let passwords = [old_password, new_password, redis_password("admin")];
+    for output in &outputs {
+        assert_no_password("a recipe's output", output, &passwords);
+    }
+    for project in PROJECTS {
+        for container in project_containers(project) {
+            let output = Command::new("docker")
+                .args(["logs", &container])
+                .output()
+                .expect("docker logs");
+            assert_no_password(
+                &format!("the log of {project} container {container}"),
+                &text(&output),
+                &passwords,
+            );
+        }
+    }
+
+    step(started, "just down, just clean");
+    just(&["down"]);
+    assert_eq!(
+        project_containers("agent-redis-cluster"),
+        Vec::<String>::new(),
+        "just down left cluster nodes"
+    );
+    just(&["clean"]);
+    for volume in cluster_volumes() {
+        let left = docker(&[
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("name=^{volume}$"),
+        ]);
+        assert_eq!(left.trim(), "", "just clean left the volume {volume}");
+    }
+    step(started, "done");
 }

@@ -208,10 +208,31 @@ fn compose_env_files(service: &str) -> Vec<String> {
         .collect()
 }
 
-/// Names and resolved values of a container's environment (`env` and `envFrom`).
+/// Whether an env var comes from an optional key of a Secret: the Redis Cluster's keys, which
+/// only a Secret made for the cluster holds ([`cluster_env`]).
+fn optional_secret(var: &Value) -> bool {
+    var["valueFrom"]["secretKeyRef"]["optional"].as_bool() == Some(true)
+}
+
+/// Names of a container's env vars from optional Secret keys.
+fn cluster_env(container: &Value) -> BTreeSet<String> {
+    container["env"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter(|var| optional_secret(var))
+        .map(|var| scalar(&var["name"]))
+        .collect()
+}
+
+/// Names and resolved values of a container's environment (`env` and `envFrom`), but the
+/// optional Secret keys of the Redis Cluster ([`cluster_env`]).
 fn k8s_env(objects: &[Object], container: &Value) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     for var in container["env"].as_sequence().into_iter().flatten() {
+        if optional_secret(var) {
+            continue;
+        }
         let name = scalar(&var["name"]);
         let value = if let Some(value) = var.get("value") {
             scalar(value)
@@ -566,6 +587,228 @@ fn redis_runs_with_aof_always_on_persistent_storage_in_both() {
     assert_eq!(
         mount["name"], claim["metadata"]["name"],
         "mount uses the PVC"
+    );
+}
+
+/// The command line of a container (`command` then `args`), as words.
+fn k8s_command_line(container: &Value) -> Vec<String> {
+    ["command", "args"]
+        .iter()
+        .flat_map(|field| container[*field].as_sequence().cloned().unwrap_or_default())
+        .map(|v| scalar(&v))
+        .collect()
+}
+
+/// `--flag value` pairs of a redis-server command line (the config file argument left out).
+fn redis_flags(command: &[String]) -> BTreeMap<String, String> {
+    let at = command
+        .iter()
+        .position(|word| word.starts_with("--"))
+        .unwrap_or(command.len());
+    command[at..]
+        .chunks(2)
+        .map(|pair| (pair[0].clone(), pair.get(1).cloned().unwrap_or_default()))
+        .collect()
+}
+
+#[test]
+fn the_redis_cluster_is_the_same_in_both_and_the_services_get_its_keys_from_the_secret() {
+    let objects = manifests();
+    let mut compose = compose_file("redis-cluster");
+    // The nodes share their settings through a YAML anchor and `<<` merge keys.
+    compose
+        .apply_merge()
+        .expect("merge keys of compose/redis-cluster.yml");
+    let nodes: BTreeMap<String, Value> = compose["services"]
+        .as_mapping()
+        .expect("compose/redis-cluster.yml services")
+        .iter()
+        .map(|(name, service)| (scalar(name), service.clone()))
+        .collect();
+
+    // compose: the nodes xtask forms and names in services.env, each on its own volume.
+    let containers: BTreeSet<String> = nodes
+        .values()
+        .map(|service| scalar(&service["container_name"]))
+        .collect();
+    let expected: BTreeSet<String> = xtask::compose::cluster_nodes().into_iter().collect();
+    assert_eq!(containers, expected, "compose/redis-cluster.yml nodes");
+    let xtask::secrets::RedisTopology::Cluster {
+        nodes: urls,
+        shards,
+    } = xtask::compose::Topology::Cluster.services()
+    else {
+        panic!("the compose cluster topology is a cluster");
+    };
+    assert_eq!(shards, xtask::compose::CLUSTER_SHARDS);
+    assert_eq!(
+        urls.iter()
+            .map(|n| n.trim_end_matches(":6379").to_owned())
+            .collect::<BTreeSet<_>>(),
+        expected,
+        "services.env names every node"
+    );
+    let mut volumes = BTreeSet::new();
+    for (name, service) in &nodes {
+        let mounts: Vec<String> = service["volumes"]
+            .as_sequence()
+            .expect("node volumes")
+            .iter()
+            .map(scalar)
+            .collect();
+        let data = mounts
+            .iter()
+            .find_map(|m| m.strip_suffix(":/data"))
+            .unwrap_or_else(|| panic!("{name} keeps no /data volume"));
+        assert!(volumes.insert(data.to_owned()), "{name} shares its volume");
+        assert!(mounts.contains(&"./secrets/redis-acl:/etc/redis/acl:ro".to_owned()));
+        assert!(
+            mounts.contains(&"./secrets/redis-cluster.conf:/etc/redis/cluster.conf:ro".to_owned())
+        );
+    }
+
+    // The same node flags in both (the pods also announce their DNS names).
+    let compose_command: Vec<String> = nodes.values().next().expect("a node")["command"]
+        .as_sequence()
+        .expect("exec form")
+        .iter()
+        .map(scalar)
+        .collect();
+    assert_eq!(
+        compose_command[1], "/etc/redis/cluster.conf",
+        "masterauth from the file"
+    );
+    let redis = container(&objects, "StatefulSet", "agent-redis-cluster");
+    let k8s_command = k8s_command_line(redis);
+    let mut k8s_flags = redis_flags(&k8s_command);
+    for k8s_only in [
+        "--cluster-announce-hostname",
+        "--cluster-preferred-endpoint-type",
+    ] {
+        assert!(k8s_flags.remove(k8s_only).is_some(), "{k8s_only}");
+    }
+    let compose_flags = redis_flags(&compose_command);
+    assert_eq!(compose_flags, k8s_flags, "cluster node flags");
+    assert_eq!(compose_flags["--cluster-enabled"], "yes");
+    assert_eq!(compose_flags["--appendfsync"], "always");
+    assert_eq!(
+        redis_flags(&redis_command_lines(&objects).0)["--aclfile"],
+        compose_flags["--aclfile"]
+    );
+
+    // k8s: the StatefulSet runs every node the Secret names, the Job forms exactly those.
+    let statefulset = object(&objects, "StatefulSet", "agent-redis-cluster");
+    let pods = statefulset["spec"]["replicas"].as_u64().expect("replicas") as usize;
+    assert_eq!(pods, nodes.len(), "as many pods as compose nodes");
+    let service = scalar(&statefulset["spec"]["serviceName"]);
+    let headless = object(&objects, "Service", &service);
+    assert_eq!(headless["spec"]["clusterIP"].as_str(), Some("None"));
+    let pod_names: Vec<String> = (0..pods)
+        .map(|pod| format!("agent-redis-cluster-{pod}.{service}:6379"))
+        .collect();
+    let xtask::secrets::RedisTopology::Cluster {
+        nodes: secret_nodes,
+        shards,
+    } = xtask::k8s::cluster_topology()
+    else {
+        panic!("the k8s cluster topology is a cluster");
+    };
+    assert_eq!(
+        secret_nodes, pod_names,
+        "REDIS_CLUSTER_URLS names every pod"
+    );
+    let job = object(&objects, "Job", "agent-redis-cluster-init");
+    let form = &job["spec"]["template"]["spec"]["containers"][0];
+    let form_command = k8s_command_line(form);
+    let named: Vec<String> = form_command
+        .iter()
+        .filter(|word| word.ends_with(":6379"))
+        .cloned()
+        .collect();
+    assert_eq!(named, pod_names, "the Job forms every pod");
+    assert_eq!(
+        flag_value(&form_command, "--cluster-replicas"),
+        Some((pods / shards as usize - 1).to_string().as_str())
+    );
+
+    // The services read the cluster's keys from the Secret, optionally (a single Redis's
+    // Secret has none), and the values xtask puts there are settings they accept.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let files = xtask::secrets::k8s_secret_files(
+        &xtask::secrets::SecretsDir::new(tmp.path()),
+        &acl_template_path(),
+        &xtask::k8s::cluster_topology(),
+        &mut Vec::new(),
+    )
+    .expect("the cluster's Secret");
+    let value = |key: &str| {
+        let file = files
+            .iter()
+            .find(|f| f.key == key)
+            .unwrap_or_else(|| panic!("{key}"));
+        fs::read_to_string(&file.path).expect("value")
+    };
+    for (name, wanted) in [
+        (
+            "agent-orchestrator",
+            &["QUEUE_PARTITIONS", "REDIS_CLUSTER_URLS", "REPLICA_ACKS"][..],
+        ),
+        (
+            "agent-worker",
+            &["QUEUE_PARTITIONS", "REDIS_CLUSTER_URLS"][..],
+        ),
+    ] {
+        let deployment = container(&objects, "Deployment", name);
+        let optional = cluster_env(deployment);
+        assert_eq!(
+            optional.iter().map(String::as_str).collect::<Vec<_>>(),
+            wanted,
+            "{name}: the optional Secret keys"
+        );
+        for var in &optional {
+            assert_eq!(
+                secret_ref(deployment, var),
+                (REDIS_SECRET.to_owned(), var.clone())
+            );
+            value(var);
+        }
+    }
+    let settings = |names: &[&str]| -> BTreeMap<String, String> {
+        names
+            .iter()
+            .map(|name| {
+                let v = if *name == "REDIS_CLUSTER_URLS" {
+                    FROM_SECRET.to_owned()
+                } else {
+                    value(name)
+                };
+                ((*name).to_owned(), v)
+            })
+            .collect()
+    };
+    check_settings(
+        "k8s cluster orchestrator",
+        &settings(&["QUEUE_PARTITIONS", "REDIS_CLUSTER_URLS", "REPLICA_ACKS"]),
+        orchestrator::config::RENAMED,
+        |args| {
+            orchestrator::config::Config::try_load_from(args)
+                .map(|(_, deprecated)| deprecated)
+                .map_err(|err| err.to_string())
+        },
+    );
+    assert_eq!(value("QUEUE_PARTITIONS"), shards.to_string());
+    assert_eq!(value("REPLICA_ACKS"), "1");
+    let conf = value("redis-cluster.conf");
+    assert!(conf.starts_with("masterauth "), "the nodes' config file");
+    let volumes = &statefulset["spec"]["template"]["spec"]["volumes"];
+    let mounted = volumes
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .any(|v| v["secret"]["items"][0]["key"] == "redis-cluster.conf");
+    assert!(
+        mounted,
+        "the StatefulSet mounts redis-cluster.conf from the Secret"
     );
 }
 
@@ -950,8 +1193,13 @@ fn redis_requires_passwords_from_secrets_in_both_and_no_secret_is_committed() {
     assert_eq!(xtask::secrets::K8S_NAMESPACE, NAMESPACE);
     let dir = tempfile::tempdir().expect("tempdir");
     let secrets = xtask::secrets::SecretsDir::new(dir.path());
-    let files = xtask::secrets::k8s_secret_files(&secrets, &acl_template_path(), &mut Vec::new())
-        .expect("rendering the Secret's files");
+    let files = xtask::secrets::k8s_secret_files(
+        &secrets,
+        &acl_template_path(),
+        &xtask::secrets::RedisTopology::Single,
+        &mut Vec::new(),
+    )
+    .expect("rendering the Secret's files");
     let created: BTreeSet<&str> = files.iter().map(|f| f.key).collect();
     let expected: BTreeSet<&str> = [
         "REDIS_URL",
@@ -1153,6 +1401,7 @@ fn redis_secrets_are_created_once_consistent_and_never_printed() {
         xtask::secrets::render(
             &xtask::secrets::SecretsDir::new(&secrets),
             &acl_template_path(),
+            &xtask::secrets::RedisTopology::Single,
             &mut output,
         )
         .expect("rendering the Redis secrets");

@@ -366,6 +366,7 @@ fn render_secrets(dir: &Path) -> xtask::secrets::SecretsDir {
     xtask::secrets::render(
         &secrets,
         &workspace_root().join(ACL_TEMPLATE),
+        &xtask::secrets::RedisTopology::Single,
         &mut Vec::new(),
     )
     .unwrap_or_else(|e| panic!("rendering the Redis secrets from {ACL_TEMPLATE}: {e:#}"));

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 
 use crate::images::{self, ImageName, ImagesArgs};
-use crate::secrets::{self, RotationTarget, SecretsDir};
+use crate::secrets::{self, RedisTopology, RotationTarget, SecretsDir};
 use crate::tools;
 
 /// The external network every service joins.
@@ -31,9 +31,11 @@ pub const REDIS_CONTAINER: &str = "agent-redis";
 /// `docker ps` columns of [`ps`] and of the diagnostics of [`wait_healthy`].
 pub const PS_FORMAT: &str = "table {{.Names}}\t{{.Image}}\t{{.Status}}\t{{.Ports}}";
 
-/// The containers [`ps`] shows: the three services and Prometheus.
-pub const PS_FILTERS: [&str; 4] = [
+/// The containers [`ps`] shows: the three services (a single Redis or the cluster's nodes) and
+/// Prometheus.
+pub const PS_FILTERS: [&str; 5] = [
     "name=^agent-redis$",
+    "name=^agent-redis-[0-9]-[0-9]$",
     "name=^agent-orchestrator$",
     "name=^agent-worker[-_]worker[-_]",
     "name=^agent-prometheus$",
@@ -41,6 +43,113 @@ pub const PS_FILTERS: [&str; 4] = [
 
 /// Default of `HEALTH_TIMEOUT` (seconds) for [`wait_healthy`].
 pub const DEFAULT_HEALTH_TIMEOUT_S: u64 = 120;
+
+/// Shards of the compose Redis Cluster (`REDIS_SHARDS=3`), as compose/redis-cluster.yml
+/// defines them: three, the fewest whose majority survives the loss of one primary (a failover
+/// needs the votes of a majority of primaries).
+pub const CLUSTER_SHARDS: u32 = 3;
+
+/// Nodes per shard of the compose Redis Cluster: a primary and one replica.
+pub const CLUSTER_MEMBERS: u32 = 2;
+
+/// The compose Redis Cluster's project.
+pub const CLUSTER_PROJECT: &str = "agent-redis-cluster";
+
+/// The container of node `member` (from 1; 1 is the initial primary) of shard `shard` (from 1).
+pub fn cluster_node(shard: u32, member: u32) -> String {
+    format!("agent-redis-{shard}-{member}")
+}
+
+/// Every node of the compose Redis Cluster, shard by shard.
+pub fn cluster_nodes() -> Vec<String> {
+    (1..=CLUSTER_SHARDS)
+        .flat_map(|shard| (1..=CLUSTER_MEMBERS).map(move |member| cluster_node(shard, member)))
+        .collect()
+}
+
+/// Which Redis the compose deployment runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// `agent-redis` (compose/redis.yml).
+    Single,
+    /// The Redis Cluster of compose/redis-cluster.yml.
+    Cluster,
+}
+
+impl Topology {
+    /// `REDIS_SHARDS` when set (1 or [`CLUSTER_SHARDS`]); else the cluster when its containers
+    /// or volumes exist (a deployment keeps its topology until `just clean`), else one Redis.
+    pub fn current() -> anyhow::Result<Self> {
+        match Self::parse(&std::env::var("REDIS_SHARDS").unwrap_or_default())? {
+            Some(topology) => Ok(topology),
+            None => Ok(
+                if exists("container", &cluster_node(1, 1))
+                    || exists("volume", &format!("{}-data", cluster_node(1, 1)))
+                {
+                    Topology::Cluster
+                } else {
+                    Topology::Single
+                },
+            ),
+        }
+    }
+
+    /// `REDIS_SHARDS`: `None` when blank (the deployment decides).
+    pub fn parse(setting: &str) -> anyhow::Result<Option<Self>> {
+        match setting.trim() {
+            "" => Ok(None),
+            "1" => Ok(Some(Topology::Single)),
+            shards if shards == CLUSTER_SHARDS.to_string() => Ok(Some(Topology::Cluster)),
+            other => bail!(
+                "REDIS_SHARDS={other}: the compose deployment runs one Redis (1) or a Redis \
+                 Cluster of {CLUSTER_SHARDS} shards ({CLUSTER_SHARDS}), each a primary and a \
+                 replica; a failover needs the votes of a majority of primaries, which 2 cannot \
+                 give after losing one"
+            ),
+        }
+    }
+
+    /// The Redis project: `agent-redis` or [`CLUSTER_PROJECT`].
+    pub fn redis_project(self) -> Project {
+        match self {
+            Topology::Single => Service::Redis.project(),
+            Topology::Cluster => Project {
+                name: CLUSTER_PROJECT.to_owned(),
+                file: PathBuf::from("compose/redis-cluster.yml"),
+            },
+        }
+    }
+
+    /// How many Redis containers run.
+    pub fn redis_container_count(self) -> usize {
+        match self {
+            Topology::Single => 1,
+            Topology::Cluster => (CLUSTER_SHARDS * CLUSTER_MEMBERS) as usize,
+        }
+    }
+
+    /// What `services.env` tells the services.
+    pub fn services(self) -> RedisTopology {
+        match self {
+            Topology::Single => RedisTopology::Single,
+            Topology::Cluster => RedisTopology::Cluster {
+                nodes: cluster_nodes()
+                    .into_iter()
+                    .map(|node| format!("{node}:6379"))
+                    .collect(),
+                shards: CLUSTER_SHARDS,
+            },
+        }
+    }
+
+    /// The Redis containers: `agent-redis`, or every node of the cluster.
+    pub fn redis_containers(self) -> Vec<String> {
+        match self {
+            Topology::Single => vec![REDIS_CONTAINER.to_owned()],
+            Topology::Cluster => cluster_nodes(),
+        }
+    }
+}
 
 /// One service of the deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,13 +267,33 @@ impl Deployment {
 
     /// [`Deployment::render_secrets`] into another directory.
     pub fn render_secrets_in(&self, dir: &SecretsDir) -> anyhow::Result<()> {
-        let rendered = secrets::render(dir, &self.acl_template(), &mut io::stdout().lock())?;
+        self.render_secrets_for(dir, Topology::current()?)
+    }
+
+    fn render_secrets_for(&self, dir: &SecretsDir, topology: Topology) -> anyhow::Result<()> {
+        let rendered = secrets::render(
+            dir,
+            &self.acl_template(),
+            &topology.services(),
+            &mut io::stdout().lock(),
+        )?;
         if let Some(hint) = rendered.restart_hint()
-            && container_running(REDIS_CONTAINER)
+            && topology
+                .redis_containers()
+                .iter()
+                .any(|name| container_running(name))
         {
             println!("{hint}");
         }
         Ok(())
+    }
+
+    /// The compose project of `service`; Redis's follows the [`Topology`].
+    pub fn project(&self, service: Service) -> anyhow::Result<Project> {
+        Ok(match service {
+            Service::Redis => Topology::current()?.redis_project(),
+            other => other.project(),
+        })
     }
 
     /// `{docker compose | docker-compose} -p PROJECT -f FILE ARGS...`, echoed, in the workspace root.
@@ -229,15 +358,39 @@ impl Deployment {
         }
     }
 
-    /// `just up`: images, secrets, network, then redis → orchestrator → `workers` workers, each
-    /// waited for until healthy; prints the containers and where to reach them.
+    /// `just up`: images, secrets, network, then redis (with `REDIS_SHARDS=3` a Redis Cluster,
+    /// formed here) → orchestrator → `workers` workers, each waited for until healthy; prints
+    /// the containers and where to reach them.
     pub fn up(&self, workers: usize) -> anyhow::Result<()> {
+        let topology = Topology::current()?;
+        let other = match topology {
+            Topology::Single => Topology::Cluster,
+            Topology::Cluster => Topology::Single,
+        };
+        if let Some(running) = other
+            .redis_containers()
+            .into_iter()
+            .find(|name| exists("container", name))
+        {
+            bail!(
+                "{running} exists: the deployment runs {}; `just down` first (the data stays in \
+                 its volumes)",
+                match other {
+                    Topology::Single => "one Redis",
+                    Topology::Cluster => "a Redis Cluster",
+                }
+            );
+        }
         self.images(self.default_images_args())?;
-        self.render_secrets()?;
+        self.render_secrets_for(&self.secrets(), topology)?;
         ensure_network()?;
-        let [redis, orchestrator, worker] = Service::ALL.map(Service::project);
+        let redis = topology.redis_project();
+        let [_, orchestrator, worker] = Service::ALL.map(Service::project);
         self.compose(&redis, &["up", "-d"])?;
-        wait_healthy(&redis, 1)?;
+        wait_healthy(&redis, topology.redis_container_count())?;
+        if topology == Topology::Cluster {
+            form_cluster()?;
+        }
         self.compose(&orchestrator, &["up", "-d"])?;
         self.compose(
             &worker,
@@ -248,12 +401,20 @@ impl Deployment {
         ps()?;
         let api_port = env_or("ORCHESTRATOR_HOST_PORT", "8001");
         println!();
-        println!(
-            "orchestrator: http://localhost:{api_port}   redis: {}:{} (password required: {}/)",
-            env_or("REDIS_HOST_BIND", "127.0.0.1"),
-            env_or("REDIS_HOST_PORT", "6380"),
-            secrets::SECRETS_DIR
-        );
+        match topology {
+            Topology::Single => println!(
+                "orchestrator: http://localhost:{api_port}   redis: {}:{} (password required: {}/)",
+                env_or("REDIS_HOST_BIND", "127.0.0.1"),
+                env_or("REDIS_HOST_PORT", "6380"),
+                secrets::SECRETS_DIR
+            ),
+            Topology::Cluster => println!(
+                "orchestrator: http://localhost:{api_port}   redis: a cluster of \
+                 {CLUSTER_SHARDS} shards (primary + replica) on {NETWORK}, not published: \
+                 docker exec {} redis-cli -c",
+                cluster_node(1, 1)
+            ),
+        }
         println!(
             "try: curl -sS -X POST http://localhost:{api_port}/tasks -H 'content-type: \
              application/json' -d '{{\"description\":\"hello\",\"priority\":5}}'"
@@ -265,7 +426,7 @@ impl Deployment {
     pub fn restart(&self, service: Service) -> anyhow::Result<()> {
         tools::require_docker()?;
         self.render_secrets()?;
-        let project = service.project();
+        let project = self.project(service)?;
         self.compose(&project, &["restart"])?;
         wait_healthy(&project, running_containers(&project)?)
     }
@@ -275,7 +436,7 @@ impl Deployment {
     pub fn upgrade(&self, service: Service) -> anyhow::Result<()> {
         self.images(self.default_images_args())?;
         self.render_secrets()?;
-        let project = service.project();
+        let project = self.project(service)?;
         let scale;
         let mut args = vec!["up", "-d"];
         if service == Service::Worker {
@@ -305,7 +466,7 @@ impl Deployment {
         let program = compose_program();
         let mut followers: Vec<Child> = Vec::new();
         for service in services {
-            let project = service.project();
+            let project = self.project(service)?;
             let child = Command::new(&program[0])
                 .args(&program[1..])
                 .arg("-p")
@@ -345,35 +506,50 @@ impl Deployment {
     pub fn rotate_redis_password(&self) -> anyhow::Result<()> {
         tools::require_docker()?;
         self.render_secrets()?;
+        let topology = Topology::current()?;
         secrets::rotate_agent_password(
             &self.secrets(),
             &self.acl_template(),
-            &mut DockerRedis { deployment: self },
+            &topology.services(),
+            &mut DockerRedis {
+                deployment: self,
+                containers: topology.redis_containers(),
+            },
             &mut io::stdout().lock(),
         )
     }
 }
 
-/// The running deployment as a [`RotationTarget`]: `redis-cli` inside `agent-redis`, which
-/// authenticates through the container's `REDISCLI_AUTH`.
+/// The running deployment as a [`RotationTarget`]: `redis-cli` inside each Redis container
+/// (`agent-redis`, or every node of the cluster: each has its own users), which authenticates
+/// through the container's `REDISCLI_AUTH`.
 struct DockerRedis<'a> {
     deployment: &'a Deployment,
+    containers: Vec<String>,
 }
 
 impl RotationTarget for DockerRedis<'_> {
     fn redis_running(&mut self) -> anyhow::Result<bool> {
-        Ok(container_running(REDIS_CONTAINER))
+        Ok(self.containers.iter().all(|name| container_running(name)))
     }
 
+    /// The first reply that is not `OK` (and the nodes after it are left as they are: the
+    /// rotation stops and finishes on the next run), else `OK`.
     fn acl_setuser(&mut self, rule: &str) -> anyhow::Result<String> {
-        // The command goes to redis-cli on stdin, so not even a hash shows in `ps`; in this mode
-        // redis-cli exits 0 whatever Redis answers, so the reply is what tells.
-        let output = run_with_stdin(
-            Command::new("docker").args(["exec", "-i", REDIS_CONTAINER, "redis-cli"]),
-            &format!("ACL SETUSER {} {rule}\n", secrets::AGENT_USER),
-        )
-        .context("docker exec agent-redis redis-cli")?;
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        for container in &self.containers {
+            // The command goes to redis-cli on stdin, so not even a hash shows in `ps`; in this
+            // mode redis-cli exits 0 whatever Redis answers, so the reply is what tells.
+            let output = run_with_stdin(
+                Command::new("docker").args(["exec", "-i", container, "redis-cli"]),
+                &format!("ACL SETUSER {} {rule}\n", secrets::AGENT_USER),
+            )
+            .with_context(|| format!("docker exec {container} redis-cli"))?;
+            let reply = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            if reply != "OK" {
+                return Ok(reply);
+            }
+        }
+        Ok("OK".to_owned())
     }
 
     fn recreate_services(&mut self) -> anyhow::Result<()> {
@@ -441,6 +617,110 @@ fn docker_output(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// Whether the docker object `kind` (`container`, `volume`, `network`) named `name` exists.
+fn exists(kind: &str, name: &str) -> bool {
+    tools::succeeds("docker", &[kind, "inspect", name])
+}
+
+/// `redis-cli ARGS` inside `container` (as the admin, through its `REDISCLI_AUTH`); its output.
+fn redis_cli(container: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut command = vec!["exec", container, "redis-cli"];
+    command.extend(args);
+    docker_output(&command)
+}
+
+/// A `field:value` line of an `INFO`-style reply.
+fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|line| line.trim().strip_prefix(field)?.strip_prefix(':'))
+}
+
+/// Forms the compose Redis Cluster from its fresh nodes, and waits until it serves: the initial
+/// primaries `agent-redis-S-1` get equal slot ranges in shard order (`redis-cli --cluster
+/// create`), then each `agent-redis-S-2` joins as the replica of shard S. Steps already done
+/// (a cluster formed by an earlier `up`, whose roles a failover may have swapped since) are
+/// skipped, so `up` is idempotent.
+pub fn form_cluster() -> anyhow::Result<()> {
+    let first = cluster_node(1, 1);
+    let known = |node: &str| -> anyhow::Result<u32> {
+        let info = redis_cli(node, &["cluster", "info"])?;
+        info_field(&info, "cluster_known_nodes")
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("{node}: no cluster_known_nodes in CLUSTER INFO"))
+    };
+    let primaries: Vec<String> = (1..=CLUSTER_SHARDS)
+        .map(|shard| format!("{}:6379", cluster_node(shard, 1)))
+        .collect();
+    if known(&first)? == 1 {
+        let mut args = vec!["--cluster", "create"];
+        args.extend(primaries.iter().map(String::as_str));
+        args.push("--cluster-yes");
+        eprintln!("docker exec {first} redis-cli {}", args.join(" "));
+        redis_cli(&first, &args).context("forming the Redis Cluster")?;
+    }
+    for shard in 1..=CLUSTER_SHARDS {
+        let replica = cluster_node(shard, 2);
+        if known(&replica)? > 1 {
+            continue;
+        }
+        let primary = cluster_node(shard, 1);
+        let id = redis_cli(&primary, &["cluster", "myid"])?.trim().to_owned();
+        let args = [
+            "--cluster",
+            "add-node",
+            &format!("{replica}:6379"),
+            &format!("{primary}:6379"),
+            "--cluster-slave",
+            "--cluster-master-id",
+            &id,
+        ];
+        eprintln!("docker exec {first} redis-cli {}", args.join(" "));
+        redis_cli(&first, &args)
+            .with_context(|| format!("adding {replica} as the replica of shard {shard}"))?;
+    }
+    wait_cluster_serving()
+}
+
+/// Waits until every node sees the whole cluster `ok` and every replica's link to its primary
+/// is up, for `HEALTH_TIMEOUT` seconds.
+fn wait_cluster_serving() -> anyhow::Result<()> {
+    let nodes = cluster_nodes();
+    let deadline = Instant::now() + Duration::from_secs(health_timeout_s()?);
+    loop {
+        let mut waiting = Vec::new();
+        for node in &nodes {
+            let info = redis_cli(node, &["cluster", "info"]).unwrap_or_default();
+            let replication = redis_cli(node, &["info", "replication"]).unwrap_or_default();
+            let ok = info_field(&info, "cluster_state") == Some("ok")
+                && info_field(&info, "cluster_known_nodes") == Some(&nodes.len().to_string());
+            let linked = match info_field(&replication, "role") {
+                Some("master") => true,
+                Some(_) => info_field(&replication, "master_link_status") == Some("up"),
+                None => false,
+            };
+            if !(ok && linked) {
+                waiting.push(node.as_str());
+            }
+        }
+        if waiting.is_empty() {
+            println!(
+                "Redis Cluster: {CLUSTER_SHARDS} shards, {} nodes, every slot served",
+                nodes.len()
+            );
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let view = redis_cli(&nodes[0], &["cluster", "nodes"]).unwrap_or_default();
+            bail!(
+                "the Redis Cluster is not serving: {} not ok or not linked to a primary; its \
+                 view:\n{view}",
+                waiting.join(", ")
+            );
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Whether the container `name` exists and runs.
 pub fn container_running(name: &str) -> bool {
     docker_output(&["inspect", "--format", "{{.State.Running}}", name])
@@ -473,12 +753,7 @@ fn healthy_containers(project: &Project) -> anyhow::Result<usize> {
 /// seconds (default [`DEFAULT_HEALTH_TIMEOUT_S`]); on timeout prints their state and last log
 /// lines to stderr and fails.
 pub fn wait_healthy(project: &Project, expected: usize) -> anyhow::Result<()> {
-    let timeout_s = match std::env::var("HEALTH_TIMEOUT") {
-        Ok(text) if !text.is_empty() => text
-            .parse::<u64>()
-            .with_context(|| format!("HEALTH_TIMEOUT={text:?} is not a number of seconds"))?,
-        _ => DEFAULT_HEALTH_TIMEOUT_S,
-    };
+    let timeout_s = health_timeout_s()?;
     let deadline = Instant::now() + Duration::from_secs(timeout_s);
     loop {
         let healthy = healthy_containers(project)?;
@@ -507,6 +782,16 @@ pub fn wait_healthy(project: &Project, expected: usize) -> anyhow::Result<()> {
     }
 }
 
+/// `HEALTH_TIMEOUT` (seconds), default [`DEFAULT_HEALTH_TIMEOUT_S`].
+fn health_timeout_s() -> anyhow::Result<u64> {
+    match std::env::var("HEALTH_TIMEOUT") {
+        Ok(text) if !text.is_empty() => text
+            .parse::<u64>()
+            .with_context(|| format!("HEALTH_TIMEOUT={text:?} is not a number of seconds")),
+        _ => Ok(DEFAULT_HEALTH_TIMEOUT_S),
+    }
+}
+
 /// Creates the external network [`NETWORK`] unless it exists.
 pub fn ensure_network() -> anyhow::Result<()> {
     if tools::succeeds("docker", &["network", "inspect", NETWORK]) {
@@ -531,6 +816,41 @@ pub fn ps() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_shards_is_one_or_three_and_says_why_not_two() {
+        assert_eq!(Topology::parse(" ").expect("blank"), None);
+        assert_eq!(Topology::parse("1").expect("1"), Some(Topology::Single));
+        assert_eq!(Topology::parse("3").expect("3"), Some(Topology::Cluster));
+        for wrong in ["2", "4", "three", "-1"] {
+            let err = Topology::parse(wrong).expect_err(wrong).to_string();
+            assert!(err.starts_with(&format!("REDIS_SHARDS={wrong}: ")), "{err}");
+            assert!(err.contains("majority of primaries"), "{err}");
+        }
+        assert_eq!(Topology::Cluster.redis_container_count(), 6);
+        assert_eq!(Topology::Cluster.redis_containers(), cluster_nodes());
+        assert_eq!(
+            cluster_nodes(),
+            [
+                "agent-redis-1-1",
+                "agent-redis-1-2",
+                "agent-redis-2-1",
+                "agent-redis-2-2",
+                "agent-redis-3-1",
+                "agent-redis-3-2"
+            ]
+        );
+        let root = images::default_workspace_root();
+        assert!(root.join(Topology::Cluster.redis_project().file).is_file());
+    }
+
+    #[test]
+    fn info_fields_are_read_from_crlf_replies() {
+        let info = "# Cluster\r\ncluster_state:ok\r\ncluster_known_nodes:6\r\n";
+        assert_eq!(info_field(info, "cluster_state"), Some("ok"));
+        assert_eq!(info_field(info, "cluster_known_nodes"), Some("6"));
+        assert_eq!(info_field(info, "cluster_known"), None);
+    }
 
     #[test]
     fn services_parse_by_name_and_map_to_their_compose_project() {

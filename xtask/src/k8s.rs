@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, ensure};
 
-use crate::secrets::{self, K8S_NAMESPACE, K8S_SECRET, SecretsDir};
+use crate::secrets::{self, K8S_NAMESPACE, K8S_SECRET, RedisTopology, SecretsDir};
 use crate::tools;
 
 fn kubectl(args: &[&std::ffi::OsStr], stdout: Stdio) -> anyhow::Result<()> {
@@ -22,9 +22,41 @@ fn kubectl(args: &[&std::ffi::OsStr], stdout: Stdio) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates the Secret `agent-system/agent-redis` (random passwords, `REDIS_URL`, the ACL file)
-/// unless it exists; an existing one is left as it is.
+/// The Redis Cluster's StatefulSet and headless Service (k8s/redis-cluster/).
+pub const CLUSTER_STATEFULSET: &str = "agent-redis-cluster";
+
+/// Shards of the Kubernetes Redis Cluster; its StatefulSet runs two pods per shard.
+pub const CLUSTER_SHARDS: u32 = 3;
+
+/// The Redis Cluster of k8s/redis-cluster/: every pod of its StatefulSet by its stable name.
+pub fn cluster_topology() -> RedisTopology {
+    RedisTopology::Cluster {
+        nodes: (0..CLUSTER_SHARDS * 2)
+            .map(|pod| format!("{CLUSTER_STATEFULSET}-{pod}.{CLUSTER_STATEFULSET}:6379"))
+            .collect(),
+        shards: CLUSTER_SHARDS,
+    }
+}
+
+/// Which Redis `REDIS_SHARDS` asks for: unset or 1, the single `agent-redis` (k8s/20-redis.yaml);
+/// [`CLUSTER_SHARDS`], the Redis Cluster of k8s/redis-cluster/, its pods named through the
+/// headless Service.
+pub fn topology() -> anyhow::Result<RedisTopology> {
+    match std::env::var("REDIS_SHARDS").unwrap_or_default().trim() {
+        "" | "1" => Ok(RedisTopology::Single),
+        shards if shards == CLUSTER_SHARDS.to_string() => Ok(cluster_topology()),
+        other => anyhow::bail!(
+            "REDIS_SHARDS={other}: k8s/ runs one Redis (1) or a Redis Cluster of \
+             {CLUSTER_SHARDS} shards ({CLUSTER_SHARDS})"
+        ),
+    }
+}
+
+/// Creates the Secret `agent-system/agent-redis` (random passwords, `REDIS_URL`, the ACL file;
+/// with `REDIS_SHARDS=3` also `REDIS_CLUSTER_URLS`, `QUEUE_PARTITIONS`, `REPLICA_ACKS` and the
+/// nodes' `redis-cluster.conf`) unless it exists; an existing one is left as it is.
 pub fn create_secret(workspace_root: &Path) -> anyhow::Result<()> {
+    let topology = topology()?;
     if tools::succeeds(
         "kubectl",
         &["-n", K8S_NAMESPACE, "get", "secret", K8S_SECRET],
@@ -36,6 +68,7 @@ pub fn create_secret(workspace_root: &Path) -> anyhow::Result<()> {
     let files = secrets::k8s_secret_files(
         &SecretsDir::new(tmp.path()),
         &workspace_root.join(secrets::ACL_TEMPLATE),
+        &topology,
         &mut io::stdout().lock(),
     )?;
     let args = secrets::k8s_create_secret_args(&files);
@@ -57,19 +90,28 @@ pub fn create_secret(workspace_root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The namespace, then the Secret ([`create_secret`]), then every manifest of `k8s/`.
+/// The namespace, then the Secret ([`create_secret`]), then every manifest of `k8s/`; with
+/// `REDIS_SHARDS=3` the Redis Cluster of `k8s/redis-cluster/` instead of `k8s/20-redis.yaml`.
 pub fn apply(workspace_root: &Path) -> anyhow::Result<()> {
-    for (step, file) in [
-        ("namespace", "k8s/00-namespace.yaml"),
-        ("manifests", "k8s/"),
-    ] {
+    let files: &[&str] = match topology()? {
+        RedisTopology::Single => &["k8s/00-namespace.yaml", "k8s/"],
+        RedisTopology::Cluster { .. } => &[
+            "k8s/00-namespace.yaml",
+            "k8s/10-config.yaml",
+            "k8s/redis-cluster/",
+            "k8s/30-orchestrator.yaml",
+            "k8s/40-worker.yaml",
+        ],
+    };
+    for (index, file) in files.iter().enumerate() {
         eprintln!("kubectl apply -f {file}");
         let path = workspace_root.join(file);
         kubectl(
             &["apply".as_ref(), "-f".as_ref(), path.as_os_str()],
             Stdio::inherit(),
         )?;
-        if step == "namespace" {
+        if index == 0 {
+            // The namespace exists now; the pods need the Secret.
             create_secret(workspace_root)?;
         }
     }

@@ -9,7 +9,8 @@
 //! | `redis-admin-password`, `redis-agent-password` | 0600 | the passwords |
 //! | `redis-agent-password.previous` | 0600 | the old agent password, while a rotation runs |
 //! | `redis.env` | 0600 | `REDISCLI_AUTH=<admin password>` |
-//! | `services.env` | 0600 | `REDIS_URL=redis://agent:<password>@agent-redis:6379` |
+//! | `services.env` | 0600 | `REDIS_URL=redis://agent:<password>@agent-redis:6379`, or on a Redis Cluster `REDIS_CLUSTER_URLS` (every node), `QUEUE_PARTITIONS`, `REPLICA_ACKS` ([`RedisTopology`]) |
+//! | `redis-cluster.conf` | 0644 | `masterauth <admin password>`: how a cluster replica authenticates to its primary (mounted into the nodes, whose user 10001 reads it; the directory keeps others out) |
 //! | `redis-acl/users.acl` (directory 0755) | 0644 | the template's `user` lines, `#<sha256>` per password |
 //!
 //! [`rotate_agent_password`] gives the user `agent` a new password with no failed Redis call;
@@ -81,6 +82,48 @@ impl fmt::Display for User {
     }
 }
 
+/// How the services reach Redis: what `services.env` (and the Kubernetes Secret) tell them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// One Redis at [`REDIS_HOST`]: `REDIS_URL`.
+    Single,
+    /// A Redis Cluster: `REDIS_CLUSTER_URLS` names every node (`host:port`), the queue has one
+    /// partition per shard (`QUEUE_PARTITIONS`), and every state change the API answers waits
+    /// for one replica (`REPLICA_ACKS=1`), so a failover loses no acknowledged task.
+    Cluster {
+        /// `host:port` of every node, primaries and replicas.
+        nodes: Vec<String>,
+        /// Primaries (shards) of the cluster.
+        shards: u32,
+    },
+}
+
+impl RedisTopology {
+    /// The variables of `services.env` for the services' user with `agent_password`.
+    pub fn services_env(&self, agent_password: &str) -> String {
+        match self {
+            RedisTopology::Single => format!("REDIS_URL={}\n", services_redis_url(agent_password)),
+            RedisTopology::Cluster { shards, .. } => format!(
+                "REDIS_CLUSTER_URLS={}\nQUEUE_PARTITIONS={shards}\nREPLICA_ACKS=1\n",
+                self.cluster_urls(agent_password)
+            ),
+        }
+    }
+
+    /// `REDIS_CLUSTER_URLS`: a `redis://agent:<password>@host:port` per node, comma-separated
+    /// (empty for a single Redis).
+    pub fn cluster_urls(&self, agent_password: &str) -> String {
+        match self {
+            RedisTopology::Single => String::new(),
+            RedisTopology::Cluster { nodes, .. } => nodes
+                .iter()
+                .map(|node| format!("redis://{AGENT_USER}:{agent_password}@{node}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+}
+
 /// The paths of one secrets directory (`compose/secrets`, or a temporary one for Kubernetes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretsDir {
@@ -131,6 +174,11 @@ impl SecretsDir {
     /// `services.env`: compose's env file of the orchestrator and the workers (`REDIS_URL`).
     pub fn services_env(&self) -> PathBuf {
         self.root.join("services.env")
+    }
+
+    /// `redis-cluster.conf`: the Redis Cluster nodes' config file (`masterauth`).
+    pub fn cluster_conf(&self) -> PathBuf {
+        self.root.join("redis-cluster.conf")
     }
 
     /// The password of `user` as the env files take it: the first line, blanks trimmed.
@@ -208,9 +256,15 @@ impl Rendered {
     }
 }
 
-/// Creates the passwords that are missing and derives the env files and the ACL file from them.
+/// Creates the passwords that are missing and derives the env files, the ACL file and the
+/// cluster nodes' config from them; `services.env` points the services at `topology`.
 /// Writes only what changed; prints (to `out`) which password it created, never a password.
-pub fn render(dir: &SecretsDir, template: &Path, out: &mut dyn Write) -> anyhow::Result<Rendered> {
+pub fn render(
+    dir: &SecretsDir,
+    template: &Path,
+    topology: &RedisTopology,
+    out: &mut dyn Write,
+) -> anyhow::Result<Rendered> {
     let template_text = fs::read_to_string(template)
         .with_context(|| format!("reading the ACL template {}", shown(template)))?;
 
@@ -256,12 +310,14 @@ pub fn render(dir: &SecretsDir, template: &Path, out: &mut dyn Write) -> anyhow:
     }
 
     let redis_env = format!("REDISCLI_AUTH={}\n", dir.password(User::Admin)?);
-    let services_env = format!(
-        "REDIS_URL={}\n",
-        services_redis_url(&dir.password(User::Agent)?)
-    );
+    let services_env = topology.services_env(&dir.password(User::Agent)?);
     let redis_env_changed = write_private_if_changed(&dir.redis_env(), &redis_env)?;
     write_private_if_changed(&dir.services_env(), &services_env)?;
+    let cluster_conf = format!("masterauth {}\n", dir.password(User::Admin)?);
+    write_private_if_changed(&dir.cluster_conf(), &cluster_conf)?;
+    // Read by the nodes' user 10001 through the bind mount; the 0700 directory keeps the host's
+    // other users out.
+    set_mode(&dir.cluster_conf(), 0o644)?;
 
     Ok(Rendered {
         created,
@@ -295,6 +351,7 @@ pub trait RotationTarget {
 pub fn rotate_agent_password(
     dir: &SecretsDir,
     template: &Path,
+    topology: &RedisTopology,
     target: &mut dyn RotationTarget,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
@@ -309,7 +366,7 @@ pub fn rotate_agent_password(
     } else {
         fs::rename(&current, &previous)
             .with_context(|| format!("moving {} aside", shown(&current)))?;
-        render(dir, template, out)?; // a new password; the ACL file lists both hashes
+        render(dir, template, topology, out)?; // a new password; the ACL file lists both hashes
     }
     let new_hash = file_hash(&current)?.context("the new agent password is empty")?;
     let old_hash = file_hash(&previous)?.context("the previous agent password is empty")?;
@@ -322,7 +379,7 @@ pub fn rotate_agent_password(
     target.recreate_services()?;
     acl_setuser(target, &format!("!{}", &old_hash[1..]), true)?;
     fs::remove_file(&previous).with_context(|| format!("removing {}", shown(&previous)))?;
-    render(dir, template, out)?;
+    render(dir, template, topology, out)?;
     writeln!(
         out,
         "rotate: done; the old password of the Redis user agent is refused from now on"
@@ -353,19 +410,21 @@ pub struct SecretFile {
 
 /// Renders the secrets into `dir` (a fresh temporary directory) and returns the files of the
 /// Kubernetes Secret [`K8S_SECRET`]: `REDIS_URL`, `REDIS_USERNAME`, `REDIS_PASSWORD`,
-/// `REDISCLI_AUTH` and `users.acl`. The values are files, so `kubectl --from-file` takes their
-/// bytes as they are and no value reaches a command line.
+/// `REDISCLI_AUTH` and `users.acl`, and for a Redis Cluster also `REDIS_CLUSTER_URLS` and
+/// `redis-cluster.conf`. The values are files, so `kubectl --from-file` takes their bytes as
+/// they are and no value reaches a command line.
 pub fn k8s_secret_files(
     dir: &SecretsDir,
     template: &Path,
+    topology: &RedisTopology,
     out: &mut dyn Write,
 ) -> anyhow::Result<Vec<SecretFile>> {
-    render(dir, template, out)?;
+    render(dir, template, topology, out)?;
     let url = dir.path().join("redis-url");
     write_private(&url, &services_redis_url(&dir.password(User::Agent)?))?;
     let username = dir.path().join("redis-username");
     write_private(&username, AGENT_USER)?;
-    Ok(vec![
+    let mut files = vec![
         SecretFile {
             key: "REDIS_URL",
             path: url,
@@ -386,7 +445,28 @@ pub fn k8s_secret_files(
             key: "users.acl",
             path: dir.acl_file(),
         },
-    ])
+    ];
+    if let RedisTopology::Cluster { shards, .. } = topology {
+        let agent = dir.password(User::Agent)?;
+        for (key, file, value) in [
+            (
+                "REDIS_CLUSTER_URLS",
+                "redis-cluster-urls",
+                topology.cluster_urls(&agent),
+            ),
+            ("QUEUE_PARTITIONS", "queue-partitions", shards.to_string()),
+            ("REPLICA_ACKS", "replica-acks", "1".to_owned()),
+        ] {
+            let path = dir.path().join(file);
+            write_private(&path, &value)?;
+            files.push(SecretFile { key, path });
+        }
+        files.push(SecretFile {
+            key: "redis-cluster.conf",
+            path: dir.cluster_conf(),
+        });
+    }
+    Ok(files)
 }
 
 /// The arguments of `kubectl -n agent-system create secret generic agent-redis --from-file=...`.
@@ -504,7 +584,7 @@ mod tests {
 
     fn render_quietly(dir: &SecretsDir) -> (Rendered, String) {
         let mut out = Vec::new();
-        let rendered = render(dir, &template(), &mut out).expect("render");
+        let rendered = render(dir, &template(), &RedisTopology::Single, &mut out).expect("render");
         (rendered, String::from_utf8(out).expect("utf-8"))
     }
 
@@ -612,6 +692,58 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_topology_names_every_node_and_asks_for_a_replica() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = SecretsDir::new(tmp.path().join("secrets"));
+        let topology = RedisTopology::Cluster {
+            nodes: vec!["n1:6379".to_owned(), "n2:6379".to_owned()],
+            shards: 2,
+        };
+        let mut out = Vec::new();
+        render(&dir, &template(), &topology, &mut out).expect("render");
+        let [admin, agent] = User::ALL.map(|u| dir.password(u).expect("password"));
+        assert_eq!(
+            fs::read_to_string(dir.services_env()).expect("services.env"),
+            format!(
+                "REDIS_CLUSTER_URLS=redis://agent:{agent}@n1:6379,redis://agent:{agent}@n2:6379\n\
+                 QUEUE_PARTITIONS=2\nREPLICA_ACKS=1\n"
+            )
+        );
+        assert_eq!(
+            fs::read_to_string(dir.cluster_conf()).expect("cluster conf"),
+            format!("masterauth {admin}\n")
+        );
+        assert_eq!(mode(&dir.cluster_conf()), 0o644);
+        assert_eq!(
+            mode(dir.path()),
+            0o700,
+            "the directory keeps the conf private"
+        );
+        assert_no_password(&String::from_utf8(out).expect("utf-8"), &[admin, agent]);
+
+        let files = k8s_secret_files(&dir, &template(), &topology, &mut Vec::new()).expect("k8s");
+        let keys: Vec<&str> = files.iter().map(|f| f.key).collect();
+        assert_eq!(
+            keys[5..],
+            [
+                "REDIS_CLUSTER_URLS",
+                "QUEUE_PARTITIONS",
+                "REPLICA_ACKS",
+                "redis-cluster.conf"
+            ]
+        );
+        let value = |key: &str| {
+            let file = files.iter().find(|f| f.key == key).expect("key");
+            fs::read_to_string(&file.path).expect("value")
+        };
+        assert_eq!(value("QUEUE_PARTITIONS"), "2");
+        assert_eq!(
+            value("REDIS_CLUSTER_URLS"),
+            topology.cluster_urls(&dir.password(User::Agent).expect("agent"))
+        );
+    }
+
+    #[test]
     fn a_second_render_changes_nothing_and_prints_nothing() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = SecretsDir::new(tmp.path().join("secrets"));
@@ -714,7 +846,8 @@ mod tests {
     fn the_k8s_secret_is_made_of_files_and_its_command_line_holds_no_secret() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = SecretsDir::new(tmp.path());
-        let files = k8s_secret_files(&dir, &template(), &mut Vec::new()).expect("files");
+        let files = k8s_secret_files(&dir, &template(), &RedisTopology::Single, &mut Vec::new())
+            .expect("files");
         let keys: Vec<&str> = files.iter().map(|f| f.key).collect();
         assert_eq!(
             keys,
@@ -819,7 +952,14 @@ mod tests {
         };
 
         let mut out = Vec::new();
-        rotate_agent_password(&dir, &template(), &mut redis, &mut out).expect("rotation");
+        rotate_agent_password(
+            &dir,
+            &template(),
+            &RedisTopology::Single,
+            &mut redis,
+            &mut out,
+        )
+        .expect("rotation");
         let out = String::from_utf8(out).expect("utf-8");
 
         let new = dir.password(User::Agent).expect("new");
@@ -871,8 +1011,14 @@ mod tests {
             ..FakeRedis::default()
         };
 
-        let err = rotate_agent_password(&dir, &template(), &mut redis, &mut Vec::new())
-            .expect_err("the services did not come up");
+        let err = rotate_agent_password(
+            &dir,
+            &template(),
+            &RedisTopology::Single,
+            &mut redis,
+            &mut Vec::new(),
+        )
+        .expect_err("the services did not come up");
         assert!(format!("{err:#}").contains("healthy"), "{err:#}");
         let new = dir.password(User::Agent).expect("new");
         let new_hash = hash_of(&dir, User::Agent);
@@ -891,7 +1037,14 @@ mod tests {
         render_quietly(&dir);
         redis.fail_recreate = false;
         let mut out = Vec::new();
-        rotate_agent_password(&dir, &template(), &mut redis, &mut out).expect("finishing");
+        rotate_agent_password(
+            &dir,
+            &template(),
+            &RedisTopology::Single,
+            &mut redis,
+            &mut out,
+        )
+        .expect("finishing");
         let out = String::from_utf8(out).expect("utf-8");
         assert!(
             out.starts_with("rotate: finishing the rotation that stopped half-way\n"),
@@ -903,8 +1056,14 @@ mod tests {
 
         // Stopped after the old hash was removed from Redis, before the file went: done anyway.
         fs::write(dir.previous_agent_password_file(), "d".repeat(64)).expect("previous");
-        rotate_agent_password(&dir, &template(), &mut redis, &mut Vec::new())
-            .expect("an already removed password is fine");
+        rotate_agent_password(
+            &dir,
+            &template(),
+            &RedisTopology::Single,
+            &mut redis,
+            &mut Vec::new(),
+        )
+        .expect("an already removed password is fine");
         assert!(!dir.previous_agent_password_file().exists());
     }
 
@@ -915,8 +1074,14 @@ mod tests {
         render_quietly(&dir);
         let before = dir.password(User::Agent).expect("agent");
         let mut stopped = FakeRedis::default();
-        let err = rotate_agent_password(&dir, &template(), &mut stopped, &mut Vec::new())
-            .expect_err("Redis is not running");
+        let err = rotate_agent_password(
+            &dir,
+            &template(),
+            &RedisTopology::Single,
+            &mut stopped,
+            &mut Vec::new(),
+        )
+        .expect_err("Redis is not running");
         assert_eq!(
             err.to_string(),
             "agent-redis is not running; start the deployment with: just up"
@@ -940,8 +1105,14 @@ mod tests {
                 panic!("must not recreate the services when Redis refused the new password")
             }
         }
-        let err = rotate_agent_password(&dir, &template(), &mut Refusing, &mut Vec::new())
-            .expect_err("refused");
+        let err = rotate_agent_password(
+            &dir,
+            &template(),
+            &RedisTopology::Single,
+            &mut Refusing,
+            &mut Vec::new(),
+        )
+        .expect_err("refused");
         assert_eq!(
             err.to_string(),
             "ACL SETUSER failed: NOPERM this user has no permissions"
