@@ -38,6 +38,13 @@ pub struct Config {
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub concurrency: u32,
 
+    /// Threads of the async runtime that runs the executions and the worker's loops: 1 (the
+    /// default) runs everything on one thread, with no wake-ups across threads, the fastest for
+    /// handlers that wait (the `simulate` and `http` handlers); more for a handler that computes
+    /// between its awaits. A handler that blocks should use `spawn_blocking` either way.
+    #[arg(long, env = "WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
+
     /// Which handler executes tasks.
     #[arg(long, env = "WORKER_HANDLER", value_enum, default_value_t = HandlerKind::Simulate)]
     pub handler: HandlerKind,
@@ -284,6 +291,7 @@ mod tests {
         assert!(deprecated.is_empty());
         let ms = Duration::from_millis;
         assert_eq!(config.work, ms(100));
+        assert_eq!(config.threads, 1);
         assert_eq!(config.agent_timeout, ms(30_000));
         assert_eq!(config.retry_base, ms(500));
         assert_eq!(config.retry_max, ms(60_000));

@@ -4,9 +4,26 @@ use std::process::ExitCode;
 
 use worker::config::{Command, Config};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let (config, deprecated) = Config::load();
+    // WORKER_THREADS: one thread by default (no cross-thread wake-ups per task), or a pool.
+    let mut builder = if config.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(usize::from(config.threads));
+        builder
+    };
+    match builder.enable_all().build() {
+        Ok(runtime) => runtime.block_on(run(config, deprecated)),
+        Err(err) => {
+            eprintln!("worker: starting the async runtime: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config, deprecated: Vec<taskq::support::Deprecated>) -> ExitCode {
     let result = match config.command {
         Some(Command::Healthcheck) => healthcheck::check(config.metrics_addr.port()).await,
         None => {
