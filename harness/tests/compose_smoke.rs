@@ -128,6 +128,26 @@ fn assert_no_password(what: &str, haystack: &str, passwords: &[String]) {
     }
 }
 
+/// Panics if a recipe's output or the log of any container of the deployment shows a password.
+fn assert_no_password_anywhere(outputs: &[String], passwords: &[String]) {
+    for output in outputs {
+        assert_no_password("a recipe's output", output, passwords);
+    }
+    for project in PROJECTS {
+        for container in project_containers(project) {
+            let output = Command::new("docker")
+                .args(["logs", &container])
+                .output()
+                .expect("docker logs");
+            assert_no_password(
+                &format!("the log of {project} container {container}"),
+                &text(&output),
+                passwords,
+            );
+        }
+    }
+}
+
 fn docker(args: &[&str]) -> String {
     run("docker", args)
 }
@@ -396,20 +416,27 @@ fn cluster_volumes() -> Vec<String> {
 /// The deployments share fixed names (network, ports, containers): one test at a time.
 static ONE_DEPLOYMENT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn one_deployment() -> std::sync::MutexGuard<'static, ()> {
-    ONE_DEPLOYMENT
+/// The deployment's names for this test: waits for the other test, checks the preconditions
+/// (`None`: the user opted out of Docker tests), and returns the guard that removes everything
+/// on drop.
+/// The cleanup comes first in the pair: it runs on drop before the lock is released.
+fn claim_deployment() -> Option<(Deployment, std::sync::MutexGuard<'static, ()>)> {
+    let one = ONE_DEPLOYMENT
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !preconditions_hold() {
+        return None;
+    }
+    let cleanup = Deployment {
+        remove_secrets: !secrets_dir().exists(),
+    };
+    Some((cleanup, one))
 }
 
 #[test]
 fn compose_deployment_survives_scale_restart_and_a_redis_kill() {
-    let _one = one_deployment();
-    if !preconditions_hold() {
+    let Some(_deployment) = claim_deployment() else {
         return;
-    }
-    let _cleanup = Deployment {
-        remove_secrets: !secrets_dir().exists(),
     };
     let api = Api::new();
     let mut outputs = Vec::new();
@@ -601,22 +628,7 @@ fn compose_deployment_survives_scale_restart_and_a_redis_kill() {
     // No recipe printed a password, and no container logged one.
     step(started, "no password in outputs and logs");
     let passwords = [agent_password, new_agent_password, admin_password];
-    for output in &outputs {
-        assert_no_password("a recipe's output", output, &passwords);
-    }
-    for project in PROJECTS {
-        for container in project_containers(project) {
-            let output = Command::new("docker")
-                .args(["logs", &container])
-                .output()
-                .expect("docker logs");
-            assert_no_password(
-                &format!("the log of {project} container {container}"),
-                &text(&output),
-                &passwords,
-            );
-        }
-    }
+    assert_no_password_anywhere(&outputs, &passwords);
 
     // just down, then just clean: nothing left.
     step(started, "just down, just clean");
@@ -762,17 +774,14 @@ fn cluster_state(node: &str) -> String {
 
 /// `REDIS_SHARDS=3 just up`: a Redis Cluster of three primaries and three replicas serves the
 /// API; tasks acknowledged before `docker kill` of a primary (queued on it, the workers stopped)
-/// and tasks acknowledged while its replica takes over all succeed; the killed node rejoins as
-/// a replica through a plain `just up`; `just redis-rotate-password` changes the password on
+/// and after its replica took over (refused with 503 while the shard has no replica, then
+/// acknowledged on retry) all succeed; the killed node rejoins as a replica through a plain
+/// `just up`; `just redis-rotate-password` changes the password on
 /// every node; `just down` and `just clean` leave nothing.
 #[test]
 fn redis_cluster_deployment_loses_no_task_when_a_primary_is_killed() {
-    let _one = one_deployment();
-    if !preconditions_hold() {
+    let Some(_deployment) = claim_deployment() else {
         return;
-    }
-    let _cleanup = Deployment {
-        remove_secrets: !secrets_dir().exists(),
     };
     let api = Api::new();
     let mut outputs = Vec::new();
@@ -910,22 +919,7 @@ fn redis_cluster_deployment_loses_no_task_when_a_primary_is_killed() {
 
     step(started, "no password in outputs and logs");
     let passwords = [old_password, new_password, redis_password("admin")];
-    for output in &outputs {
-        assert_no_password("a recipe's output", output, &passwords);
-    }
-    for project in PROJECTS {
-        for container in project_containers(project) {
-            let output = Command::new("docker")
-                .args(["logs", &container])
-                .output()
-                .expect("docker logs");
-            assert_no_password(
-                &format!("the log of {project} container {container}"),
-                &text(&output),
-                &passwords,
-            );
-        }
-    }
+    assert_no_password_anywhere(&outputs, &passwords);
 
     step(started, "just down, just clean");
     just(&["down"]);

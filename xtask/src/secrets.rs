@@ -599,6 +599,12 @@ mod tests {
         all
     }
 
+    /// The value of `key` in the Secret's files.
+    fn secret_value(files: &[SecretFile], key: &str) -> String {
+        let file = files.iter().find(|f| f.key == key).expect("key");
+        fs::read_to_string(&file.path).expect("value")
+    }
+
     fn assert_no_password(text: &str, passwords: &[String]) {
         for password in passwords {
             assert!(
@@ -732,10 +738,7 @@ mod tests {
                 "redis-cluster.conf"
             ]
         );
-        let value = |key: &str| {
-            let file = files.iter().find(|f| f.key == key).expect("key");
-            fs::read_to_string(&file.path).expect("value")
-        };
+        let value = |key: &str| secret_value(&files, key);
         assert_eq!(value("QUEUE_PARTITIONS"), "2");
         assert_eq!(
             value("REDIS_CLUSTER_URLS"),
@@ -859,10 +862,7 @@ mod tests {
                 "users.acl"
             ]
         );
-        let value = |key: &str| {
-            let file = files.iter().find(|f| f.key == key).expect("key");
-            fs::read_to_string(&file.path).expect("value")
-        };
+        let value = |key: &str| secret_value(&files, key);
         let agent = dir.password(User::Agent).expect("agent");
         assert_eq!(value("REDIS_URL"), services_redis_url(&agent));
         assert_eq!(value("REDIS_USERNAME"), "agent");
