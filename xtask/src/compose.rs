@@ -20,7 +20,7 @@ use anyhow::{Context, bail, ensure};
 
 use crate::images::{self, ImageName, ImagesArgs};
 use crate::secrets::{self, RedisTopology, RotationTarget, SecretsDir};
-use crate::tools;
+use crate::tools::{self, info_field};
 
 /// The external network every service joins.
 pub const NETWORK: &str = "agent-system-net";
@@ -44,8 +44,8 @@ pub const PS_FILTERS: [&str; 5] = [
 /// Default of `HEALTH_TIMEOUT` (seconds) for [`wait_healthy`].
 pub const DEFAULT_HEALTH_TIMEOUT_S: u64 = 120;
 
-/// Shards of the compose Redis Cluster (`REDIS_SHARDS=3`), as compose/redis-cluster.yml
-/// defines them: three, the fewest whose majority survives the loss of one primary (a failover
+/// Shards of the Redis Cluster (`REDIS_SHARDS=3`), as compose/redis-cluster.yml and
+/// k8s/redis-cluster/ define them: three, the fewest whose majority survives the loss of one primary (a failover
 /// needs the votes of a majority of primaries).
 pub const CLUSTER_SHARDS: u32 = 3;
 
@@ -101,11 +101,19 @@ impl Topology {
             "1" => Ok(Some(Topology::Single)),
             shards if shards == CLUSTER_SHARDS.to_string() => Ok(Some(Topology::Cluster)),
             other => bail!(
-                "REDIS_SHARDS={other}: the compose deployment runs one Redis (1) or a Redis \
+                "REDIS_SHARDS={other}: the deployment runs one Redis (1) or a Redis \
                  Cluster of {CLUSTER_SHARDS} shards ({CLUSTER_SHARDS}), each a primary and a \
                  replica; a failover needs the votes of a majority of primaries, which 2 cannot \
                  give after losing one"
             ),
+        }
+    }
+
+    /// The compose project of `service`: Redis's is this topology's.
+    pub fn project(self, service: Service) -> Project {
+        match service {
+            Service::Redis => self.redis_project(),
+            other => other.project(),
         }
     }
 
@@ -117,14 +125,6 @@ impl Topology {
                 name: CLUSTER_PROJECT.to_owned(),
                 file: PathBuf::from("compose/redis-cluster.yml"),
             },
-        }
-    }
-
-    /// How many Redis containers run.
-    pub fn redis_container_count(self) -> usize {
-        match self {
-            Topology::Single => 1,
-            Topology::Cluster => (CLUSTER_SHARDS * CLUSTER_MEMBERS) as usize,
         }
     }
 
@@ -260,9 +260,12 @@ impl Deployment {
     }
 
     /// `_redis-secrets`: creates the missing passwords, derives the env files and the ACL file,
-    /// and says when a running Redis needs a restart to read a changed ACL file.
-    pub fn render_secrets(&self) -> anyhow::Result<()> {
-        self.render_secrets_in(&self.secrets())
+    /// and says when a running Redis needs a restart to read a changed ACL file. Returns the
+    /// deployment's [`Topology`], which the recipe then follows.
+    pub fn render_secrets(&self) -> anyhow::Result<Topology> {
+        let topology = Topology::current()?;
+        self.render_secrets_for(&self.secrets(), topology)?;
+        Ok(topology)
     }
 
     /// [`Deployment::render_secrets`] into another directory.
@@ -286,14 +289,6 @@ impl Deployment {
             println!("{hint}");
         }
         Ok(())
-    }
-
-    /// The compose project of `service`; Redis's follows the [`Topology`].
-    pub fn project(&self, service: Service) -> anyhow::Result<Project> {
-        Ok(match service {
-            Service::Redis => Topology::current()?.redis_project(),
-            other => other.project(),
-        })
     }
 
     /// `{docker compose | docker-compose} -p PROJECT -f FILE ARGS...`, echoed, in the workspace root.
@@ -387,7 +382,7 @@ impl Deployment {
         let redis = topology.redis_project();
         let [_, orchestrator, worker] = Service::ALL.map(Service::project);
         self.compose(&redis, &["up", "-d"])?;
-        wait_healthy(&redis, topology.redis_container_count())?;
+        wait_healthy(&redis, topology.redis_containers().len())?;
         if topology == Topology::Cluster {
             form_cluster()?;
         }
@@ -425,8 +420,7 @@ impl Deployment {
     /// `just restart SERVICE`: in place, then waits for as many healthy containers as run.
     pub fn restart(&self, service: Service) -> anyhow::Result<()> {
         tools::require_docker()?;
-        self.render_secrets()?;
-        let project = self.project(service)?;
+        let project = self.render_secrets()?.project(service);
         self.compose(&project, &["restart"])?;
         wait_healthy(&project, running_containers(&project)?)
     }
@@ -435,8 +429,7 @@ impl Deployment {
     /// changed; the worker keeps its replica count (at least one).
     pub fn upgrade(&self, service: Service) -> anyhow::Result<()> {
         self.images(self.default_images_args())?;
-        self.render_secrets()?;
-        let project = self.project(service)?;
+        let project = self.render_secrets()?.project(service);
         let scale;
         let mut args = vec!["up", "-d"];
         if service == Service::Worker {
@@ -461,12 +454,12 @@ impl Deployment {
     /// reaches them all, they share the terminal's process group).
     pub fn logs(&self, service: Option<Service>) -> anyhow::Result<()> {
         tools::require_docker()?;
-        self.render_secrets()?;
+        let topology = self.render_secrets()?;
         let services = service.map_or(Service::ALL.to_vec(), |s| vec![s]);
         let program = compose_program();
         let mut followers: Vec<Child> = Vec::new();
         for service in services {
-            let project = self.project(service)?;
+            let project = topology.project(service);
             let child = Command::new(&program[0])
                 .args(&program[1..])
                 .arg("-p")
@@ -505,8 +498,7 @@ impl Deployment {
     /// `just redis-rotate-password`: see [`secrets::rotate_agent_password`].
     pub fn rotate_redis_password(&self) -> anyhow::Result<()> {
         tools::require_docker()?;
-        self.render_secrets()?;
-        let topology = Topology::current()?;
+        let topology = self.render_secrets()?;
         secrets::rotate_agent_password(
             &self.secrets(),
             &self.acl_template(),
@@ -627,12 +619,6 @@ fn redis_cli(container: &str, args: &[&str]) -> anyhow::Result<String> {
     let mut command = vec!["exec", container, "redis-cli"];
     command.extend(args);
     docker_output(&command)
-}
-
-/// A `field:value` line of an `INFO`-style reply.
-fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
-    info.lines()
-        .find_map(|line| line.trim().strip_prefix(field)?.strip_prefix(':'))
 }
 
 /// Forms the compose Redis Cluster from its fresh nodes, and waits until it serves: the initial
@@ -827,7 +813,7 @@ mod tests {
             assert!(err.starts_with(&format!("REDIS_SHARDS={wrong}: ")), "{err}");
             assert!(err.contains("majority of primaries"), "{err}");
         }
-        assert_eq!(Topology::Cluster.redis_container_count(), 6);
+        assert_eq!(Topology::Cluster.redis_containers().len(), 6);
         assert_eq!(Topology::Cluster.redis_containers(), cluster_nodes());
         assert_eq!(
             cluster_nodes(),

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, ensure};
 
+use crate::compose::{CLUSTER_MEMBERS, CLUSTER_SHARDS, Topology};
 use crate::secrets::{self, K8S_NAMESPACE, K8S_SECRET, RedisTopology, SecretsDir};
 use crate::tools;
 
@@ -25,31 +26,26 @@ fn kubectl(args: &[&std::ffi::OsStr], stdout: Stdio) -> anyhow::Result<()> {
 /// The Redis Cluster's StatefulSet and headless Service (k8s/redis-cluster/).
 pub const CLUSTER_STATEFULSET: &str = "agent-redis-cluster";
 
-/// Shards of the Kubernetes Redis Cluster; its StatefulSet runs two pods per shard.
-pub const CLUSTER_SHARDS: u32 = 3;
-
-/// The Redis Cluster of k8s/redis-cluster/: every pod of its StatefulSet by its stable name.
+/// The Redis Cluster of k8s/redis-cluster/ (the compose cluster's shape): every pod of its
+/// StatefulSet by its stable name.
 pub fn cluster_topology() -> RedisTopology {
     RedisTopology::Cluster {
-        nodes: (0..CLUSTER_SHARDS * 2)
+        nodes: (0..CLUSTER_SHARDS * CLUSTER_MEMBERS)
             .map(|pod| format!("{CLUSTER_STATEFULSET}-{pod}.{CLUSTER_STATEFULSET}:6379"))
             .collect(),
         shards: CLUSTER_SHARDS,
     }
 }
 
-/// Which Redis `REDIS_SHARDS` asks for: unset or 1, the single `agent-redis` (k8s/20-redis.yaml);
-/// [`CLUSTER_SHARDS`], the Redis Cluster of k8s/redis-cluster/, its pods named through the
-/// headless Service.
+/// Which Redis `REDIS_SHARDS` asks for (as in compose: [`Topology::parse`]): unset or 1, the
+/// single `agent-redis` (k8s/20-redis.yaml); [`CLUSTER_SHARDS`], the Redis Cluster of
+/// k8s/redis-cluster/, its pods named through the headless Service.
 pub fn topology() -> anyhow::Result<RedisTopology> {
-    match std::env::var("REDIS_SHARDS").unwrap_or_default().trim() {
-        "" | "1" => Ok(RedisTopology::Single),
-        shards if shards == CLUSTER_SHARDS.to_string() => Ok(cluster_topology()),
-        other => anyhow::bail!(
-            "REDIS_SHARDS={other}: k8s/ runs one Redis (1) or a Redis Cluster of \
-             {CLUSTER_SHARDS} shards ({CLUSTER_SHARDS})"
-        ),
-    }
+    let setting = std::env::var("REDIS_SHARDS").unwrap_or_default();
+    Ok(match Topology::parse(&setting)? {
+        Some(Topology::Cluster) => cluster_topology(),
+        Some(Topology::Single) | None => RedisTopology::Single,
+    })
 }
 
 /// Creates the Secret `agent-system/agent-redis` (random passwords, `REDIS_URL`, the ACL file;

@@ -137,7 +137,7 @@ fn main() -> ExitCode {
         Command::MonitoringUp => deployment.monitoring_up(),
         Command::RedisSecrets { dir } => match dir {
             Some(dir) => deployment.render_secrets_in(&SecretsDir::new(dir)),
-            None => deployment.render_secrets(),
+            None => deployment.render_secrets().map(|_topology| ()),
         },
         Command::RedisRotatePassword => deployment.rotate_redis_password(),
         Command::K8sSecrets => xtask::k8s::create_secret(&root),

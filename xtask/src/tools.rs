@@ -50,6 +50,13 @@ fn is_executable(path: &Path) -> bool {
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// The value of `field` in an `INFO`-style reply (`field:value` lines), trimmed.
+pub fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|line| line.trim().strip_prefix(field)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
 /// Whether `program args` runs and exits 0, its output discarded.
 pub fn succeeds(program: &str, args: &[&str]) -> bool {
     Command::new(program)

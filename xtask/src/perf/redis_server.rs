@@ -138,9 +138,8 @@ impl RedisProcess {
     pub async fn cpu_seconds(&self) -> anyhow::Result<(f64, f64)> {
         let info = self.info("cpu").await?;
         let field = |name: &str| -> f64 {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .and_then(|v| v.trim().parse().ok())
+            xtask::tools::info_field(&info, name)
+                .and_then(|v| v.parse().ok())
                 .unwrap_or(0.0)
         };
         Ok((

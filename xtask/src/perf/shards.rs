@@ -33,11 +33,7 @@ async fn nodes_cpu(cluster: &RedisCluster) -> anyhow::Result<(Vec<f64>, u64)> {
             .get_multiplexed_async_connection()
             .await?;
         let info: String = redis::cmd("INFO").arg("all").query_async(&mut conn).await?;
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-                .map(|v| v.trim().to_owned())
-        };
+        let field = |name: &str| xtask::tools::info_field(&info, name);
         let number = |name: &str| {
             field(name)
                 .and_then(|v| v.parse::<f64>().ok())
