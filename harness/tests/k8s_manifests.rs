@@ -898,6 +898,26 @@ fn item_11_redis_refuses_writes_at_maxmemory_instead_of_growing_until_killed() {
 }
 
 #[test]
+fn every_redis_has_the_stream_node_size_the_queue_is_tuned_for() {
+    let objects = manifests();
+    let (compose, k8s) = redis_command_lines(&objects);
+    let cluster = k8s_command_line(container(&objects, "StatefulSet", "agent-redis-cluster"));
+    // (compose's cluster nodes carry the k8s cluster's flags: see the cluster test above)
+    let [flag, value] = taskq::keys::REDIS_TUNING_ARGS;
+    for (name, command) in [
+        ("compose", &compose),
+        ("k8s", &k8s),
+        ("k8s cluster", &cluster),
+    ] {
+        assert_eq!(
+            flag_value(command, flag),
+            Some(value),
+            "{name}: {flag} as in taskq::keys::REDIS_TUNING_ARGS: {command:?}"
+        );
+    }
+}
+
+#[test]
 fn health_checks_use_healthz_and_readyz() {
     let objects = manifests();
 

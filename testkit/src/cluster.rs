@@ -35,15 +35,17 @@ impl RedisCluster {
     /// # Panics
     /// When a node cannot start or the cluster does not form within 30 s.
     pub fn start(shards: usize, replicas: usize) -> Self {
-        Self::try_start(shards, replicas, Persistence::AofAlways)
+        Self::try_start(shards, replicas, Persistence::AofAlways, &[])
             .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
-    /// [`RedisCluster::start`] with a persistence mode, and the error instead of a panic.
+    /// [`RedisCluster::start`] with a persistence mode and more `redis-server` arguments for
+    /// every node, and the error instead of a panic.
     pub fn try_start(
         shards: usize,
         replicas: usize,
         persistence: Persistence,
+        extra_args: &[&str],
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(shards >= 1, "a cluster needs a primary");
         let total = shards * (1 + replicas);
@@ -66,6 +68,7 @@ impl RedisCluster {
                     "--enable-debug-command",
                     "local",
                 ])
+                .extra_args(extra_args)
                 .start()?;
             nodes.push(node);
             buses.push(bus);

@@ -430,6 +430,8 @@ impl ImageSpec {
                 "/data",
                 "--protected-mode",
                 "no",
+                taskq::keys::REDIS_TUNING_ARGS[0],
+                taskq::keys::REDIS_TUNING_ARGS[1],
             ],
             healthcheck: vec!["redis-cli", "ping"],
         }

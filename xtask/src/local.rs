@@ -35,6 +35,7 @@ impl LocalRedis {
         let status = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .args(taskq::keys::REDIS_TUNING_ARGS)
             .arg("--dir")
             .arg(dir)
             .args(["--daemonize", "yes"])

@@ -478,6 +478,7 @@ impl DockerCluster {
         cmd.extend(extra);
         cmd.extend(self.spec.persistence.redis_args());
         cmd.extend(super::REDIS_MEMORY_ARGS.map(String::from));
+        cmd.extend(taskq::keys::REDIS_TUNING_ARGS.map(String::from));
         cmd
     }
 

@@ -234,6 +234,7 @@ impl ProcessCluster {
                     .arg("--daemonize")
                     .arg("no")
                     .extra_args(super::REDIS_MEMORY_ARGS)
+                    .extra_args(taskq::keys::REDIS_TUNING_ARGS)
                     .command(port, &self.redis_dir());
                 command.envs(
                     self.clock

@@ -54,6 +54,8 @@ impl RedisProcess {
     pub async fn start(fsync: Fsync, dir: &Path) -> anyhow::Result<Self> {
         let server = RedisConfig::new()
             .persistence(fsync.persistence())
+            // The stream node size every deployment gives Redis.
+            .extra_args(taskq::keys::REDIS_TUNING_ARGS)
             // Redis's own record of its stalls (fork, AOF write and fsync, slow commands).
             .arg("--latency-monitor-threshold")
             .arg("1")

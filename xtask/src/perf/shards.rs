@@ -80,7 +80,12 @@ pub(super) async fn measure(
     shards: usize,
 ) -> anyhow::Result<ShardResult> {
     let cluster = tokio::task::spawn_blocking(move || {
-        RedisCluster::try_start(shards, 0, fsync.persistence())
+        RedisCluster::try_start(
+            shards,
+            0,
+            fsync.persistence(),
+            &taskq::keys::REDIS_TUNING_ARGS,
+        )
     })
     .await??;
     let env = cluster_env(&cluster, shards);
