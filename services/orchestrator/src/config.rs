@@ -145,6 +145,7 @@ impl Config {
             idempotency_ttl: self.idempotency_ttl,
             max_attempts: self.max_attempts,
             max_queued: self.max_queued,
+            ..QueueConfig::default()
         }
     }
 }

@@ -10,7 +10,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionLike;
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
@@ -182,6 +183,9 @@ pub struct QueueConfig {
     /// Most tasks waiting (queued, or running and not yet acknowledged) before an enqueue is
     /// refused with [`QueueError::QueueFull`]; 0 sets no limit.
     pub max_queued: u64,
+    /// How long the backpressure check trusts its count of waiting tasks (default
+    /// [`WAITING_COUNT_TTL_MS`]).
+    pub waiting_count_ttl: Duration,
 }
 
 /// Default of [`QueueConfig::max_queued`].
@@ -201,6 +205,7 @@ impl Default for QueueConfig {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             max_attempts: 5,
             max_queued: DEFAULT_MAX_QUEUED,
+            waiting_count_ttl: Duration::from_millis(WAITING_COUNT_TTL_MS),
         }
     }
 }
@@ -553,6 +558,47 @@ pub struct Queue {
     /// This process's run id (one per [`Queue::new`]), recorded with every claim: a claim handed
     /// in again by the same run for the same entry is the same execution, not a new attempt.
     run: Arc<str>,
+    /// Until when the backpressure count in Redis is known to be trusted, so an enqueue may leave
+    /// the ten streams out of its call ([`CountFreshness`]).
+    count: Arc<CountFreshness>,
+}
+
+/// What the last full enqueue call told about the backpressure count ([`Keys::waiting_count`]):
+/// until when (ms after `epoch`) Redis trusts it. Within that time an enqueue hands the script
+/// its record's keys only, not the ten streams it would need to count again, which costs Redis
+/// less than a small command per key; a short call that finds the count expired after all writes
+/// nothing and is made again in full.
+#[derive(Debug)]
+struct CountFreshness {
+    epoch: Instant,
+    until_ms: AtomicU64,
+}
+
+impl CountFreshness {
+    /// Kept this much short of what Redis answered: the answer took time to arrive.
+    const MARGIN_MS: u64 = 10;
+
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            until_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn fresh(&self) -> bool {
+        self.now_ms() < self.until_ms.load(Ordering::Relaxed)
+    }
+
+    /// A full call answered that the count stays trusted `ms` longer.
+    fn trusted_for(&self, ms: i64) {
+        let ms = u64::try_from(ms).unwrap_or_default();
+        let until = (self.now_ms() + ms).saturating_sub(Self::MARGIN_MS);
+        self.until_ms.store(until, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Queue {
@@ -608,6 +654,7 @@ impl Queue {
             scripts: Arc::new(Scripts::new()),
             streams: Arc::new(streams),
             run: uuid::Uuid::new_v4().simple().to_string().into(),
+            count: Arc::new(CountFreshness::new()),
         }
     }
 
@@ -752,46 +799,66 @@ impl Queue {
             partition if partition.count > 1 => TaskId::new_in_partition(partition.index),
             _ => TaskId::new(),
         };
-        let mut invocation = self.scripts.enqueue.prepare_invoke();
-        invocation
-            .key(keys.task(&task_id))
-            .key(keys.stream(priority))
-            .key(self.streams.as_slice())
-            .key(keys.waiting_count())
-            .key(keys.scheduled());
-        let digest = match idempotency_key {
-            Some(key) => {
-                invocation.key(keys.idempotency(scope, key));
-                if scope.is_open() {
-                    invocation.key(keys.legacy_idempotency(key));
-                }
-                request_digest(task)
+        let digest = idempotency_key.map(|_| request_digest(task));
+        let idempotency = idempotency_key.map(|key| {
+            (
+                keys.idempotency(scope, key),
+                scope.is_open().then(|| keys.legacy_idempotency(key)),
+            )
+        });
+        // With no limit the streams are never counted; with one, they are handed in only when
+        // the count may have expired (see enqueue.lua).
+        let mut short = self.config.max_queued == 0 || self.count.fresh();
+        let (outcome, id, number, due) = loop {
+            let mut invocation = self.scripts.enqueue.prepare_invoke();
+            invocation
+                .key(keys.task(&task_id))
+                .key(keys.stream(priority));
+            if !short {
+                invocation.key(self.streams.as_slice());
             }
-            None => String::new(),
+            invocation.key(keys.waiting_count()).key(keys.scheduled());
+            if let Some((key, legacy)) = &idempotency {
+                invocation.key(key);
+                if let Some(legacy) = legacy {
+                    invocation.key(legacy);
+                }
+            }
+            invocation
+                .arg(task_id.to_string())
+                .arg(description.as_str())
+                .arg(priority.get())
+                .arg(self.config.max_attempts)
+                .arg(seconds(self.config.idempotency_ttl).max(1))
+                .arg(RECORD_VERSION)
+                .arg(self.config.max_queued)
+                .arg(digest.as_deref().unwrap_or_default())
+                .arg(timeout.map(TaskTimeout::as_millis).unwrap_or_default())
+                .arg(millis(self.config.waiting_count_ttl).max(1));
+            match schedule {
+                Some(Schedule::Delay(ms)) => invocation.arg("delay").arg(ms),
+                Some(Schedule::At(at)) => invocation
+                    .arg("at")
+                    .arg((at.unix_timestamp_nanos() / 1_000_000).max(0) as i64),
+                None => invocation.arg("now").arg(0),
+            };
+            invocation.arg(if short { "short" } else { "full" });
+            // {outcome, id, number, due_ms, fresh_ms}: see enqueue.lua. due_ms is 0 for a task
+            // queued at once.
+            let mut pipe = redis::pipe();
+            pipe.invoke_script(&invocation);
+            let (outcome, id, number, due, fresh): (i64, String, i64, i64, i64) =
+                self.write(conn, pipe).await?;
+            if outcome == 4 && short {
+                // the count expired: nothing was written; again, with the streams
+                short = false;
+                continue;
+            }
+            if !short && self.config.max_queued > 0 {
+                self.count.trusted_for(fresh);
+            }
+            break (outcome, id, number, due);
         };
-        invocation
-            .arg(task_id.to_string())
-            .arg(description.as_str())
-            .arg(priority.get())
-            .arg(self.config.max_attempts)
-            .arg(seconds(self.config.idempotency_ttl).max(1))
-            .arg(RECORD_VERSION)
-            .arg(self.config.max_queued)
-            .arg(digest)
-            .arg(timeout.map(TaskTimeout::as_millis).unwrap_or_default())
-            .arg(WAITING_COUNT_TTL_MS);
-        match schedule {
-            Some(Schedule::Delay(ms)) => invocation.arg("delay").arg(ms),
-            Some(Schedule::At(at)) => invocation
-                .arg("at")
-                .arg((at.unix_timestamp_nanos() / 1_000_000).max(0) as i64),
-            None => invocation.arg("now").arg(0),
-        };
-        // {1, id, created_ms, due_ms}, {0, existing id, 0, 0}, {2, '', tasks waiting, 0} or
-        // {3, existing id, 0, 0}: see enqueue.lua. due_ms is 0 for a task queued at once.
-        let mut pipe = redis::pipe();
-        pipe.invoke_script(&invocation);
-        let (outcome, id, number, due): (i64, String, i64, i64) = self.write(conn, pipe).await?;
         if outcome == 2 {
             return Err(QueueError::QueueFull {
                 waiting: u64::try_from(number).unwrap_or_default(),

@@ -1077,3 +1077,97 @@ async fn a_paused_priority_is_not_started_but_its_taken_over_tasks_are() {
     assert_eq!(started.len(), 1);
     assert_eq!(started[0].delivery.task_id, waiting.to_string());
 }
+
+/// The number of keys of every enqueue script call Redis has run, oldest first (its slow log,
+/// set to record every command).
+async fn enqueue_calls_keys(conn: &mut MultiplexedConnection) -> Vec<usize> {
+    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(1000)
+        .query_async(conn)
+        .await
+        .expect("slowlog");
+    let mut keys = Vec::new();
+    for entry in entries.into_iter().rev() {
+        // [id, time, duration, [command and arguments], client, name]
+        let redis::Value::Array(fields) = entry else {
+            panic!("slowlog entry {entry:?}")
+        };
+        let argv: Vec<String> = redis::from_redis_value(fields[3].clone()).expect("argv");
+        if argv[0].eq_ignore_ascii_case("evalsha") && argv.iter().any(|a| a.starts_with("count ")) {
+            keys.push(argv[2].parse().expect("numkeys"));
+        }
+    }
+    keys
+}
+
+#[tokio::test]
+async fn an_enqueue_hands_in_the_streams_only_when_the_backpressure_count_may_have_expired() {
+    let redis = RedisServer::start();
+    let queue = Queue::new(QueueConfig {
+        keys: Keys::new(PREFIX),
+        max_queued: 3,
+        // long enough that the test never outlives it by itself
+        waiting_count_ttl: Duration::from_secs(60),
+        ..QueueConfig::default()
+    });
+    let mut conn = connect(&redis).await;
+    queue.ensure_groups(&mut conn).await.expect("groups");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-log-slower-than")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .expect("slowlog on");
+    let count_key = Keys::new(PREFIX).waiting_count();
+    let expire_count = |conn: &mut MultiplexedConnection| {
+        let mut conn = conn.clone();
+        let key = count_key.clone();
+        async move {
+            let _: () = redis::cmd("DEL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .expect("del");
+        }
+    };
+
+    let first = enqueue(&queue, &mut conn, "count 1").await;
+    let second = enqueue(&queue, &mut conn, "count 2").await;
+    // The count expires early (as it would if its period ran out between two calls): the next
+    // short call writes nothing and is made again with the streams, which are counted.
+    expire_count(&mut conn).await;
+    let third = enqueue(&queue, &mut conn, "count 3").await;
+    expire_count(&mut conn).await;
+    let description = Description::parse("count 4".to_owned()).expect("valid");
+    let refused = queue
+        .enqueue(&mut conn, &description, Priority::DEFAULT, None)
+        .await;
+
+    // full (it counts), short, short then full, short then full (refused)
+    let (full, short) = (14, 4);
+    assert_eq!(
+        enqueue_calls_keys(&mut conn).await,
+        [full, short, short, full, short, full]
+    );
+    assert!(
+        matches!(
+            refused,
+            Err(taskq::queue::QueueError::QueueFull {
+                waiting: 3,
+                limit: 3
+            })
+        ),
+        "{refused:?}"
+    );
+    for id in [&first, &second, &third] {
+        assert_eq!(record(&queue, &mut conn, id).await.status, Status::Queued);
+    }
+    let entries: usize = redis::cmd("XLEN")
+        .arg(Keys::new(PREFIX).stream(Priority::DEFAULT))
+        .query_async(&mut conn)
+        .await
+        .expect("xlen");
+    assert_eq!(entries, 3, "the refused and the short calls wrote nothing");
+}
