@@ -73,8 +73,16 @@ local function start(p, entry, task_id, delivered)
     end
   end
   local key = prefix .. task_id
-  local f = redis.pcall('HMGET', key, 'status', 'attempts', 'max_attempts', 'description', 'v', 'stream_id',
-    'worker', 'run', 'timeout_ms')
+  -- Who claimed it last (worker, run) matters only for an entry handed in again: a fresh entry
+  -- reads two fields fewer (each field read is a scan of the record and a Lua string).
+  local f
+  if delivered then
+    f = redis.pcall('HMGET', key, 'status', 'attempts', 'max_attempts', 'description', 'v', 'stream_id',
+      'timeout_ms', 'worker', 'run')
+  else
+    f = redis.pcall('HMGET', key, 'status', 'attempts', 'max_attempts', 'description', 'v', 'stream_id',
+      'timeout_ms')
+  end
   if f.err then
     -- not a hash at all (WRONGTYPE): unreadable, and an error here would fail every claim that
     -- hands this entry in, for ever
@@ -112,13 +120,13 @@ local function start(p, entry, task_id, delivered)
   end
   local attempts = tonumber(f[2]) or 0
   local max_attempts = tonumber(f[3]) or 1
-  if delivered and f[1] == 'running' and f[7] == consumer and f[8] == run then
+  if delivered and f[1] == 'running' and f[8] == consumer and f[9] == run then
     -- claimed already by this very process for this very entry (stream_id matched above), and
     -- handed in again: the first claim's reply was lost, so its execution never started. Same
     -- attempt; attempts count executions that started. (A restarted process has another run id:
     -- its predecessor's execution may have started, so that one counts.)
     redis.call('HSET', key, 'started_at', now_s)
-    emit_started(p, entry, task_id, f[4], attempts, max_attempts, f[9])
+    emit_started(p, entry, task_id, f[4], attempts, max_attempts, f[7])
     return true
   end
   if attempts >= max_attempts then
@@ -133,9 +141,15 @@ local function start(p, entry, task_id, delivered)
     return
   end
   attempts = attempts + 1
-  redis.call('HSET', key, 'status', 'running', 'attempts', attempt_string(attempts), 'started_at',
-    now_s, 'worker', consumer, 'stream_id', entry, 'run', run)
-  emit_started(p, entry, task_id, f[4], attempts, max_attempts, f[9])
+  if f[6] then
+    -- the record names this entry already (checked above): not written again
+    redis.call('HSET', key, 'status', 'running', 'attempts', attempt_string(attempts), 'started_at',
+      now_s, 'worker', consumer, 'run', run)
+  else
+    redis.call('HSET', key, 'status', 'running', 'attempts', attempt_string(attempts), 'started_at',
+      now_s, 'worker', consumer, 'stream_id', entry, 'run', run)
+  end
+  emit_started(p, entry, task_id, f[4], attempts, max_attempts, f[7])
   return true
 end
 
