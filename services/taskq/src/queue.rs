@@ -565,9 +565,9 @@ pub struct Queue {
 
 /// What the last full enqueue call told about the backpressure count ([`Keys::waiting_count`]):
 /// until when (ms after `epoch`) Redis trusts it. Within that time an enqueue hands the script
-/// its record's keys only, not the ten streams it would need to count again, which costs Redis
-/// less than a small command per key; a short call that finds the count expired after all writes
-/// nothing and is made again in full.
+/// its record's keys only, not the ten streams it would need to count again (parsing them and
+/// handing them to Lua cost Redis about 4 % of an enqueue); a short call that finds the count
+/// expired after all writes nothing and is made again in full.
 #[derive(Debug)]
 struct CountFreshness {
     epoch: Instant,

@@ -5,9 +5,10 @@
 -- [14] scheduled tasks, [15] the caller's idempotency key (optional), [16] where the same key was
 -- stored before keys were scoped (optional; read, never written).
 -- KEYS, short (ARGV[13] = 'short'): the ten streams left out, so [3] the count, [4] scheduled,
--- [5] and [6] the idempotency keys. Handing a script a key costs Redis about as much as a small
--- command, and the streams are needed only when the count has expired: a short call that finds
--- it expired writes nothing and answers {4, '', 0, 0, 0}, and the caller calls again in full.
+-- [5] and [6] the idempotency keys. Parsing the ten stream names and handing them to Lua cost
+-- Redis about 4 % of an enqueue, and they are needed only when the count has expired: a short
+-- call that finds it expired writes nothing and answers {4, '', 0, 0, 0}, and the caller calls
+-- again in full.
 -- ARGV[1] task id, ARGV[2] description, ARGV[3] priority, ARGV[4] max attempts,
 -- ARGV[5] idempotency ttl (s), ARGV[6] record layout version, ARGV[7] most tasks waiting (0 or
 -- absent: no limit), ARGV[8] digest of the request (description, priority, timeout), ARGV[9]
