@@ -676,7 +676,18 @@ impl Queue {
     async fn write<T: redis::FromRedisValue, C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
+        pipe: redis::Pipeline,
+    ) -> Result<T, QueueError> {
+        self.write_unless(conn, pipe, |_| false).await
+    }
+
+    /// [`Queue::write`], where a reply for which `wrote_nothing` holds is returned whatever the
+    /// `WAIT` behind it answered: there was nothing to replicate.
+    async fn write_unless<T: redis::FromRedisValue, C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
         mut pipe: redis::Pipeline,
+        wrote_nothing: impl Fn(&redis::Value) -> bool,
     ) -> Result<T, QueueError> {
         if let Some(acks) = self.replica_acks {
             pipe.cmd("WAIT").arg(acks.count).arg(millis(acks.timeout));
@@ -696,7 +707,7 @@ impl Queue {
             .next()
             .ok_or_else(|| QueueError::Protocol("no reply to a write".to_owned()))?
             .extract_error()?;
-        if let Some(acks) = self.replica_acks {
+        if let Some(acks) = self.replica_acks.filter(|_| !wrote_nothing(&written)) {
             let acked = replies
                 .next()
                 .and_then(|reply| redis::from_redis_value::<i64>(reply).ok())
@@ -847,8 +858,13 @@ impl Queue {
             // queued at once.
             let mut pipe = redis::pipe();
             pipe.invoke_script(&invocation);
-            let (outcome, id, number, due, fresh): (i64, String, i64, i64, i64) =
-                self.write(conn, pipe).await?;
+            // A short call answered 4 wrote nothing: its WAIT does not count.
+            let (outcome, id, number, due, fresh): (i64, String, i64, i64, i64) = self
+                .write_unless(conn, pipe, |reply| {
+                    matches!(reply, redis::Value::Array(values)
+                        if values.first() == Some(&redis::Value::Int(4)))
+                })
+                .await?;
             if outcome == 4 && short {
                 // the count expired: nothing was written; again, with the streams
                 short = false;

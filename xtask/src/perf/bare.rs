@@ -40,7 +40,8 @@ async fn create_task(State(bare): State<Bare>, Json(task): Json<NewTask>) -> Res
     };
     let task_id = TaskId::new();
     let mut conn = bare.conn.clone();
-    let reply: redis::RedisResult<(i64, String, i64, i64)> = bare
+    // {outcome, id, created_ms, due_ms, fresh_ms}: enqueue.lua's answer
+    let reply: redis::RedisResult<(i64, String, i64, i64, i64)> = bare
         .script
         .key(bare.keys.task(&task_id))
         .key(bare.keys.stream(priority))
@@ -53,7 +54,7 @@ async fn create_task(State(bare): State<Bare>, Json(task): Json<NewTask>) -> Res
         .invoke_async(&mut conn)
         .await;
     match reply {
-        Ok((_, id, _, _)) => {
+        Ok((_, id, _, _, _)) => {
             (StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response()
         }
         Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),

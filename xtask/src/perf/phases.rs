@@ -527,6 +527,21 @@ async fn start_bare_server(
     )?;
     let url = format!("http://{listen}/tasks");
     wait_http(&url, &mut bare, Duration::from_secs(10)).await?;
+    // A reference that fails its requests would make every ratio against it meaningless.
+    let answer = reqwest::Client::builder()
+        .no_proxy()
+        .build()?
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(post_body())
+        .send()
+        .await?;
+    anyhow::ensure!(
+        answer.status() == reqwest::StatusCode::CREATED,
+        "the bare enqueue server answered {} to a valid POST (see {})",
+        answer.status(),
+        ctx.dir.join(log).display()
+    );
     Ok((bare, url))
 }
 

@@ -73,6 +73,8 @@ if limit > 0 then
     fresh = tonumber(ARGV[10]) or 100
   end
   if waiting >= limit then
+    -- a count taken here is not stored (nothing is written on a refusal): not trusted
+    if counted ~= 'cached' then fresh = 0 end
     return {2, '', waiting, 0, fresh}
   end
 end
@@ -106,6 +108,8 @@ if due > now then
     'created_at', now_s, 'run_at', tostring(due))
   redis.call('ZADD', scheduled_key, due, ARGV[1])
   write_extras()
+  -- the count is not touched for a scheduled task: only a cached one stays trusted
+  if counted ~= 'cached' then fresh = 0 end
   return {1, ARGV[1], now, due, fresh}
 end
 local entry = redis.call('XADD', KEYS[2], '*', 't', ARGV[1])
