@@ -1171,3 +1171,35 @@ async fn an_enqueue_hands_in_the_streams_only_when_the_backpressure_count_may_ha
         .expect("xlen");
     assert_eq!(entries, 3, "the refused and the short calls wrote nothing");
 }
+
+#[tokio::test]
+async fn a_record_written_before_records_named_their_entry_gets_it_when_claimed() {
+    let redis = RedisServer::start();
+    let (queue, mut conn) = setup(&redis, 3).await;
+    let id = enqueue(&queue, &mut conn, "from an older release").await;
+    let key = Keys::new(PREFIX).task(&id);
+    let _: () = redis::cmd("HDEL")
+        .arg(&key)
+        .arg("stream_id")
+        .query_async(&mut conn)
+        .await
+        .expect("hdel");
+
+    let (started, _) = queue
+        .claim_by_priority(&mut conn, "w", 10, &[])
+        .await
+        .expect("claim");
+
+    assert_eq!(started.len(), 1, "{started:?}");
+    let stored: Option<String> = redis::cmd("HGET")
+        .arg(&key)
+        .arg("stream_id")
+        .query_async(&mut conn)
+        .await
+        .expect("hget");
+    assert_eq!(
+        stored.as_deref(),
+        Some(started[0].delivery.entry_id.as_str())
+    );
+    assert_eq!(record(&queue, &mut conn, &id).await.status, Status::Running);
+}

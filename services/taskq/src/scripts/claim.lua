@@ -141,14 +141,10 @@ local function start(p, entry, task_id, delivered)
     return
   end
   attempts = attempts + 1
-  if f[6] then
-    -- the record names this entry already (checked above): not written again
-    redis.call('HSET', key, 'status', 'running', 'attempts', attempt_string(attempts), 'started_at',
-      now_s, 'worker', consumer, 'run', run)
-  else
-    redis.call('HSET', key, 'status', 'running', 'attempts', attempt_string(attempts), 'started_at',
-      now_s, 'worker', consumer, 'stream_id', entry, 'run', run)
-  end
+  redis.call('HSET', key, 'status', 'running', 'attempts', attempt_string(attempts), 'started_at',
+    now_s, 'worker', consumer, 'run', run)
+  -- a record names its entry (checked above), except one written before records did
+  if not f[6] then redis.call('HSET', key, 'stream_id', entry) end
   emit_started(p, entry, task_id, f[4], attempts, max_attempts, f[7])
   return true
 end

@@ -21,7 +21,7 @@
 -- 0, 0, 0} for a replay, {2, '', tasks waiting, 0, fresh} when the queue is full, {3, existing
 -- id, 0, 0, 0} when the key created a task for another request, {4, '', 0, 0, 0} when a short
 -- call needs the streams. fresh: after a full call with a limit, how many more ms the count
--- stays trusted (the caller may call short until then); otherwise 0.
+-- stays trusted (the caller may call short until then); 0 when no count is stored.
 local short = ARGV[13] == 'short'
 local shift = short and 10 or 0
 local count_key, scheduled_key = KEYS[13 - shift], KEYS[14 - shift]
@@ -70,11 +70,8 @@ if limit > 0 then
       waiting = waiting + redis.call('XLEN', KEYS[i])
     end
     counted = waiting
-    fresh = tonumber(ARGV[10]) or 100
   end
   if waiting >= limit then
-    -- a count taken here is not stored (nothing is written on a refusal): not trusted
-    if counted ~= 'cached' then fresh = 0 end
     return {2, '', waiting, 0, fresh}
   end
 end
@@ -108,8 +105,6 @@ if due > now then
     'created_at', now_s, 'run_at', tostring(due))
   redis.call('ZADD', scheduled_key, due, ARGV[1])
   write_extras()
-  -- the count is not touched for a scheduled task: only a cached one stays trusted
-  if counted ~= 'cached' then fresh = 0 end
   return {1, ARGV[1], now, due, fresh}
 end
 local entry = redis.call('XADD', KEYS[2], '*', 't', ARGV[1])
@@ -121,6 +116,8 @@ write_extras()
 if counted == 'cached' then
   redis.call('INCR', count_key)
 elseif counted then
-  redis.call('SET', count_key, counted + 1, 'PX', tonumber(ARGV[10]) or 100)
+  -- the only place a count is stored, so the only one that makes it trusted for a while
+  fresh = tonumber(ARGV[10]) or 100
+  redis.call('SET', count_key, counted + 1, 'PX', fresh)
 end
 return {1, ARGV[1], now, 0, fresh}
