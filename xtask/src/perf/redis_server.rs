@@ -95,16 +95,29 @@ impl RedisProcess {
             .query_async::<()>(&mut conn)
             .await
             .context("FLUSHALL")?;
-        redis::cmd("BGREWRITEAOF")
-            .query_async::<()>(&mut conn)
-            .await
-            .context("BGREWRITEAOF")?;
-        self.wait_no_rewrite(&mut conn).await?;
+        self.rewrite_aof(&mut conn).await?;
         redis::cmd("CONFIG")
             .arg("RESETSTAT")
             .query_async::<()>(&mut conn)
             .await?;
         Ok(())
+    }
+
+    /// Rewrites the AOF and waits for the rewrite to finish. An automatic rewrite may be under
+    /// way (one can start between [`RedisProcess::reset`]'s wait and its call: the flush leaves
+    /// the AOF as long as before, so its growth rule can fire): it is waited out and the call
+    /// made again, so the rewrite that finishes is one that began after the call.
+    async fn rewrite_aof(&self, conn: &mut MultiplexedConnection) -> anyhow::Result<()> {
+        loop {
+            match redis::cmd("BGREWRITEAOF").query_async::<()>(conn).await {
+                Ok(()) => break,
+                Err(err) if err.to_string().contains("already in progress") => {
+                    self.wait_no_rewrite(conn).await?;
+                }
+                Err(err) => return Err(err).context("BGREWRITEAOF"),
+            }
+        }
+        self.wait_no_rewrite(conn).await
     }
 
     async fn wait_no_rewrite(&self, conn: &mut MultiplexedConnection) -> anyhow::Result<()> {
@@ -248,4 +261,68 @@ pub struct LatencyEvent {
     pub latest_ms: i64,
     /// The worst occurrence, milliseconds.
     pub max_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_rewrite_asked_for_while_another_runs_waits_for_it_and_runs_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let redis = RedisProcess::start(Fsync::Everysec, dir.path())
+            .await
+            .unwrap();
+        let mut conn = redis.connect().await.unwrap();
+        for i in 0..5 {
+            redis::cmd("SET")
+                .arg(format!("k{i}"))
+                .arg(i)
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap();
+        }
+        // The rewrite child sleeps 0.1 s per key: the first rewrite runs for about 0.5 s.
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("rdb-key-save-delay")
+            .arg("100000")
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        redis::cmd("BGREWRITEAOF")
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        let forks_before = forks(&mut conn).await;
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(info.contains("aof_rewrite_in_progress:1"), "{info}");
+        redis.rewrite_aof(&mut conn).await.unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(info.contains("aof_rewrite_in_progress:0"), "{info}");
+        assert!(info.contains("aof_last_bgrewrite_status:ok"), "{info}");
+        // its own, after the one that was running
+        assert_eq!(forks(&mut conn).await, forks_before + 1);
+    }
+
+    /// Children forked so far (`INFO stats`): here, AOF rewrites started.
+    async fn forks(conn: &mut MultiplexedConnection) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query_async(conn)
+            .await
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_forks:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("total_forks in INFO stats")
+    }
 }
