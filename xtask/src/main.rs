@@ -108,6 +108,10 @@ enum Command {
         redis_url: String,
         /// Address to listen on, e.g. `127.0.0.1:8100`.
         listen_addr: String,
+        /// Threads of its async runtime; by default the orchestrator's default (one per core),
+        /// so the two are measured alike.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+        threads: Option<u16>,
     },
     /// The bench-only bare batched consumer the benchmark reads drains against: drains the
     /// queue under PREFIX as CONSUMER until a read finds nothing, prints how many it finished.
@@ -149,7 +153,8 @@ fn main() -> ExitCode {
         Command::BareEnqueue {
             redis_url,
             listen_addr,
-        } => bare_enqueue(&redis_url, &listen_addr),
+            threads,
+        } => bare_enqueue(&redis_url, &listen_addr, threads),
         Command::BareConsume {
             redis_url,
             prefix,
@@ -189,8 +194,9 @@ fn bare_consume(redis_url: &str, prefix: &str, consumer: &str) -> anyhow::Result
     Ok(())
 }
 
-fn bare_enqueue(redis_url: &str, listen_addr: &str) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+fn bare_enqueue(redis_url: &str, listen_addr: &str, threads: Option<u16>) -> anyhow::Result<()> {
+    // The same runtime as the orchestrator's with as many threads.
+    let runtime = taskq::support::runtime(threads).context("starting the tokio runtime")?;
     runtime.block_on(async {
         let app = perf::bare::app(redis_url)
             .await

@@ -75,6 +75,12 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 0)]
     pub rate_limit_burst: u32,
 
+    /// Threads of the async runtime that serves the API (default: one per core). 1 serves every
+    /// connection on one thread, with no wake-ups across threads: less CPU per request, but one
+    /// core at most (docs/benchmarks.md, "POST /tasks").
+    #[arg(long, env = "ORCHESTRATOR_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: Option<u16>,
+
     /// Requests handled at once; beyond it requests get 503 at once instead of queueing.
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 4096)]
     pub max_concurrent_requests: usize,
@@ -168,6 +174,20 @@ mod tests {
         assert_eq!(config.liveness.worker_dead_after, Duration::from_secs(3));
         assert_eq!(config.shutdown_grace, Duration::from_secs(10));
         assert_eq!(config.redis.key_prefix, "agent");
+        assert_eq!(config.threads, None, "one thread per core");
+    }
+
+    #[test]
+    fn a_thread_count_out_of_range_is_refused_with_its_bounds() {
+        assert_eq!(
+            load(&["--threads", "4"]).expect("in range").0.threads,
+            Some(4)
+        );
+        for bad in ["0", "257", "two"] {
+            let err = load(&["--threads", bad]).expect_err(bad);
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+            assert!(err.to_string().contains("--threads"), "{err}");
+        }
     }
 
     #[test]

@@ -10,9 +10,19 @@ use orchestrator::config::{Command, Config};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let (config, deprecated) = Config::load();
+    // ORCHESTRATOR_THREADS: a pool of one thread per core by default.
+    match taskq::support::runtime(config.threads) {
+        Ok(runtime) => runtime.block_on(run(config, deprecated)),
+        Err(err) => {
+            eprintln!("orchestrator: starting the async runtime: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config, deprecated: Vec<taskq::support::Deprecated>) -> ExitCode {
     let result = match config.command {
         Some(Command::Healthcheck) => healthcheck::check(config.listen_addr.port()).await,
         None => {

@@ -1,6 +1,6 @@
 //! Process support shared by the services: the settings both take ([`RedisArgs`],
-//! [`LivenessArgs`], renamed settings), logging set-up, the Prometheus recorder and Redis
-//! connection settings.
+//! [`LivenessArgs`], renamed settings), the async runtime, logging set-up, the Prometheus
+//! recorder and Redis connection settings.
 //!
 //! Not part of the protocol, but both binaries need the same behaviour here (setting names, log
 //! format, URL redaction, reconnect policy), so it lives in one place.
@@ -266,6 +266,23 @@ pub enum LogFormat {
     Json,
     /// Human-readable text.
     Text,
+}
+
+/// The async runtime of a service (`WORKER_THREADS`, `ORCHESTRATOR_THREADS`): with one thread,
+/// everything runs on the calling thread (a current-thread runtime: no wake-ups across threads,
+/// the cheapest per request or task when the work is mostly waiting on Redis); with more, a
+/// work-stealing pool of that many; with `None`, a pool of one thread per core.
+pub fn runtime(threads: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(usize::from(n.max(1)));
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.enable_all().build()
 }
 
 /// [`init_tracing`] with lines written in batches ([`crate::log_buffer`]): the worker's, whose

@@ -7,14 +7,7 @@ use worker::config::{Command, Config};
 fn main() -> ExitCode {
     let (config, deprecated) = Config::load();
     // WORKER_THREADS: one thread by default (no cross-thread wake-ups per task), or a pool.
-    let mut builder = if config.threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(usize::from(config.threads));
-        builder
-    };
-    match builder.enable_all().build() {
+    match taskq::support::runtime(Some(config.threads)) {
         Ok(runtime) => runtime.block_on(run(config, deprecated)),
         Err(err) => {
             eprintln!("worker: starting the async runtime: {err}");

@@ -941,7 +941,8 @@ const METHOD: &str = "\
   the JSON body; one run per connection count, after a 2 s warm-up. Redis's own ceiling: \
   `redis-benchmark` with the enqueue script (`EVALSHA`, the same script text the services load) \
   and plain `XADD`. The bare server is `cargo xtask bare-enqueue` (`xtask/src/perf/bare.rs`): one axum route that \
-  runs the same enqueue script over one multiplexed connection, nothing else.
+  runs the same enqueue script over one multiplexed connection, nothing else, on the same \
+  async runtime as the orchestrator's default (one thread per core).
 - **Fixed rates: an open-model generator** in `cargo xtask bench` (`xtask/src/perf/open_loop.rs`): \
   a pacer thread sends each request at its scheduled instant whatever earlier answers do \
   (wrk2 is not packaged in Debian; goose has no open model), on its own single-threaded \
