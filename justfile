@@ -170,6 +170,10 @@ monitoring-down: _require-docker
 bench *args:
     cargo run -q --release -p xtask -- bench {{args}}
 
+# Redis's instructions per drained no-op task, the workers against the bench's bare consumer, counted by valgrind's callgrind (repeatable where rates are not; about a minute). Options: `just redis-cost --help`
+redis-cost *args:
+    cargo run -q --release -p xtask -- redis-cost {{args}}
+
 # Docker CLI, a reachable engine and compose (v2 plugin or v1.29), else what to install
 [private]
 _require-docker:

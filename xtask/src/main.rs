@@ -12,6 +12,7 @@
 //! cargo xtask bench [--phases drain] ...           # benchmark a local system (just bench)
 //! cargo xtask bare-enqueue REDIS_URL LISTEN_ADDR   # the bench-only minimal enqueue server
 //! cargo xtask bare-consume REDIS_URL PREFIX NAME   # the bench-only bare batched consumer
+//! cargo xtask redis-cost                           # Redis's instructions per drained task (callgrind)
 //! ```
 
 mod perf;
@@ -102,6 +103,9 @@ enum Command {
     /// Benchmark a local system and write docs/benchmarks.md and .json (`just bench`; run it
     /// from a release build: `cargo run --release -p xtask -- bench`).
     Bench(Box<perf::Options>),
+    /// Redis's instructions per drained no-op task, workers against the bare consumer, counted
+    /// by valgrind's callgrind (needs valgrind; a few minutes).
+    RedisCost(perf::instructions::CostOptions),
     /// The bench-only minimal enqueue server the benchmark measures as a ceiling.
     BareEnqueue {
         /// `redis://host:port` of the Redis to enqueue into.
@@ -150,6 +154,7 @@ fn main() -> ExitCode {
         Command::Dev => xtask::local::dev(&root),
         Command::Require { tool } => tools::require(tool),
         Command::Bench(options) => bench(&root, *options),
+        Command::RedisCost(options) => redis_cost(&root, options),
         Command::BareEnqueue {
             redis_url,
             listen_addr,
@@ -180,6 +185,26 @@ fn bench(root: &Path, mut options: perf::Options) -> anyhow::Result<()> {
         options.bin_dir = tools::target_dir(root)?.join("release");
     }
     perf::bench(&options)
+}
+
+/// Release builds of the worker and this tool, then the two counted drains.
+fn redis_cost(root: &Path, mut options: perf::instructions::CostOptions) -> anyhow::Result<()> {
+    tools::require_redis_server()?;
+    anyhow::ensure!(
+        tools::find_on_path("valgrind").is_some()
+            && tools::find_on_path("callgrind_control").is_some(),
+        "valgrind is missing (Debian: apt-get install -y valgrind)"
+    );
+    tools::cargo_build(root, true, &["worker", "xtask"])?;
+    if options.bin_dir == Path::new("target/release") {
+        options.bin_dir = tools::target_dir(root)?.join("release");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(perf::instructions::run(&options))
 }
 
 fn bare_consume(redis_url: &str, prefix: &str, consumer: &str) -> anyhow::Result<()> {

@@ -19,11 +19,13 @@
 //! (server, Redis, generator, other processes), because the 2 cores are shared by all of them.
 //!
 //! Modules: [`process`] (the machine's CPU, helper commands), [`redis_server`], [`wrk`], [`open_loop`],
-//! [`redis_benchmark`], [`bare`], [`script`], [`phases`] (the run itself) and [`report`].
+//! [`redis_benchmark`], [`bare`], [`script`], [`phases`] (the run itself) and [`report`];
+//! [`instructions`] is `cargo xtask redis-cost` (Redis's instructions per drained task).
 
 pub mod bare;
 pub mod bare_consumer;
 pub mod curves;
+pub mod instructions;
 pub mod open_loop;
 pub mod phases;
 pub mod process;

@@ -37,12 +37,12 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 pub(super) struct Bins {
     pub(super) orchestrator: PathBuf,
     pub(super) worker: PathBuf,
-    /// This tool, for its `bare-enqueue` command.
-    xtask: PathBuf,
+    /// This tool, for its `bare-enqueue` and `bare-consume` commands.
+    pub(super) xtask: PathBuf,
 }
 
 impl Bins {
-    fn find(dir: &Path) -> anyhow::Result<Self> {
+    pub(super) fn find(dir: &Path) -> anyhow::Result<Self> {
         let bins = Self {
             orchestrator: dir.join("orchestrator"),
             worker: dir.join("worker"),
@@ -240,7 +240,7 @@ fn self_cpu() -> f64 {
     testkit::process::cpu_seconds(std::process::id()).unwrap_or(0.0)
 }
 
-fn queue(prefix: &str) -> Queue {
+pub(super) fn queue(prefix: &str) -> Queue {
     Queue::new(QueueConfig {
         keys: Keys::new(prefix),
         ..QueueConfig::default()
@@ -293,7 +293,7 @@ async fn task_times(
     Ok(rows)
 }
 
-async fn bulk_enqueue(
+pub(super) async fn bulk_enqueue(
     queue: &Queue,
     conn: &MultiplexedConnection,
     n: u64,
@@ -322,7 +322,7 @@ async fn bulk_enqueue(
 }
 
 /// The `task_executed` lines in a worker's log.
-fn count_executions(log: &Path) -> u64 {
+pub(super) fn count_executions(log: &Path) -> u64 {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()

@@ -107,7 +107,7 @@ impl RedisProcess {
     /// way (one can start between [`RedisProcess::reset`]'s wait and its call: the flush leaves
     /// the AOF as long as before, so its growth rule can fire): it is waited out and the call
     /// made again, so the rewrite that finishes is one that began after the call.
-    async fn rewrite_aof(&self, conn: &mut MultiplexedConnection) -> anyhow::Result<()> {
+    pub(super) async fn rewrite_aof(&self, conn: &mut MultiplexedConnection) -> anyhow::Result<()> {
         loop {
             match redis::cmd("BGREWRITEAOF").query_async::<()>(conn).await {
                 Ok(()) => break,
