@@ -285,8 +285,9 @@ async fn drain_bare(bins: &Bins, url: &str, n: u16, work: &Path) -> anyhow::Resu
     Ok(finished)
 }
 
-/// Workers with the defaults (no-op tasks) drain until the stream is empty and nothing is
-/// pending; polled with plain `XLEN`/`XPENDING`, not a script, so the poll costs Redis little.
+/// Workers with the defaults (no-op tasks) drain until every task's `task_executed` line is in
+/// their logs and nothing is pending (every outcome recorded); polled with a plain `XPENDING`,
+/// not a script, so the poll costs Redis little.
 async fn drain_workers(
     bins: &Bins,
     url: &str,
@@ -322,19 +323,19 @@ async fn drain_workers(
         for worker in &mut workers {
             worker.ensure_running()?;
         }
-        let length: u64 = redis::cmd("XLEN").arg(&stream).query_async(conn).await?;
         // XPENDING's summary: the count, then the smallest and largest ids and the consumers.
         let pending: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
             .arg(&stream)
             .arg(CONSUMER_GROUP)
             .query_async(conn)
             .await?;
-        if length == 0 && pending.0 == 0 {
+        let executed = executions(&workers);
+        if executed >= tasks && pending.0 == 0 {
             break;
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the workers did not drain within {SLOW:?}: {length} entries, {} pending",
+            "the workers did not drain within {SLOW:?}: {executed} of {tasks} executed, {} pending",
             pending.0
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -342,16 +343,21 @@ async fn drain_workers(
     for worker in &mut workers {
         let _ = worker.stop(Duration::from_secs(30));
     }
-    let executed: u64 = workers
-        .iter()
-        .filter_map(Process::log_path)
-        .map(count_executions)
-        .sum();
+    let executed = executions(&workers);
     anyhow::ensure!(
         executed == tasks,
         "the workers logged {executed} executions of {tasks} tasks"
     );
     Ok(executed)
+}
+
+/// The `task_executed` lines in the workers' logs.
+fn executions(workers: &[Process]) -> u64 {
+    workers
+        .iter()
+        .filter_map(Process::log_path)
+        .map(count_executions)
+        .sum()
 }
 
 /// The instructions callgrind counted (`totals:` or `summary:` line of its output).
