@@ -225,7 +225,11 @@ async fn wait_loaded(url: &str, redis: &mut Process) -> anyhow::Result<Multiplex
     let deadline = Instant::now() + SLOW;
     loop {
         redis.ensure_running()?;
-        if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+        // A claim of many tasks holds Redis under valgrind for seconds: no reply may time out.
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(SLOW));
+        if let Ok(mut conn) = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
             && redis::cmd("PING")
                 .query_async::<String>(&mut conn)
                 .await
