@@ -187,7 +187,8 @@ fn bench(root: &Path, mut options: perf::Options) -> anyhow::Result<()> {
     perf::bench(&options)
 }
 
-/// Release builds of the worker and this tool, then the two counted drains.
+/// Release builds (the worker, this tool for `bare-consume`; the orchestrator too, as the bench's
+/// binary directory holds all three), then the two counted drains.
 fn redis_cost(root: &Path, mut options: perf::instructions::CostOptions) -> anyhow::Result<()> {
     tools::require_redis_server()?;
     anyhow::ensure!(
@@ -195,7 +196,7 @@ fn redis_cost(root: &Path, mut options: perf::instructions::CostOptions) -> anyh
             && tools::find_on_path("callgrind_control").is_some(),
         "valgrind is missing (Debian: apt-get install -y valgrind)"
     );
-    tools::cargo_build(root, true, &["worker", "xtask"])?;
+    tools::cargo_build(root, true, &["orchestrator", "worker", "xtask"])?;
     if options.bin_dir == Path::new("target/release") {
         options.bin_dir = tools::target_dir(root)?.join("release");
     }
