@@ -295,32 +295,29 @@ mod tests {
             .await
             .unwrap();
         let forks_before = forks(&mut conn).await;
-        let info: String = redis::cmd("INFO")
-            .arg("persistence")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        assert!(info.contains("aof_rewrite_in_progress:1"), "{info}");
+        let during = info(&mut conn, "persistence").await;
+        assert!(during.contains("aof_rewrite_in_progress:1"), "{during}");
         redis.rewrite_aof(&mut conn).await.unwrap();
-        let info: String = redis::cmd("INFO")
-            .arg("persistence")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        assert!(info.contains("aof_rewrite_in_progress:0"), "{info}");
-        assert!(info.contains("aof_last_bgrewrite_status:ok"), "{info}");
+        let after = info(&mut conn, "persistence").await;
+        assert!(after.contains("aof_rewrite_in_progress:0"), "{after}");
+        assert!(after.contains("aof_last_bgrewrite_status:ok"), "{after}");
         // its own, after the one that was running
         assert_eq!(forks(&mut conn).await, forks_before + 1);
     }
 
-    /// Children forked so far (`INFO stats`): here, AOF rewrites started.
-    async fn forks(conn: &mut MultiplexedConnection) -> u64 {
-        let info: String = redis::cmd("INFO")
-            .arg("stats")
+    async fn info(conn: &mut MultiplexedConnection, section: &str) -> String {
+        redis::cmd("INFO")
+            .arg(section)
             .query_async(conn)
             .await
-            .unwrap();
-        info.lines()
+            .unwrap()
+    }
+
+    /// Children forked so far (`INFO stats`): here, AOF rewrites started.
+    async fn forks(conn: &mut MultiplexedConnection) -> u64 {
+        info(conn, "stats")
+            .await
+            .lines()
             .find_map(|l| l.strip_prefix("total_forks:"))
             .and_then(|v| v.trim().parse().ok())
             .expect("total_forks in INFO stats")
