@@ -112,8 +112,9 @@ enum Command {
         redis_url: String,
         /// Address to listen on, e.g. `127.0.0.1:8100`.
         listen_addr: String,
-        /// Threads of its async runtime; by default the orchestrator's default (one per core),
-        /// so the two are measured alike.
+        /// Threads of its async runtime: by default the orchestrator's default (one per core);
+        /// the bench passes the orchestrator's `ORCHESTRATOR_THREADS` when it sets one, so the
+        /// two are measured alike.
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
         threads: Option<u16>,
     },
@@ -200,11 +201,7 @@ fn redis_cost(root: &Path, mut options: perf::instructions::CostOptions) -> anyh
     if options.bin_dir == Path::new("target/release") {
         options.bin_dir = tools::target_dir(root)?.join("release");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let runtime = taskq::support::runtime(Some(2)).context("starting the tokio runtime")?;
     runtime.block_on(perf::instructions::run(&options))
 }
 

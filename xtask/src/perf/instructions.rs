@@ -19,7 +19,7 @@ use redis::aio::MultiplexedConnection;
 use taskq::Priority;
 use taskq::keys::CONSUMER_GROUP;
 use testkit::process::Exit;
-use testkit::{Log, Process, try_free_port};
+use testkit::{Log, Process, RedisConfig, try_free_port};
 
 use crate::perf::phases::{Bins, PREFIX, bulk_enqueue, count_executions, queue, spawn};
 use crate::perf::redis_server::{Fsync, RedisProcess};
@@ -149,29 +149,19 @@ async fn drain(
     anyhow::ensure!(status.success(), "copying {} failed", data.display());
     let port = try_free_port()?;
     let out = work.join(format!("{}.callgrind", kind.name()));
+    // The server's own command line (testkit's, as every test and the bench run it), under
+    // valgrind.
+    let server = RedisConfig::new()
+        .persistence(Fsync::Everysec.persistence())
+        .extra_args(taskq::keys::REDIS_TUNING_ARGS)
+        .command(port, &copy);
     let mut command = Command::new("valgrind");
     command
         .arg("--tool=callgrind")
         .arg("--instr-atstart=no")
         .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .args([
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            Fsync::Everysec.as_str(),
-        ])
-        .args(taskq::keys::REDIS_TUNING_ARGS)
-        .arg("--dir")
-        .arg(&copy);
+        .arg(server.get_program())
+        .args(server.get_args());
     let mut redis = Process::spawn(
         "redis-callgrind",
         &mut command,

@@ -151,11 +151,7 @@ pub fn bench(options: &Options) -> anyhow::Result<()> {
         .chain(std::env::args().skip(1))
         .collect::<Vec<_>>()
         .join(" ");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let runtime = taskq::support::runtime(Some(2)).context("starting the tokio runtime")?;
     let report = if options.render_only {
         let json = std::fs::read_to_string(&options.out_json)
             .with_context(|| format!("reading {}", options.out_json.display()))?;

@@ -518,10 +518,20 @@ async fn start_bare_server(
 ) -> anyhow::Result<(Process, String)> {
     let port = try_free_port()?;
     let listen = format!("127.0.0.1:{port}");
+    let redis_url = redis.url();
+    let mut args = vec!["bare-enqueue", redis_url.as_str(), listen.as_str()];
+    // The orchestrator's runtime threads, when the run sets them, so the two are measured alike.
+    if let Some((_, threads)) = ctx
+        .orchestrator_env
+        .iter()
+        .find(|(k, _)| k == "ORCHESTRATOR_THREADS")
+    {
+        args.extend(["--threads", threads.as_str()]);
+    }
     let mut bare = spawn(
         "bare_enqueue",
         &ctx.bins.xtask,
-        &["bare-enqueue", redis.url().as_str(), listen.as_str()],
+        &args,
         &[],
         ctx.dir.join(log),
     )?;
