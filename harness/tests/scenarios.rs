@@ -10,6 +10,7 @@
 //! would fight over two cores.
 
 use std::{
+    fmt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -110,13 +111,52 @@ fn shipped_scenarios() -> Vec<PathBuf> {
     files
 }
 
+/// What a suite test found wrong, one line per scenario. The suites return it instead of
+/// panicking: a returned error is printed last and without a backtrace, so the names of the
+/// failed scenarios end the output, where a shortened log still shows them.
+struct Failures {
+    title: &'static str,
+    lines: Vec<String>,
+}
+
+impl Failures {
+    fn new(title: &'static str) -> Self {
+        Self {
+            title,
+            lines: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, line: String) {
+        self.lines.push(line);
+    }
+
+    fn into_result(self) -> Result<(), Self> {
+        if self.lines.is_empty() {
+            Ok(())
+        } else {
+            Err(self)
+        }
+    }
+}
+
+impl fmt::Debug for Failures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}:", self.title)?;
+        for line in &self.lines {
+            writeln!(f, "  {line}")?;
+        }
+        Ok(())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_shipped_scenario_passes_in_the_docker_runtime() {
+async fn every_shipped_scenario_passes_in_the_docker_runtime() -> Result<(), Failures> {
     init();
     let _serial = SERIAL.lock().await;
     prepare(RuntimeKind::Docker).await;
     let suite = Instant::now();
-    let mut failures = Vec::new();
+    let mut failures = Failures::new("scenarios failed");
     for path in shipped_scenarios() {
         let report = run_file(&path, RuntimeKind::Docker).await;
         if !report.passed {
@@ -134,11 +174,7 @@ async fn every_shipped_scenario_passes_in_the_docker_runtime() {
         "docker suite wall time {:.1}s",
         suite.elapsed().as_secs_f64()
     );
-    assert!(
-        failures.is_empty(),
-        "scenarios failed:\n{}",
-        failures.join("\n")
-    );
+    failures.into_result()
 }
 
 /// Expectations that prove a scenario's fault had an effect.
@@ -153,11 +189,11 @@ const FAULT_EFFECTS: [&str; 5] = [
 /// Every shipped scenario carries an expectation that its fault had an effect: run with its
 /// steps and chaos removed, the same scenario must fail, and fail on that expectation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_shipped_scenario_fails_with_its_faults_removed() {
+async fn every_shipped_scenario_fails_with_its_faults_removed() -> Result<(), Failures> {
     init();
     let _serial = SERIAL.lock().await;
     prepare(RuntimeKind::Docker).await;
-    let mut wrong = Vec::new();
+    let mut wrong = Failures::new("fault-effect expectations that do not discriminate");
     for path in shipped_scenarios() {
         let mut scenario = Scenario::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
         let effects: Vec<&str> = FAULT_EFFECTS
@@ -202,11 +238,7 @@ async fn every_shipped_scenario_fails_with_its_faults_removed() {
             ));
         }
     }
-    assert!(
-        wrong.is_empty(),
-        "fault-effect expectations that do not discriminate:\n{}",
-        wrong.join("\n")
-    );
+    wrong.into_result()
 }
 
 fn failed_expectations(report: &Report) -> String {
