@@ -93,13 +93,18 @@ impl AppState {
     /// Runs a write whose effect must not be guessed: a refused connection means nothing was
     /// sent, and a refusal by Redis (`BUSY`, `OOM`, `READONLY`, ...) that nothing was applied
     /// (503 `store_unavailable`); a timeout or a dropped connection means it may have been
-    /// applied (503 `outcome_unknown`).
+    /// applied (503 `outcome_unknown`). On a Redis Cluster every such failure may have been
+    /// applied: the client sends a command again after a dropped connection, so a refusal can
+    /// answer a later try of a write the first try applied ([`RedisConn::may_resend`]).
     pub async fn with_timeout_unknown_outcome<T>(
         &self,
         operation: impl Future<Output = Result<T, taskq::QueueError>>,
     ) -> Result<T, AppError> {
         match tokio::time::timeout(self.redis_timeout, operation).await {
             Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) if self.redis.may_resend() && err.is_unavailable() => {
+                Err(AppError::OutcomeUnknown)
+            }
             Ok(Err(taskq::QueueError::Redis(err))) if err.is_connection_refusal() => {
                 Err(AppError::Unavailable)
             }

@@ -1703,3 +1703,100 @@ async fn with_replica_acks_a_write_no_replica_confirms_is_503_outcome_unknown_ne
         .expect("HGET on the replica");
     assert_eq!(on_replica, "cancelled");
 }
+
+/// On a Redis Cluster the client sends a command again when its connection drops before the
+/// reply: the first try may have been applied, so whatever the last try answers (here: the
+/// node refuses connections, it was killed), the submit's outcome is unknown, never a definite
+/// `store_unavailable`. Found by the cluster-stale-replica scenario, which saw a task refused
+/// that way executed after the failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_submit_cut_off_before_its_reply_is_outcome_unknown_never_unavailable() {
+    let mut cluster = testkit::RedisCluster::start(2, 0);
+    let urls = cluster.urls();
+    let router = router_with(&cluster.primary(0).url(), |config| {
+        config.redis.redis_cluster_urls = Some(urls.into());
+        // REPLICA_ACKS=1 without a replica: an enqueue is applied, then its WAIT holds the
+        // reply back (half of REDIS_TIMEOUT).
+        config.replica_acks = 1;
+        config.redis.redis_timeout = Duration::from_secs(4);
+        // No limit: every enqueue is one script call that writes (with a limit, a call that
+        // finds its count expired writes nothing and is made again, each with its WAIT).
+        config.max_queued = 0;
+    });
+    let submit = |key: &str| {
+        Request::post("/tasks")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(r#"{"description":"applied, reply lost"}"#))
+            .expect("request")
+    };
+    // The first submit loads the scripts and queues a task; no replica confirms it.
+    let first = send(&router, submit("first")).await;
+    assert_error(&first, StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown");
+    let mut nodes = Vec::new();
+    for shard in 0..cluster.shards() {
+        let mut conn = redis::Client::open(cluster.primary(shard).url())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("a node");
+        let size: u64 = redis::cmd("DBSIZE")
+            .query_async(&mut conn)
+            .await
+            .expect("DBSIZE");
+        nodes.push((size, shard, conn));
+    }
+    // The queue lives in one hash slot: that node's reply is the one to lose.
+    let (_, shard, mut node) = nodes
+        .into_iter()
+        .find(|(size, _, _)| *size > 0)
+        .expect("a node holds the queue");
+
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*:idempotency:open:first")
+        .query_async(&mut node)
+        .await
+        .expect("KEYS");
+    let record = keys
+        .first()
+        .expect("the first submit's idempotency record")
+        .replace(":first", ":cut-off");
+
+    let in_flight = tokio::spawn({
+        let router = router.clone();
+        async move { send(&router, submit("cut-off")).await }
+    });
+    // Its record exists once the enqueue is applied; the reply waits for the WAIT behind it.
+    testkit::assert_eventually_async(
+        "the enqueue to be applied",
+        Duration::from_secs(1),
+        async || {
+            let exists: bool = redis::cmd("EXISTS")
+                .arg(&record)
+                .query_async(&mut node)
+                .await
+                .expect("EXISTS");
+            exists
+        },
+    )
+    .await;
+    assert!(!in_flight.is_finished(), "answered before the kill");
+    cluster.primary(shard).kill();
+    let answer = in_flight.await.expect("the request task");
+    assert_error(&answer, StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown");
+
+    // The node comes back with its AOF: both tasks were queued, as the answers allowed.
+    cluster.primary(shard).start_again();
+    let stats = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let reply = send(&router, get("/stats")).await;
+            if reply.status == StatusCode::OK {
+                return reply;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the cluster to answer again");
+    assert_eq!(stats.body["queued_total"], 2, "{:?}", stats.body);
+}

@@ -133,6 +133,8 @@ impl QueueError {
                     || err.is_timeout()
                     || err.is_connection_dropped()
                     || err.is_connection_refusal()
+                    // The cluster client's answer when it reaches none of the nodes it knows.
+                    || err.kind() == redis::ErrorKind::ClusterConnectionNotFound
                     || self.is_refusal()
             }
             // Written by a newer release during an upgrade: another replica may read it, and
@@ -1616,6 +1618,15 @@ mod tests {
         ] {
             assert!(!server_error(line).is_unavailable(), "{line}");
         }
+    }
+
+    #[test]
+    fn a_cluster_that_no_node_of_answers_is_unavailable() {
+        let err = QueueError::Redis(redis::RedisError::from((
+            redis::ErrorKind::ClusterConnectionNotFound,
+            "No connections found",
+        )));
+        assert!(err.is_unavailable(), "{err}");
     }
 
     #[test]

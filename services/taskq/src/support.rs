@@ -442,6 +442,16 @@ pub enum RedisConn {
     Cluster(redis::cluster_async::ClusterConnection),
 }
 
+impl RedisConn {
+    /// True when a command may reach Redis twice: the cluster client sends a command again when
+    /// the connection it went out on drops before the reply (and after `MOVED`, `TRYAGAIN`,
+    /// ...), so its final error may come from a later try while the first was applied. The
+    /// single-server connection never sends a command again: its errors are about the one try.
+    pub fn may_resend(&self) -> bool {
+        matches!(self, RedisConn::Cluster(_))
+    }
+}
+
 impl redis::aio::ConnectionLike for RedisConn {
     fn req_packed_command<'a>(
         &'a mut self,
