@@ -102,13 +102,9 @@ impl AppState {
     ) -> Result<T, AppError> {
         match tokio::time::timeout(self.redis_timeout, operation).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) if self.redis.may_resend() && err.is_unavailable() => {
-                Err(AppError::OutcomeUnknown)
-            }
-            Ok(Err(taskq::QueueError::Redis(err))) if err.is_connection_refusal() => {
+            Ok(Err(err)) if !self.redis.may_resend() && nothing_applied(&err) => {
                 Err(AppError::Unavailable)
             }
-            Ok(Err(err)) if err.is_refusal() => Err(AppError::Unavailable),
             Ok(Err(err)) if err.is_unavailable() => Err(AppError::OutcomeUnknown),
             Ok(Err(err)) => Err(AppError::from(err)),
             Err(_) => Err(AppError::OutcomeUnknown),
@@ -125,6 +121,12 @@ impl AppState {
             Err(_) => Err(AppError::Unavailable),
         }
     }
+}
+
+/// A failure of the one try of a write that proves it was not applied: no connection could be
+/// made, or Redis refused before running it ([`taskq::QueueError::is_refusal`]).
+fn nothing_applied(err: &taskq::QueueError) -> bool {
+    matches!(err, taskq::QueueError::Redis(err) if err.is_connection_refusal()) || err.is_refusal()
 }
 
 /// The router with every route and middleware; tests drive it with `oneshot`.
